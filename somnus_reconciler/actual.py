@@ -1,0 +1,83 @@
+"""Actual state as the providers observe it: plain frozen values, no backend types.
+
+`libvirt_provider.observe` and `docker_provider.observe` return these; the
+planner compares them with `desired` values.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+
+class PowerState(enum.Enum):
+    RUNNING = "running"
+    SHUTOFF = "shutoff"
+    PAUSED = "paused"
+    OTHER = "other"
+
+
+@dataclass(frozen=True)
+class PortForward:
+    """A user-mode networking forward: 127.0.0.1:host_port -> guest guest_port."""
+
+    name: str
+    host_port: int
+    guest_port: int
+
+
+@dataclass(frozen=True)
+class VmMark:
+    """The ownership mark in a domain's <metadata> (SPEC section 3)."""
+
+    spec_hash: str
+    image: str
+    disk_size: int
+    os_family: str
+    owner: str | None = None
+    forwards: tuple[PortForward, ...] = ()
+    packs: tuple[tuple[str, str], ...] = ()  # (pack name, fingerprint)
+
+
+@dataclass(frozen=True)
+class ActualVm:
+    name: str
+    power: PowerState
+    domain_id: int | None  # set while running; changes on every restart
+    vcpus: int
+    max_vcpus: int
+    memory: int  # bytes, current (balloon) size
+    max_memory: int  # bytes
+    mark: VmMark | None  # None: not created by somnus; never touched
+
+    @property
+    def managed(self) -> bool:
+        return self.mark is not None
+
+    @property
+    def running(self) -> bool:
+        return self.power is PowerState.RUNNING
+
+
+@dataclass(frozen=True)
+class ActualContainer:
+    name: str
+    container_id: str
+    image: str
+    state: str  # docker's: running, exited, created, ...
+    spec_hash: str | None  # None: not created by somnus; never touched
+    labels: dict[str, str] = field(default_factory=dict, compare=False)
+
+    @property
+    def managed(self) -> bool:
+        return self.spec_hash is not None
+
+    @property
+    def running(self) -> bool:
+        return self.state == "running"
+
+
+@dataclass(frozen=True)
+class ActualState:
+    vms: dict[str, ActualVm]
+    containers: dict[str, ActualContainer]

@@ -1,0 +1,93 @@
+"""Desired state: validated manifests resolved into values the planner compares.
+
+`references.resolve` builds a `DesiredState` from loaded manifests (profiles
+folded into VMs, packs ordered by `requires`). Everything here is a frozen value
+with a stable `spec_hash`, recorded in the ownership mark of what gets created.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+
+from somnus_reconciler.diagnostics import Source
+from somnus_reconciler.model import CapabilityPackSpec, PoolSpec
+
+
+def _hash(value: object) -> str:
+    blob = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class VmResources:
+    vcpus: int
+    memory: int  # bytes
+    max_vcpus: int
+    max_memory: int  # bytes
+
+
+@dataclass(frozen=True)
+class DesiredVm:
+    name: str
+    resources: VmResources
+    image: str
+    disk_size: int  # bytes
+    os_family: str
+    running: bool
+    packs: tuple[str, ...]  # install order, requirements first
+    snapshot_retain: int
+    owner: str | None
+    profile: str | None
+    source: Source = field(compare=False)
+
+    @property
+    def address(self) -> str:
+        return f"vm/{self.name}"
+
+    @property
+    def spec_hash(self) -> str:
+        data = asdict(self)
+        data.pop("source")
+        return _hash(data)
+
+
+@dataclass(frozen=True)
+class DesiredContainer:
+    name: str
+    image: str
+    command: tuple[str, ...] | None
+    cpus: float
+    memory: int  # bytes
+    network: str
+    env: tuple[tuple[str, str], ...]  # sorted
+    packs: tuple[str, ...]
+    owner: str | None
+    source: Source = field(compare=False)
+
+    @property
+    def address(self) -> str:
+        return f"container/{self.name}"
+
+    @property
+    def spec_hash(self) -> str:
+        data = asdict(self)
+        data.pop("source")
+        return _hash(data)
+
+
+@dataclass(frozen=True)
+class DesiredPack:
+    name: str
+    spec: CapabilityPackSpec
+    source: Source = field(compare=False)
+
+
+@dataclass(frozen=True)
+class DesiredState:
+    vms: dict[str, DesiredVm]
+    containers: dict[str, DesiredContainer]
+    packs: dict[str, DesiredPack]
+    pool: PoolSpec
+    pool_source: Source | None = None

@@ -1,0 +1,213 @@
+"""The plan: a pure function from desired and actual state to a list of changes.
+
+`compute(desired, actual, prune=...)` does no I/O and reads no clock; what
+`apply` does is defined by the returned `Plan` alone. Views render it (views.py),
+admission checks it (admission.py), the engine executes it (engine.py).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+from somnus_reconciler.actual import ActualContainer, ActualState, ActualVm
+from somnus_reconciler.desired import DesiredContainer, DesiredState, DesiredVm
+from somnus_reconciler.diagnostics import Diagnostic
+from somnus_reconciler.quantity import format_bytes
+
+
+class Action(enum.Enum):
+    CREATE = "create"
+    UPDATE = "update"
+    REPLACE = "replace"
+    START = "start"
+    STOP = "stop"
+    DELETE = "delete"
+
+    @property
+    def symbol(self) -> str:
+        return {"create": "+", "delete": "-", "replace": "-/+"}.get(self.value, "~")
+
+
+class Disruption(enum.IntEnum):
+    """How much a change disturbs a running guest; larger is worse."""
+
+    NONE = 0  # nothing runs, or only metadata changes
+    LIVE = 1  # applied to the running guest without a restart
+    RESTART = 2  # the guest is shut down and started again
+    RECREATE = 3  # the guest and its disk are destroyed and made anew
+
+    @property
+    def label(self) -> str:
+        return {0: "", 1: "live", 2: "restart required", 3: "recreate"}[self.value]
+
+
+@dataclass(frozen=True)
+class FieldChange:
+    name: str
+    before: object
+    after: object
+
+    def __str__(self) -> str:
+        return f"{self.name} {_show(self.name, self.before)} -> {_show(self.name, self.after)}"
+
+
+@dataclass(frozen=True)
+class Change:
+    address: str  # "vm/coder-1"
+    action: Action
+    disruption: Disruption
+    fields: tuple[FieldChange, ...] = ()
+    desired: DesiredVm | DesiredContainer | None = field(default=None, compare=False)
+    actual: ActualVm | ActualContainer | None = field(default=None, compare=False)
+    reason: str = ""  # why (prune, spec changed, ...), for the plan line
+
+    @property
+    def kind(self) -> str:
+        return self.address.split("/", 1)[0]
+
+    @property
+    def name(self) -> str:
+        return self.address.split("/", 1)[1]
+
+
+@dataclass(frozen=True)
+class Plan:
+    changes: tuple[Change, ...]
+    leftovers: tuple[str, ...]  # owned, not declared, kept because --prune was not given
+    conflicts: tuple[Diagnostic, ...]  # declared names held by objects somnus does not own
+
+    @property
+    def in_sync(self) -> bool:
+        return not self.changes and not self.conflicts
+
+
+def _show(name: str, value: object) -> str:
+    if name in ("memory", "maxMemory", "diskSize") and isinstance(value, int):
+        return format_bytes(value)
+    return str(value)
+
+
+def compute(desired: DesiredState, actual: ActualState, *, prune: bool) -> Plan:
+    changes: list[Change] = []
+    conflicts: list[Diagnostic] = []
+    leftovers: list[str] = []
+
+    for name, want in sorted(desired.vms.items()):
+        have = actual.vms.get(name)
+        if have is not None and not have.managed:
+            conflicts.append(_unowned(want.source, want.address, "a libvirt domain"))
+            continue
+        change = _vm_change(want, have)
+        if change is not None:
+            changes.append(change)
+
+    for name, want_c in sorted(desired.containers.items()):
+        have_c = actual.containers.get(name)
+        if have_c is not None and not have_c.managed:
+            conflicts.append(_unowned(want_c.source, want_c.address, "a Docker container"))
+            continue
+        change = _container_change(want_c, have_c)
+        if change is not None:
+            changes.append(change)
+
+    undeclared: list[ActualVm | ActualContainer] = [
+        vm for name, vm in sorted(actual.vms.items()) if vm.managed and name not in desired.vms
+    ]
+    undeclared += [
+        c for name, c in sorted(actual.containers.items()) if c.managed and name not in desired.containers
+    ]
+    for obj in undeclared:
+        address = f"{'vm' if isinstance(obj, ActualVm) else 'container'}/{obj.name}"
+        if prune:
+            changes.append(
+                Change(address, Action.DELETE, Disruption.RECREATE, actual=obj, reason="prune")
+            )
+        else:
+            leftovers.append(address)
+
+    return Plan(tuple(changes), tuple(leftovers), tuple(conflicts))
+
+
+def _unowned(source: object, address: str, what: str) -> Diagnostic:
+    from somnus_reconciler.diagnostics import Source
+
+    assert isinstance(source, Source) or source is None
+    name = address.split("/", 1)[1]
+    return Diagnostic(
+        source,
+        address,
+        f"{what} named {name!r} exists but carries no somnus ownership mark; "
+        "it is left alone (rename the manifest or remove that object yourself)",
+    )
+
+
+def _vm_change(want: DesiredVm, have: ActualVm | None) -> Change | None:
+    if have is None:
+        return Change(want.address, Action.CREATE, Disruption.NONE, desired=want)
+    assert have.mark is not None
+    recreate = [
+        FieldChange(label, before, after)
+        for label, before, after in (
+            ("image", have.mark.image, want.image),
+            ("diskSize", have.mark.disk_size, want.disk_size),
+            ("osFamily", have.mark.os_family, want.os_family),
+        )
+        if before != after
+    ]
+    if recreate:
+        return Change(
+            want.address, Action.REPLACE, Disruption.RECREATE, tuple(recreate), want, have
+        )
+
+    r = want.resources
+    headroom = tuple(
+        FieldChange(label, before, after)
+        for label, before, after in (
+            ("maxVcpus", have.max_vcpus, r.max_vcpus),
+            ("maxMemory", have.max_memory, r.max_memory),
+        )
+        if before != after
+    )
+    sizes = tuple(
+        FieldChange(label, before, after)
+        for label, before, after in (
+            ("vcpus", have.vcpus, r.vcpus),
+            ("memory", have.memory, r.memory),
+        )
+        if before != after
+    )
+    resized = headroom + sizes
+
+    change: Change | None = None
+    if not want.running:
+        if have.running:
+            change = Change(want.address, Action.STOP, Disruption.RESTART, resized, want, have)
+        elif resized:
+            change = Change(want.address, Action.UPDATE, Disruption.NONE, resized, want, have)
+    elif not have.running:
+        change = Change(want.address, Action.START, Disruption.NONE, resized, want, have)
+    elif headroom:
+        change = Change(want.address, Action.UPDATE, Disruption.RESTART, resized, want, have)
+    elif sizes:
+        change = Change(want.address, Action.UPDATE, Disruption.LIVE, sizes, want, have)
+    if change is None and have.mark.spec_hash != want.spec_hash:
+        # Only bookkeeping differs (labels, profile name, retention): refresh the mark.
+        change = Change(want.address, Action.UPDATE, Disruption.NONE, (), want, have, reason="mark")
+    return change
+
+
+def _container_change(want: DesiredContainer, have: ActualContainer | None) -> Change | None:
+    if have is None:
+        return Change(want.address, Action.CREATE, Disruption.NONE, desired=want)
+    if have.spec_hash != want.spec_hash:
+        return Change(
+            want.address, Action.REPLACE, Disruption.RECREATE, desired=want, actual=have,
+            reason="spec changed",
+        )
+    if not have.running:
+        return Change(
+            want.address, Action.START, Disruption.NONE,
+            (FieldChange("state", have.state, "running"),), want, have,
+        )
+    return None
