@@ -1,0 +1,64 @@
+"""Where things live and which daemons to talk to: the Pool spec plus environment.
+
+Precedence (highest first): command-line option, environment variable
+(`SOMNUS_LIBVIRT_URI`, `DOCKER_HOST`, `SOMNUS_STATE_DIR`, `SOMNUS_GUEST_DIR`),
+the manifests' Pool, the defaults of `model.PoolSpec`.
+
+The state directory holds the journal and console logs. Guest disks and base
+images live in the guest directory (default /var/lib/somnus) because
+qemu:///system runs QEMU as libvirt-qemu, which cannot enter /root.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from somnus_reconciler.model import PoolSpec
+
+DEFAULT_GUEST_DIR = Path("/var/lib/somnus")
+
+
+@dataclass(frozen=True)
+class Settings:
+    libvirt_uri: str
+    domain_type: str  # "qemu" (TCG) or "kvm"
+    state_dir: Path
+    guest_dir: Path
+    docker_host: str | None
+    shutdown_timeout_s: float = 30.0
+
+    @property
+    def images_dir(self) -> Path:
+        return self.guest_dir / "images"
+
+    @property
+    def vms_dir(self) -> Path:
+        return self.guest_dir / "vms"
+
+    @property
+    def console_dir(self) -> Path:
+        return self.state_dir / "consoles"
+
+    @property
+    def journal_path(self) -> Path:
+        return self.state_dir / "journal.sqlite"
+
+
+def resolve(
+    pool: PoolSpec | None = None,
+    *,
+    libvirt_uri: str | None = None,
+    state_dir: str | None = None,
+) -> Settings:
+    pool = pool or PoolSpec()
+    env = os.environ
+    return Settings(
+        libvirt_uri=libvirt_uri or env.get("SOMNUS_LIBVIRT_URI") or pool.libvirt_uri,
+        domain_type=pool.domain_type,
+        state_dir=Path(state_dir or env.get("SOMNUS_STATE_DIR") or pool.state_dir).expanduser(),
+        guest_dir=Path(env.get("SOMNUS_GUEST_DIR") or DEFAULT_GUEST_DIR),
+        docker_host=env.get("DOCKER_HOST"),
+        shutdown_timeout_s=float(env.get("SOMNUS_SHUTDOWN_TIMEOUT", "30")),
+    )
