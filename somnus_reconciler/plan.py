@@ -98,7 +98,7 @@ def compute(desired: DesiredState, actual: ActualState, *, prune: bool) -> Plan:
         if have is not None and not have.managed:
             conflicts.append(_unowned(want.source, want.address, "a libvirt domain"))
             continue
-        change = _vm_change(want, have)
+        change = vm_change(want, have)
         if change is not None:
             changes.append(change)
 
@@ -107,7 +107,7 @@ def compute(desired: DesiredState, actual: ActualState, *, prune: bool) -> Plan:
         if have_c is not None and not have_c.managed:
             conflicts.append(_unowned(want_c.source, want_c.address, "a Docker container"))
             continue
-        change = _container_change(want_c, have_c)
+        change = container_change(want_c, have_c)
         if change is not None:
             changes.append(change)
 
@@ -142,7 +142,7 @@ def _unowned(source: object, address: str, what: str) -> Diagnostic:
     )
 
 
-def _vm_change(want: DesiredVm, have: ActualVm | None) -> Change | None:
+def vm_change(want: DesiredVm, have: ActualVm | None) -> Change | None:
     if have is None:
         return Change(want.address, Action.CREATE, Disruption.NONE, desired=want)
     assert have.mark is not None
@@ -197,7 +197,7 @@ def _vm_change(want: DesiredVm, have: ActualVm | None) -> Change | None:
     return change
 
 
-def _container_change(want: DesiredContainer, have: ActualContainer | None) -> Change | None:
+def container_change(want: DesiredContainer, have: ActualContainer | None) -> Change | None:
     if have is None:
         return Change(want.address, Action.CREATE, Disruption.NONE, desired=want)
     if have.spec_hash != want.spec_hash:

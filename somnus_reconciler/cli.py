@@ -1,0 +1,261 @@
+"""The `somnus` command line (click). Parses options, calls reconcile/engine,
+hands values to views. Exit codes follow SPEC section 4:
+0 ok / in sync, 1 changes pending (diff) or a step failed (apply), 2 invalid input or error.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+
+from somnus_reconciler import __version__, model, views
+from somnus_reconciler.diagnostics import InvalidInput
+from somnus_reconciler.providers import BackendUnavailable, ProviderError
+
+EXIT_OK, EXIT_PENDING, EXIT_FAILED, EXIT_INVALID = 0, 1, 1, 2
+_paths = click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+_state_dir = click.option("--state-dir", envvar="SOMNUS_STATE_DIR", default=None,
+                          help="Journal and console logs [env SOMNUS_STATE_DIR].")
+
+
+def _fail(message: str) -> NoReturn:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(EXIT_INVALID)
+
+
+def _report_invalid(error: InvalidInput, output: str = "text") -> NoReturn:
+    if output == "json":
+        views.print_json(views.diagnostics_json(error.diagnostics))
+    else:
+        for diagnostic in error.diagnostics:
+            click.echo(str(diagnostic), err=True)
+        click.echo(f"{len(error.diagnostics)} problem(s); nothing was changed.", err=True)
+    sys.exit(EXIT_INVALID)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="somnus")
+def cli() -> None:
+    """Declare persistent AI workstations (VMs, containers, packs) as code."""
+
+
+@cli.command()
+@_paths
+@click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text")
+def validate(paths: Sequence[Path], output: str) -> None:
+    """Parse, check schema, references, cycles and admission. Changes nothing."""
+    from somnus_reconciler import reconcile
+
+    try:
+        desired = reconcile.load_desired(paths)
+        reconcile.static_check(desired)
+    except InvalidInput as e:
+        _report_invalid(e, output)
+    count = len(desired.vms) + len(desired.containers) + len(desired.packs)
+    if output == "json":
+        views.print_json({"errors": [], "objects": count})
+    else:
+        click.echo(f"valid: {len(desired.vms)} vm, {len(desired.containers)} container, "
+                   f"{len(desired.packs)} pack")
+
+
+def _plan(paths: Sequence[Path], prune: bool, state_dir: str | None, output: str) -> Any:
+    from somnus_reconciler import reconcile
+
+    try:
+        desired = reconcile.load_desired(paths)
+        backends = reconcile.open_backends(desired, state_dir=state_dir)
+        return backends, reconcile.prepare(desired, backends, prune=prune)
+    except InvalidInput as e:
+        _report_invalid(e, output)
+    except (BackendUnavailable, ProviderError) as e:
+        _fail(str(e))
+
+
+def _show_plan(plan: Any, output: str) -> None:
+    if output == "json":
+        views.print_json(views.plan_json(plan))
+        return
+    for line in views.plan_lines(plan):
+        click.echo(line)
+    click.echo(views.plan_summary(plan))
+
+
+@cli.command()
+@_paths
+@click.option("--prune", is_flag=True, help="Plan deletion of owned objects no longer declared.")
+@click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text")
+@_state_dir
+def diff(paths: Sequence[Path], prune: bool, output: str, state_dir: str | None) -> None:
+    """Show the plan against the actual state. Exit 0 in sync, 1 changes pending."""
+    backends, plan = _plan(paths, prune, state_dir, output)
+    backends.close()
+    _show_plan(plan, output)
+    sys.exit(EXIT_OK if plan.in_sync else EXIT_PENDING)
+
+
+@cli.command()
+@_paths
+@click.option("--prune", is_flag=True, help="Delete owned objects that are no longer declared.")
+@click.option("--dry-run", is_flag=True, help="Show the plan and stop (exit codes as diff).")
+@click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation on a terminal.")
+@_state_dir
+def apply(paths: Sequence[Path], prune: bool, dry_run: bool, yes: bool, state_dir: str | None) -> None:
+    """Converge actual state to the manifests."""
+    from somnus_reconciler.engine import Engine, EngineHook
+    from somnus_reconciler.journal import Journal
+
+    backends, plan = _plan(paths, prune, state_dir, "text")
+    _show_plan(plan, "text")
+    if dry_run or not plan.changes:
+        backends.close()
+        sys.exit(EXIT_OK if plan.in_sync or not dry_run else EXIT_PENDING)
+    interactive = sys.stdin.isatty() and sys.stdout.isatty()
+    if interactive and not yes and not click.confirm("Apply these changes?", default=False):
+        backends.close()
+        _fail("cancelled; nothing was changed")
+    journal = Journal(backends.settings.journal_path)
+    hooks: list[EngineHook]
+    if sys.stdout.isatty():
+        progress = views.TerminalProgress(len(plan.changes))
+        with progress:
+            results = Engine(backends.vms, backends.containers, journal, [progress]).execute(plan)
+    else:
+        results = Engine(backends.vms, backends.containers, journal, [views.PlainProgress()]).execute(plan)
+    journal.close()
+    backends.close()
+    failed = [r for r in results if not r.ok]
+    click.echo(f"Apply finished: {len(results) - len(failed)} step(s) done, {len(failed)} failed.")
+    sys.exit(EXIT_FAILED if failed else EXIT_OK)
+
+
+def _status_rows(kind: str | None, name: str | None, state_dir: str | None,
+                 include_unmanaged: bool) -> list[dict[str, Any]]:
+    from somnus_reconciler import reconcile, status
+
+    backends = reconcile.open_backends(None, state_dir=state_dir)
+    try:
+        return status.rows(backends, kind=kind, name=name, include_unmanaged=include_unmanaged)
+    finally:
+        backends.close()
+
+
+@cli.command()
+@click.argument("kind", required=False)
+@click.argument("name", required=False)
+@click.option("-o", "--output", type=click.Choice(["table", "json", "yaml"]), default="table")
+@click.option("-A", "--all", "include_unmanaged", is_flag=True, help="Also list objects somnus does not own.")
+@_state_dir
+def get(kind: str | None, name: str | None, output: str, include_unmanaged: bool,
+        state_dir: str | None) -> None:
+    """Actual state of VMs and containers, with conditions."""
+    if kind is not None and "/" in kind:
+        kind, name = kind.split("/", 1)
+    if kind is not None:
+        kind = {"vms": "vm", "containers": "container", "virtualmachine": "vm"}.get(kind.lower(), kind.lower())
+        if kind not in ("vm", "container"):
+            _fail(f"unknown kind {kind!r}: use vm or container")
+    try:
+        rows = _status_rows(kind, name, state_dir, include_unmanaged)
+    except (BackendUnavailable, ProviderError) as e:
+        _fail(str(e))
+    if name is not None and not rows:
+        _fail(f"{kind}/{name} not found")
+    if output == "json":
+        views.print_json({"items": rows})
+    elif output == "yaml":
+        import yaml
+
+        click.echo(yaml.safe_dump({"items": rows}, sort_keys=False), nl=False)
+    else:
+        views.status_table(rows)
+
+
+@cli.command()
+@click.argument("address")
+@_state_dir
+def describe(address: str, state_dir: str | None) -> None:
+    """Conditions, forwards and recent events of KIND/NAME."""
+    from somnus_reconciler import settings as settings_mod
+    from somnus_reconciler.journal import Journal
+
+    if "/" not in address:
+        _fail("give KIND/NAME, e.g. vm/coder-1")
+    kind, name = address.split("/", 1)
+    kind = model.SHORT_KIND.get(kind, kind)
+    try:
+        rows = _status_rows(kind, name, state_dir, include_unmanaged=True)
+    except (BackendUnavailable, ProviderError) as e:
+        _fail(str(e))
+    if not rows:
+        _fail(f"{kind}/{name} not found")
+    row = rows[0]
+    for key in ("kind", "name", "state", "managed", "vcpus", "maxVcpus", "memory", "maxMemory",
+                "image", "domainId", "forwards", "consoleLog"):
+        if row.get(key) not in (None, "", {}):
+            value = row[key]
+            if key in ("memory", "maxMemory"):
+                from somnus_reconciler.quantity import format_bytes
+
+                value = format_bytes(value)
+            click.echo(f"{key + ':':<12} {value}")
+    click.echo("conditions:")
+    for condition in row["conditions"]:
+        click.echo(f"  {condition['type']:<20} {condition['status']:<6} {condition.get('message', '')}".rstrip())
+    settings = settings_mod.resolve(state_dir=state_dir)
+    click.echo("events:")
+    if settings.journal_path.exists():
+        import datetime
+
+        journal = Journal(settings.journal_path)
+        for event in reversed(journal.recent(f"{kind}/{name}", limit=10)):
+            at = datetime.datetime.fromtimestamp(event.at).strftime("%Y-%m-%d %H:%M:%S")
+            click.echo(f"  {at}  {event.action:<8} {event.outcome:<7} {event.message}")
+        journal.close()
+
+
+@cli.command()
+def schema() -> None:
+    """JSON Schema of all manifest kinds, for editors."""
+    views.print_json(model.json_schema())
+
+
+@cli.group()
+def image() -> None:
+    """Base images for VMs and containers, built locally."""
+
+
+@image.command("build")
+@click.argument("names", nargs=-1)
+def image_build(names: Sequence[str]) -> None:
+    """Build base images (all of them when none is named)."""
+    from somnus_reconciler import container_images, images, settings as settings_mod
+    from somnus_reconciler.providers.docker_provider import DockerProvider
+
+    known = images.VM_IMAGE_NAMES + container_images.CONTAINER_IMAGE_NAMES
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        _fail(f"unknown image(s) {', '.join(unknown)}; known: {', '.join(known)}")
+    settings = settings_mod.resolve()
+    say = lambda line: click.echo(f"  {line}")  # noqa: E731
+    try:
+        for name in names or known:
+            click.echo(f"building {name}")
+            if name in images.VM_IMAGE_NAMES:
+                built = images.build_vm_image(name, settings.images_dir, log=say)
+                click.echo(f"{name}: {built.disk.parent}")
+            else:
+                provider = DockerProvider(settings.docker_host)
+                container_images.build_container_image(name, provider, log=say)
+                provider.close()
+                click.echo(f"{name}: present")
+    except (images.ImageError, BackendUnavailable, ProviderError) as e:
+        _fail(str(e))
+
+
+def main() -> None:
+    cli()

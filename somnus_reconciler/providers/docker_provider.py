@@ -1,0 +1,331 @@
+"""Docker adapter: observes and converges containers through dockerd's API.
+
+The engine calls it through the `providers.ContainerProvider` protocol; the
+`somnus image build` command and `container_images` use `image_present`,
+`image_labels` and `import_rootfs`. This is the only module that imports
+`docker`. Every `docker.errors.*` and `requests` exception is mapped here, once,
+into `ProviderError` (naming the container or image and the action) or
+`BackendUnavailable` (dockerd cannot be reached); nothing docker-specific leaks.
+
+Ownership (SPEC section 3): what `create` makes carries labels under
+`io.somnus.*`; `delete` refuses anything without them. Containers are never
+attached to Docker's bridge: network mode is `none` or `host` only, and they are
+reached through `docker exec` over the daemon's socket.
+
+Cost: `observe` is one listing call (`GET /containers/json?all=1`, what
+docker-py calls `sparse=True`), never one inspect per container. `docker` is
+imported on first connection, so importing this module is cheap.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from somnus_reconciler.actual import ActualContainer
+from somnus_reconciler.desired import DesiredContainer
+from somnus_reconciler.providers import BackendUnavailable, ProviderError
+
+if TYPE_CHECKING:
+    import docker
+
+LABEL_MANAGED = "io.somnus.managed"  # "true"
+LABEL_SPEC_HASH = "io.somnus.spec-hash"
+LABEL_OWNER = "io.somnus.owner"  # only when the container has an owner
+LABEL_PACKS = "io.somnus.packs"  # JSON {pack: fingerprint}
+
+ALLOWED_NETWORK_MODES = ("none", "host")
+STOP_TIMEOUT_S = 5
+
+_IMAGE_HINT = "build it with: somnus image build"
+
+
+class DockerProvider:
+    """Implements `providers.ContainerProvider` against one dockerd.
+
+    `base_url` None means docker's own defaults: `DOCKER_HOST`, else the local
+    unix socket. The connection is opened on first use and kept until `close`.
+    """
+
+    def __init__(self, base_url: str | None = None) -> None:
+        self._base_url = base_url
+        self._client: docker.APIClient | None = None
+
+    # -- connection --------------------------------------------------------
+
+    def _api(self) -> docker.APIClient:
+        if self._client is None:
+            import docker  # ~250 ms: paid only by processes that talk to dockerd
+
+            where = self._base_url or "DOCKER_HOST or the default socket"
+            try:
+                # version "auto" costs one GET /version per connection; pinning
+                # a version instead breaks on daemons whose API range excludes it
+                # (20.10 tops out at 1.41, 29.x starts at 1.44).
+                if self._base_url is None:
+                    client = docker.from_env(version="auto")
+                else:
+                    client = docker.DockerClient(base_url=self._base_url, version="auto")
+            except docker.errors.DockerException as e:
+                raise BackendUnavailable(f"dockerd ({where}) cannot be reached: {e}") from e
+            self._client = client.api
+        return self._client
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    def __enter__(self) -> DockerProvider:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- observe -----------------------------------------------------------
+
+    def observe(self) -> dict[str, ActualContainer]:
+        """Every container, managed or not, by name (without the leading '/')."""
+        with _mapped("container/*", "list"):
+            summaries = self._api().containers(all=True)
+        result: dict[str, ActualContainer] = {}
+        for summary in summaries:
+            actual = _from_summary(summary)
+            if actual is not None:
+                result[actual.name] = actual
+        return result
+
+    def observe_one(self, name: str) -> ActualContainer | None:
+        # A name filter rather than inspect: inspect also resolves ID prefixes,
+        # and this gives the same fields as `observe`.
+        with _mapped(_address(name), "observe"):
+            summaries = self._api().containers(
+                all=True, filters={"name": f"^/{re.escape(name)}$"}
+            )
+        for summary in summaries:
+            actual = _from_summary(summary)
+            if actual is not None and actual.name == name:
+                return actual
+        return None
+
+    # -- converge ----------------------------------------------------------
+
+    def create(self, c: DesiredContainer) -> None:
+        """Create and start `c`; on a failed start the new container is removed."""
+        address = c.address
+        if c.network not in ALLOWED_NETWORK_MODES:
+            raise ProviderError(
+                address,
+                "create",
+                f"network {c.network!r} is not allowed (only {', '.join(ALLOWED_NETWORK_MODES)})",
+            )
+        api = self._api()
+        host_config_args: dict[str, Any] = {
+            "network_mode": c.network,
+            "restart_policy": {"Name": "no"},
+            # docker-init as PID 1: reaps zombies and passes SIGTERM on, so a
+            # `sleep infinity` stops at once instead of after the stop timeout.
+            "init": True,
+        }
+        if c.cpus > 0:
+            host_config_args["nano_cpus"] = round(c.cpus * 1e9)
+        if c.memory > 0:
+            host_config_args["mem_limit"] = c.memory
+        try:
+            with _mapped(address, "create"):
+                created = api.create_container(
+                    image=c.image,
+                    command=list(c.command) if c.command is not None else None,
+                    name=c.name,
+                    environment=[f"{k}={v}" for k, v in c.env],
+                    labels=mark_labels(c),
+                    host_config=api.create_host_config(**host_config_args),
+                )
+        except ProviderError as e:
+            if _is_image_not_found(e.__cause__):
+                raise ProviderError(
+                    address,
+                    "create",
+                    f"image {c.image} is not present locally; {_IMAGE_HINT} {c.image}",
+                ) from e.__cause__
+            raise
+        container_id = created["Id"]
+        try:
+            with _mapped(address, "start"):
+                api.start(container_id)
+        except ProviderError:
+            # Leave nothing half-made: a created-but-never-started container
+            # would look like a stopped one to the next plan.
+            with contextlib.suppress(Exception):
+                api.remove_container(container_id, v=True, force=True)
+            raise
+
+    def start(self, name: str) -> None:
+        with _mapped(_address(name), "start"):
+            self._api().start(name)
+
+    def delete(self, name: str) -> None:
+        """Stop and remove a managed container and its anonymous volumes.
+
+        Absent already: nothing to do. Unmarked: refused, left as it is.
+        """
+        address = _address(name)
+        actual = self.observe_one(name)
+        if actual is None:
+            return
+        if not actual.managed:
+            raise ProviderError(
+                address,
+                "delete",
+                f"container {name} has no {LABEL_MANAGED} label; somnus did not create it "
+                "and will not delete it",
+            )
+        api = self._api()
+        with _mapped(address, "stop"):
+            if actual.running:
+                api.stop(actual.container_id, timeout=STOP_TIMEOUT_S)
+        with _mapped(address, "delete"):
+            try:
+                api.remove_container(actual.container_id, v=True, force=True)
+            except Exception as e:
+                if not _is_not_found(e):  # gone meanwhile: the goal is reached
+                    raise
+
+    # -- images ------------------------------------------------------------
+
+    def image_present(self, reference: str) -> bool:
+        return self.image_labels(reference) is not None
+
+    def image_labels(self, reference: str) -> dict[str, str] | None:
+        """The image's labels, or None when no image `reference` exists locally."""
+        with _mapped(f"image/{reference}", "inspect"):
+            try:
+                attrs = self._api().inspect_image(reference)
+            except Exception as e:
+                if _is_not_found(e):
+                    return None
+                raise
+        config = attrs.get("Config") or {}
+        return dict(config.get("Labels") or {})
+
+    def import_rootfs(
+        self,
+        tarball: Path,
+        reference: str,
+        *,
+        labels: Mapping[str, str] | None = None,
+        changes: tuple[str, ...] = (),
+    ) -> None:
+        """`docker import TARBALL REFERENCE`, with `labels` and Dockerfile `changes`."""
+        address = f"image/{reference}"
+        repository, tag = _split_reference(reference)
+        all_changes = [f"LABEL {k}={json.dumps(v)}" for k, v in (labels or {}).items()]
+        all_changes.extend(changes)
+        with _mapped(address, "import"):
+            answer = self._api().import_image_from_file(
+                str(tarball), repository=repository, tag=tag, changes=all_changes or None
+            )
+        # The daemon reports import failures inside a 200 response's JSON stream.
+        for line in str(answer).splitlines():
+            with contextlib.suppress(ValueError):
+                message = json.loads(line)
+                if isinstance(message, dict) and message.get("error"):
+                    raise ProviderError(address, "import", str(message["error"]))
+
+
+def mark_labels(c: DesiredContainer) -> dict[str, str]:
+    """The ownership mark (SPEC section 3) that `create` puts on `c`."""
+    labels = {
+        LABEL_MANAGED: "true",
+        LABEL_SPEC_HASH: c.spec_hash,
+        LABEL_PACKS: "{}",  # packs are recorded once the engine installs them
+    }
+    if c.owner is not None:
+        labels[LABEL_OWNER] = c.owner
+    return labels
+
+
+def _from_summary(summary: Mapping[str, Any]) -> ActualContainer | None:
+    """An ActualContainer from one entry of GET /containers/json."""
+    # Legacy links add aliases such as "/other/alias"; the own name has one '/'.
+    names = [n[1:] for n in summary.get("Names") or () if n.count("/") == 1]
+    if not names:
+        return None
+    labels: dict[str, str] = dict(summary.get("Labels") or {})
+    spec_hash: str | None = None
+    if labels.get(LABEL_MANAGED) == "true":
+        # Marked but without a hash: ours, of unknown spec; the planner replaces it.
+        spec_hash = labels.get(LABEL_SPEC_HASH, "")
+    return ActualContainer(
+        name=names[0],
+        container_id=str(summary.get("Id", "")),
+        # The reference it was created from, or the image ID once that tag moved.
+        image=str(summary.get("Image", "")),
+        state=str(summary.get("State", "")),
+        spec_hash=spec_hash,
+        labels=labels,
+    )
+
+
+def _address(name: str) -> str:
+    return f"container/{name}"
+
+
+def _split_reference(reference: str) -> tuple[str, str]:
+    """Repository and tag: `somnus/busybox:latest` -> (`somnus/busybox`, `latest`).
+
+    A ':' before the last '/' belongs to a registry's host:port, not a tag.
+    """
+    head, sep, tag = reference.rpartition(":")
+    if sep and "/" not in tag:
+        return head, tag
+    return reference, "latest"
+
+
+def _is_not_found(e: BaseException | None) -> bool:
+    import docker.errors
+
+    return isinstance(e, docker.errors.NotFound)
+
+
+def _is_image_not_found(e: BaseException | None) -> bool:
+    import docker.errors
+
+    if isinstance(e, docker.errors.ImageNotFound):
+        return True
+    # Some daemon versions answer a 404 whose class docker-py cannot tell apart.
+    return isinstance(e, docker.errors.NotFound) and "no such image" in str(e).lower()
+
+
+@contextlib.contextmanager
+def _mapped(address: str, action: str) -> Iterator[None]:
+    """Turn docker and requests exceptions raised inside into ours, `from` them."""
+    try:
+        yield
+    except Exception as e:
+        mapped = _translate(e, address, action)
+        if mapped is None:
+            raise
+        raise mapped from e
+
+
+def _translate(e: Exception, address: str, action: str) -> Exception | None:
+    import docker.errors
+    import requests.exceptions
+
+    if isinstance(e, requests.exceptions.ConnectionError):
+        return BackendUnavailable(f"dockerd cannot be reached ({address}: {action}): {e}")
+    if isinstance(e, requests.exceptions.Timeout):
+        return ProviderError(address, action, f"dockerd did not answer in time: {e}", temporary=True)
+    if isinstance(e, docker.errors.APIError):
+        cause = e.explanation or str(e)
+        if isinstance(cause, bytes):
+            cause = cause.decode(errors="replace")
+        return ProviderError(address, action, f"{cause} (HTTP {e.status_code})")
+    if isinstance(e, (docker.errors.DockerException, requests.exceptions.RequestException)):
+        return ProviderError(address, action, str(e))
+    return None

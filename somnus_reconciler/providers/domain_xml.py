@@ -1,0 +1,170 @@
+"""Domain XML for libvirt: built with ElementTree from desired values, parsed back
+into `ActualVm`. Used by libvirt_provider only.
+
+The ownership mark (SPEC section 3) is a `<somnus:vm>` element inside the
+domain's `<metadata>`, in the tool's own namespace. It records the spec hash,
+the values that cannot be changed in place (image, disk size, OS family), the
+owner, the loopback port forwards and the packs applied.
+
+Networking is QEMU user-mode (slirp) added through `<qemu:commandline>`, with
+forwards bound to 127.0.0.1 only: a guest is never put on a bridge.
+"""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+
+from somnus_reconciler.actual import ActualVm, PortForward, PowerState, VmMark
+from somnus_reconciler.desired import DesiredVm
+
+SOMNUS_NS = "https://somnus-reconciler.dev/xmlns/domain/v1"
+QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
+ET.register_namespace("somnus", SOMNUS_NS)
+ET.register_namespace("qemu", QEMU_NS)
+
+# Guest ports every VM forwards to 127.0.0.1: SSH, and the in-guest agent.
+GUEST_PORTS: dict[str, int] = {"ssh": 22, "agent": 7465}
+_NIC_PCI_SLOT = "0x9"  # explicit, so it never clashes with the balloon's slot
+
+
+@dataclass(frozen=True)
+class BootSource:
+    """What the domain boots: its own overlay disk and, optionally, a kernel."""
+
+    disk: Path
+    kernel: Path | None = None
+    initrd: Path | None = None
+    cmdline: str = ""
+
+
+def _kib(amount: int) -> str:
+    return str(amount // 1024)
+
+
+def mark_element(vm: DesiredVm, forwards: tuple[PortForward, ...],
+                 packs: tuple[tuple[str, str], ...] = ()) -> ET.Element:
+    mark = ET.Element(f"{{{SOMNUS_NS}}}vm", {
+        "spec-hash": vm.spec_hash,
+        "image": vm.image,
+        "disk-size": str(vm.disk_size),
+        "os-family": vm.os_family,
+    })
+    if vm.owner is not None:
+        mark.set("owner", vm.owner)
+    for fwd in forwards:
+        ET.SubElement(mark, f"{{{SOMNUS_NS}}}forward", {
+            "name": fwd.name, "host-port": str(fwd.host_port), "guest-port": str(fwd.guest_port),
+        })
+    for pack, fingerprint in packs:
+        ET.SubElement(mark, f"{{{SOMNUS_NS}}}pack", {"name": pack, "fingerprint": fingerprint})
+    return mark
+
+
+def mark_xml(vm: DesiredVm, forwards: tuple[PortForward, ...],
+             packs: tuple[tuple[str, str], ...] = ()) -> str:
+    """The mark alone, as `virDomainSetMetadata` takes it."""
+    return ET.tostring(mark_element(vm, forwards, packs), encoding="unicode")
+
+
+def build(vm: DesiredVm, boot: BootSource, *, domain_type: str, console_log: Path,
+          forwards: tuple[PortForward, ...], packs: tuple[tuple[str, str], ...] = ()) -> str:
+    r = vm.resources
+    domain = ET.Element("domain", {"type": domain_type})
+    ET.SubElement(domain, "name").text = vm.name
+    ET.SubElement(domain, "metadata").append(mark_element(vm, forwards, packs))
+    ET.SubElement(domain, "memory", {"unit": "KiB"}).text = _kib(r.max_memory)
+    ET.SubElement(domain, "currentMemory", {"unit": "KiB"}).text = _kib(r.memory)
+    ET.SubElement(domain, "vcpu", {"placement": "static", "current": str(r.vcpus)}).text = str(r.max_vcpus)
+
+    os_el = ET.SubElement(domain, "os")
+    ET.SubElement(os_el, "type", {"arch": "x86_64", "machine": "pc"}).text = "hvm"
+    if boot.kernel is not None:
+        ET.SubElement(os_el, "kernel").text = str(boot.kernel)
+        if boot.initrd is not None:
+            ET.SubElement(os_el, "initrd").text = str(boot.initrd)
+        ET.SubElement(os_el, "cmdline").text = boot.cmdline
+    else:
+        ET.SubElement(os_el, "boot", {"dev": "hd"})
+    features = ET.SubElement(domain, "features")
+    ET.SubElement(features, "acpi")
+    ET.SubElement(features, "apic")
+    for event, what in (("on_poweroff", "destroy"), ("on_reboot", "restart"), ("on_crash", "destroy")):
+        ET.SubElement(domain, event).text = what
+
+    devices = ET.SubElement(domain, "devices")
+    disk = ET.SubElement(devices, "disk", {"type": "file", "device": "disk"})
+    ET.SubElement(disk, "driver", {"name": "qemu", "type": "qcow2"})
+    ET.SubElement(disk, "source", {"file": str(boot.disk)})
+    ET.SubElement(disk, "target", {"dev": "vda", "bus": "virtio"})
+    serial = ET.SubElement(devices, "serial", {"type": "pty"})
+    ET.SubElement(serial, "log", {"file": str(console_log), "append": "on"})
+    ET.SubElement(serial, "target", {"port": "0"})
+    console = ET.SubElement(devices, "console", {"type": "pty"})
+    ET.SubElement(console, "target", {"type": "serial", "port": "0"})
+    ET.SubElement(devices, "memballoon", {"model": "virtio"})
+
+    hostfwd = ",".join(
+        f"hostfwd=tcp:127.0.0.1:{fwd.host_port}-:{fwd.guest_port}" for fwd in forwards
+    )
+    netdev = "user,id=somnus0" + (f",{hostfwd}" if hostfwd else "")
+    commandline = ET.SubElement(domain, f"{{{QEMU_NS}}}commandline")
+    for arg in ("-netdev", netdev, "-device",
+                f"virtio-net-pci,netdev=somnus0,bus=pci.0,addr={_NIC_PCI_SLOT}"):
+        ET.SubElement(commandline, f"{{{QEMU_NS}}}arg", {"value": arg})
+    return ET.tostring(domain, encoding="unicode")
+
+
+def _memory_bytes(element: ET.Element | None) -> int:
+    if element is None or element.text is None:
+        return 0
+    scale = {"b": 1, "bytes": 1, "KiB": 1024, "k": 1024, "MiB": 2**20, "M": 2**20,
+             "GiB": 2**30, "G": 2**30}[element.get("unit", "KiB")]
+    return int(element.text) * scale
+
+
+def parse_mark(element: ET.Element | None) -> VmMark | None:
+    if element is None:
+        return None
+    forwards = tuple(
+        PortForward(f.get("name", ""), int(f.get("host-port", "0")), int(f.get("guest-port", "0")))
+        for f in element.iter(f"{{{SOMNUS_NS}}}forward")
+    )
+    packs = tuple(
+        (p.get("name", ""), p.get("fingerprint", "")) for p in element.iter(f"{{{SOMNUS_NS}}}pack")
+    )
+    return VmMark(
+        spec_hash=element.get("spec-hash", ""),
+        image=element.get("image", ""),
+        disk_size=int(element.get("disk-size", "0")),
+        os_family=element.get("os-family", ""),
+        owner=element.get("owner"),
+        forwards=forwards,
+        packs=packs,
+    )
+
+
+def parse(xml: str, power: PowerState | None = None) -> ActualVm:
+    """Read an `ActualVm` from `virDomainGetXMLDesc` output.
+
+    A running domain's XML carries `id`; `power` overrides that guess when the
+    caller knows better (paused domains also carry an id).
+    """
+    root = ET.fromstring(xml)
+    domain_id = root.get("id")
+    vcpu = root.find("vcpu")
+    max_vcpus = int(vcpu.text or "0") if vcpu is not None else 0
+    current = vcpu.get("current") if vcpu is not None else None
+    max_memory = _memory_bytes(root.find("memory"))
+    current_memory = root.find("currentMemory")
+    return ActualVm(
+        name=root.findtext("name", ""),
+        power=power or (PowerState.RUNNING if domain_id not in (None, "-1") else PowerState.SHUTOFF),
+        domain_id=int(domain_id) if domain_id not in (None, "-1") else None,
+        vcpus=int(current) if current else max_vcpus,
+        max_vcpus=max_vcpus,
+        memory=_memory_bytes(current_memory) if current_memory is not None else max_memory,
+        max_memory=max_memory,
+        mark=parse_mark(root.find(f"metadata/{{{SOMNUS_NS}}}vm")),
+    )

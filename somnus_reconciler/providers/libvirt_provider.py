@@ -1,0 +1,231 @@
+"""libvirt adapter: observes and changes domains. The only module importing `libvirt`.
+
+Called by the engine (through the `VmProvider` protocol) and by the CLI's
+`get` / `describe`. Every `libvirt.libvirtError` is mapped here, once, into
+`ProviderError` naming the domain and the action.
+
+Each VM owns `<guest_dir>/vms/<name>/disk.qcow2`, a qcow2 overlay whose backing
+file is the base image; its serial console is logged to
+`<state_dir>/consoles/<name>.log`.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import libvirt
+
+from somnus_reconciler import images
+from somnus_reconciler.actual import ActualVm, PortForward, PowerState
+from somnus_reconciler.desired import DesiredVm
+from somnus_reconciler.providers import BackendUnavailable, ProviderError
+from somnus_reconciler.providers import domain_xml
+from somnus_reconciler.settings import Settings
+
+# libvirt prints every error to stderr by default; we map and report them ourselves.
+libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+
+_UNDEFINE_FLAGS = (
+    libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
+    | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
+    | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM
+    | libvirt.VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA
+)
+_LIVE_AND_CONFIG = libvirt.VIR_DOMAIN_AFFECT_LIVE | libvirt.VIR_DOMAIN_AFFECT_CONFIG
+_POWER = {
+    libvirt.VIR_DOMAIN_RUNNING: PowerState.RUNNING,
+    libvirt.VIR_DOMAIN_BLOCKED: PowerState.RUNNING,
+    libvirt.VIR_DOMAIN_PAUSED: PowerState.PAUSED,
+    libvirt.VIR_DOMAIN_SHUTOFF: PowerState.SHUTOFF,
+    libvirt.VIR_DOMAIN_SHUTDOWN: PowerState.RUNNING,
+    libvirt.VIR_DOMAIN_CRASHED: PowerState.SHUTOFF,
+}
+
+
+def _free_loopback_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class LibvirtProvider:
+    """Implements `providers.VmProvider` against one libvirt connection."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._conn: libvirt.virConnect | None = None
+
+    # -- connection -------------------------------------------------------
+    @property
+    def conn(self) -> libvirt.virConnect:
+        if self._conn is None:
+            try:
+                self._conn = libvirt.open(self._settings.libvirt_uri)
+            except libvirt.libvirtError as e:
+                raise BackendUnavailable(
+                    f"cannot connect to libvirt at {self._settings.libvirt_uri}: {e.get_error_message()}"
+                ) from e
+        return self._conn
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    @contextmanager
+    def _mapped(self, name: str, action: str) -> Iterator[None]:
+        try:
+            yield
+        except libvirt.libvirtError as e:
+            raise ProviderError(f"vm/{name}", action, e.get_error_message() or str(e)) from e
+        except (OSError, subprocess.CalledProcessError, images.ImageError) as e:
+            raise ProviderError(f"vm/{name}", action, str(e)) from e
+
+    def _domain(self, name: str) -> libvirt.virDomain:
+        return self.conn.lookupByName(name)
+
+    # -- observe ----------------------------------------------------------
+    def observe(self) -> dict[str, ActualVm]:
+        """One listing call, then each domain's XML (the mark lives in it)."""
+        try:
+            domains = self.conn.listAllDomains(0)
+        except libvirt.libvirtError as e:
+            raise BackendUnavailable(f"cannot list libvirt domains: {e.get_error_message()}") from e
+        found: dict[str, ActualVm] = {}
+        for dom in domains:
+            try:
+                vm = domain_xml.parse(dom.XMLDesc(0))
+            except libvirt.libvirtError as e:
+                if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                    continue  # undefined between the listing and this call
+                raise ProviderError(f"vm/{dom.name()}", "read XML", e.get_error_message()) from e
+            found[vm.name] = vm
+        return found
+
+    def observe_one(self, name: str) -> ActualVm | None:
+        try:
+            dom = self._domain(name)
+            state = _POWER.get(dom.state()[0], PowerState.OTHER)
+            return domain_xml.parse(dom.XMLDesc(0), state)
+        except libvirt.libvirtError as e:
+            if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                return None
+            raise ProviderError(f"vm/{name}", "observe", e.get_error_message()) from e
+
+    def console_log(self, name: str) -> Path:
+        return self._settings.console_dir / f"{name}.log"
+
+    # -- act --------------------------------------------------------------
+    def _vm_dir(self, name: str) -> Path:
+        return self._settings.vms_dir / name
+
+    def _boot_source(self, vm: DesiredVm) -> domain_xml.BootSource:
+        image = images.find_vm_image(vm.image, self._settings.images_dir)
+        return domain_xml.BootSource(
+            disk=self._vm_dir(vm.name) / "disk.qcow2",
+            kernel=image.kernel, initrd=image.initrd, cmdline=image.cmdline,
+        )
+
+    def _xml(self, vm: DesiredVm, forwards: tuple[PortForward, ...],
+             packs: tuple[tuple[str, str], ...] = ()) -> str:
+        return domain_xml.build(
+            vm, self._boot_source(vm), domain_type=self._settings.domain_type,
+            console_log=self.console_log(vm.name), forwards=forwards, packs=packs,
+        )
+
+    def create(self, vm: DesiredVm) -> None:
+        """Overlay disk, define, and start when `vm.running`."""
+        with self._mapped(vm.name, "create"):
+            image = images.find_vm_image(vm.image, self._settings.images_dir)
+            vm_dir = self._vm_dir(vm.name)
+            vm_dir.mkdir(parents=True, exist_ok=True)
+            vm_dir.chmod(0o755)
+            self._settings.console_dir.mkdir(parents=True, exist_ok=True)
+            disk = vm_dir / "disk.qcow2"
+            disk.unlink(missing_ok=True)
+            subprocess.run(
+                ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2",
+                 "-b", str(image.disk), str(disk), str(vm.disk_size)],
+                check=True, capture_output=True, text=True,
+            )
+            forwards = tuple(
+                PortForward(name, _free_loopback_port(), port)
+                for name, port in domain_xml.GUEST_PORTS.items()
+            )
+            dom = self.conn.defineXML(self._xml(vm, forwards))
+            if vm.running:
+                dom.create()
+
+    def start(self, name: str) -> None:
+        with self._mapped(name, "start"):
+            dom = self._domain(name)
+            if not dom.isActive():
+                dom.create()
+
+    def stop(self, name: str) -> None:
+        """ACPI shutdown, then destroy once the timeout has passed."""
+        with self._mapped(name, "stop"):
+            dom = self._domain(name)
+            if not dom.isActive():
+                return
+            try:
+                dom.shutdown()
+            except libvirt.libvirtError:
+                pass  # the guest may not take ACPI requests; destroy below
+            deadline = time.monotonic() + self._settings.shutdown_timeout_s
+            while time.monotonic() < deadline:
+                if not dom.isActive():
+                    return
+                time.sleep(0.25)
+            if dom.isActive():
+                dom.destroy()
+
+    def redefine(self, vm: DesiredVm) -> None:
+        """Persistent config := `vm`, keeping the disk, forwards and packs applied."""
+        with self._mapped(vm.name, "redefine"):
+            mark = domain_xml.parse(self._domain(vm.name).XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)).mark
+            forwards = mark.forwards if mark else ()
+            packs = mark.packs if mark else ()
+            self.conn.defineXML(self._xml(vm, forwards, packs))
+
+    def resize_live(self, vm: DesiredVm) -> None:
+        """vCPUs and memory of a running guest, live and persistent, within its maxima."""
+        with self._mapped(vm.name, "resize live"):
+            dom = self._domain(vm.name)
+            current = domain_xml.parse(dom.XMLDesc(0))
+            r = vm.resources
+            if current.vcpus != r.vcpus:
+                dom.setVcpusFlags(r.vcpus, _LIVE_AND_CONFIG)
+            if current.memory != r.memory:
+                dom.setMemoryFlags(r.memory // 1024, _LIVE_AND_CONFIG)
+
+    def write_mark(self, vm: DesiredVm) -> None:
+        """Record the spec hash of `vm` in the running and the persistent definition."""
+        with self._mapped(vm.name, "write mark"):
+            dom = self._domain(vm.name)
+            mark = domain_xml.parse(dom.XMLDesc(0)).mark
+            forwards = mark.forwards if mark else ()
+            packs = mark.packs if mark else ()
+            flags = _LIVE_AND_CONFIG if dom.isActive() else libvirt.VIR_DOMAIN_AFFECT_CONFIG
+            dom.setMetadata(
+                libvirt.VIR_DOMAIN_METADATA_ELEMENT,
+                domain_xml.mark_xml(vm, forwards, packs),
+                "somnus", domain_xml.SOMNUS_NS, flags,
+            )
+
+    def delete(self, name: str) -> None:
+        """Destroy, undefine with snapshot metadata, and remove the VM's disk."""
+        with self._mapped(name, "delete"):
+            dom = self._domain(name)
+            if domain_xml.parse(dom.XMLDesc(0)).mark is None:
+                raise ProviderError(f"vm/{name}", "delete", "the domain carries no somnus mark; left alone")
+            if dom.isActive():
+                dom.destroy()
+            dom.undefineFlags(_UNDEFINE_FLAGS)
+            shutil.rmtree(self._vm_dir(name), ignore_errors=True)

@@ -1,0 +1,174 @@
+"""Rendering: plans, step progress and object status, for people and as JSON.
+
+Nothing here decides anything; the CLI picks a view and feeds it values.
+The JSON shapes are stable and documented in docs/output.md.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any, TextIO
+
+from somnus_reconciler.desired import DesiredContainer, DesiredVm
+from somnus_reconciler.diagnostics import Diagnostic
+from somnus_reconciler.engine import StepResult
+from somnus_reconciler.plan import Action, Change, Plan
+from somnus_reconciler.quantity import format_bytes
+
+
+# -- plans ---------------------------------------------------------------------
+def describe_change(change: Change) -> str:
+    want = change.desired
+    fields = ", ".join(str(f) for f in change.fields)
+    if change.action is Action.CREATE and isinstance(want, DesiredVm):
+        r = want.resources
+        origin = f"profile {want.profile}, " if want.profile else ""
+        power = "" if want.running else ", stopped"
+        return f"create ({origin}{r.vcpus} vcpu, {format_bytes(r.memory)}{power})"
+    if change.action is Action.CREATE and isinstance(want, DesiredContainer):
+        return f"create (image {want.image}, {want.cpus:g} cpu, {format_bytes(want.memory)})"
+    if change.action is Action.DELETE:
+        return "delete"
+    if change.action is Action.REPLACE:
+        return f"replace: {fields}" if fields else f"replace: {change.reason}"
+    if change.action in (Action.START, Action.STOP):
+        return change.action.value + (f": {fields}" if fields else "")
+    return fields or "refresh ownership mark"
+
+
+def _disruption_note(change: Change) -> str:
+    if change.action is Action.DELETE:
+        return "prune"
+    return change.disruption.label
+
+
+def plan_lines(plan: Plan) -> list[str]:
+    lines = []
+    for change in plan.changes:
+        note = _disruption_note(change)
+        text = describe_change(change)
+        line = f"{change.action.symbol:<3} {change.address:<24} {text}"
+        if note:
+            line = f"{line:<70} ({note})"
+        lines.append(line.rstrip())
+    for address in plan.leftovers:
+        lines.append(f"    {address:<24} owned but not declared: kept (--prune deletes it)")
+    return lines
+
+
+def plan_summary(plan: Plan) -> str:
+    if not plan.changes:
+        return "No changes: actual state matches the manifests."
+    count = {action: 0 for action in Action}
+    for change in plan.changes:
+        count[change.action] += 1
+    changed = count[Action.UPDATE] + count[Action.START] + count[Action.STOP]
+    return (
+        f"Plan: {count[Action.CREATE]} to create, {changed} to change, "
+        f"{count[Action.REPLACE]} to replace, {count[Action.DELETE]} to delete."
+    )
+
+
+def plan_json(plan: Plan) -> dict[str, Any]:
+    return {
+        "inSync": plan.in_sync,
+        "changes": [
+            {
+                "address": c.address,
+                "action": c.action.value,
+                "symbol": c.action.symbol,
+                "disruption": c.disruption.name.lower(),
+                "fields": [{"name": f.name, "before": f.before, "after": f.after} for f in c.fields],
+                "summary": describe_change(c),
+            }
+            for c in plan.changes
+        ],
+        "leftovers": list(plan.leftovers),
+    }
+
+
+def diagnostics_json(diagnostics: Sequence[Diagnostic]) -> dict[str, Any]:
+    return {
+        "errors": [
+            {
+                "file": str(d.source.file) if d.source else None,
+                "line": d.source.line if d.source else None,
+                "address": d.address,
+                "message": d.message,
+            }
+            for d in diagnostics
+        ]
+    }
+
+
+def print_json(value: object, out: TextIO = sys.stdout) -> None:
+    json.dump(value, out, indent=2, default=str)
+    out.write("\n")
+
+
+# -- apply progress ----------------------------------------------------------------
+class PlainProgress:
+    """One line per finished step: for logs, pipes and CI."""
+
+    def __init__(self, out: TextIO = sys.stdout) -> None:
+        self._out = out
+
+    def step_started(self, change: Change) -> None:
+        print(f"{change.address}: {describe_change(change)} ...", file=self._out, flush=True)
+
+    def step_finished(self, result: StepResult) -> None:
+        outcome = "done" if result.ok else f"FAILED: {result.message}"
+        print(f"{result.change.address}: {outcome} ({result.duration_s:.1f}s)", file=self._out, flush=True)
+
+
+class TerminalProgress:
+    """A rich progress bar over the steps, with a line per finished step."""
+
+    def __init__(self, total: int) -> None:
+        from rich.console import Console
+        from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+        self._console = Console()
+        self._progress = Progress(
+            SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+            TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(),
+            console=self._console, transient=True,
+        )
+        self._task = self._progress.add_task("applying", total=total)
+
+    def __enter__(self) -> TerminalProgress:
+        self._progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._progress.stop()
+
+    def step_started(self, change: Change) -> None:
+        self._progress.update(self._task, description=f"{change.address}: {describe_change(change)}")
+
+    def step_finished(self, result: StepResult) -> None:
+        mark = "[green]✓[/]" if result.ok else "[red]✗[/]"
+        detail = "" if result.ok else f": {result.message}"
+        self._console.print(f"{mark} {result.change.address}{detail} ({result.duration_s:.1f}s)")
+        self._progress.advance(self._task)
+
+
+# -- status ----------------------------------------------------------------------
+STATUS_COLUMNS = ("KIND", "NAME", "STATE", "VCPUS", "MEMORY", "MANAGED", "DETAIL")
+
+
+def status_table(rows: Sequence[dict[str, Any]], out: TextIO = sys.stdout) -> None:
+    """kubectl-like plain columns: aligned, no colours, easy to grep."""
+    cells = [STATUS_COLUMNS] + [
+        (
+            r["kind"], r["name"], r["state"], str(r.get("vcpus", "")),
+            format_bytes(r["memory"]) if r.get("memory") else "",
+            "yes" if r["managed"] else "no", r.get("detail", ""),
+        )
+        for r in rows
+    ]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(STATUS_COLUMNS))]
+    for row in cells:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip(), file=out)
