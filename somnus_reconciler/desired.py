@@ -91,3 +91,4 @@ class DesiredState:
     packs: dict[str, DesiredPack]
     pool: PoolSpec
     pool_source: Source | None = None
+    pool_name: str | None = None  # None: no Pool declared, the defaults apply

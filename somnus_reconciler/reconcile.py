@@ -18,7 +18,7 @@ from somnus_reconciler import admission, images, loader, references, settings as
 from somnus_reconciler import plan as plan_mod
 from somnus_reconciler.actual import ActualContainer, ActualState, ActualVm
 from somnus_reconciler.desired import DesiredState, DesiredVm
-from somnus_reconciler.diagnostics import Diagnostics, InvalidInput
+from somnus_reconciler.diagnostics import Diagnostic, Diagnostics, InvalidInput
 from somnus_reconciler.plan import Action, Plan
 from somnus_reconciler.providers.docker_provider import DockerProvider
 from somnus_reconciler.providers.libvirt_provider import LibvirtProvider
@@ -37,8 +37,15 @@ class Backends:
 
 
 def load_desired(paths: Sequence[Path]) -> DesiredState:
-    """Parse, validate and resolve references; raises InvalidInput listing every problem."""
-    return references.resolve(loader.load(paths))
+    """Parse, validate and resolve references; raises InvalidInput listing every problem.
+
+    No manifest at all is an error too (as with kubectl), so that an empty
+    directory can never turn `apply --prune` into "delete everything".
+    """
+    declared = loader.load(paths)
+    if not declared:
+        raise InvalidInput((Diagnostic(None, None, f"no manifests found in {', '.join(map(str, paths))}"),))
+    return references.resolve(declared)
 
 
 def host_capacity() -> admission.HostCapacity:

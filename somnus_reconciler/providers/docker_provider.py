@@ -165,8 +165,15 @@ class DockerProvider:
             raise
 
     def start(self, name: str) -> None:
-        with _mapped(_address(name), "start"):
-            self._api().start(name)
+        """Start a managed container; unmarked ones are refused (SPEC section 3)."""
+        address = _address(name)
+        actual = self.observe_one(name)
+        if actual is None:
+            raise ProviderError(address, "start", f"no container named {name}")
+        if not actual.managed:
+            raise ProviderError(address, "start", _unmarked(name, "start"))
+        with _mapped(address, "start"):
+            self._api().start(actual.container_id)
 
     def delete(self, name: str) -> None:
         """Stop and remove a managed container and its anonymous volumes.
@@ -178,12 +185,7 @@ class DockerProvider:
         if actual is None:
             return
         if not actual.managed:
-            raise ProviderError(
-                address,
-                "delete",
-                f"container {name} has no {LABEL_MANAGED} label; somnus did not create it "
-                "and will not delete it",
-            )
+            raise ProviderError(address, "delete", _unmarked(name, "delete"))
         api = self._api()
         with _mapped(address, "stop"):
             if actual.running:
@@ -268,6 +270,13 @@ def _from_summary(summary: Mapping[str, Any]) -> ActualContainer | None:
         state=str(summary.get("State", "")),
         spec_hash=spec_hash,
         labels=labels,
+    )
+
+
+def _unmarked(name: str, verb: str) -> str:
+    return (
+        f"container {name} has no {LABEL_MANAGED}=true label; somnus did not create it "
+        f"and will not {verb} it"
     )
 
 

@@ -44,8 +44,9 @@ def _kib(amount: int) -> str:
 
 
 def mark_element(vm: DesiredVm, forwards: tuple[PortForward, ...],
-                 packs: tuple[tuple[str, str], ...] = ()) -> ET.Element:
-    mark = ET.Element(f"{{{SOMNUS_NS}}}vm", {
+                 packs: tuple[tuple[str, str], ...] = (), *, namespace: str = SOMNUS_NS) -> ET.Element:
+    ns = f"{{{namespace}}}" if namespace else ""
+    mark = ET.Element(f"{ns}vm", {
         "spec-hash": vm.spec_hash,
         "image": vm.image,
         "disk-size": str(vm.disk_size),
@@ -54,18 +55,19 @@ def mark_element(vm: DesiredVm, forwards: tuple[PortForward, ...],
     if vm.owner is not None:
         mark.set("owner", vm.owner)
     for fwd in forwards:
-        ET.SubElement(mark, f"{{{SOMNUS_NS}}}forward", {
+        ET.SubElement(mark, f"{ns}forward", {
             "name": fwd.name, "host-port": str(fwd.host_port), "guest-port": str(fwd.guest_port),
         })
     for pack, fingerprint in packs:
-        ET.SubElement(mark, f"{{{SOMNUS_NS}}}pack", {"name": pack, "fingerprint": fingerprint})
+        ET.SubElement(mark, f"{ns}pack", {"name": pack, "fingerprint": fingerprint})
     return mark
 
 
 def mark_xml(vm: DesiredVm, forwards: tuple[PortForward, ...],
              packs: tuple[tuple[str, str], ...] = ()) -> str:
-    """The mark alone, as `virDomainSetMetadata` takes it."""
-    return ET.tostring(mark_element(vm, forwards, packs), encoding="unicode")
+    """The mark alone, as `virDomainSetMetadata` takes it: without a namespace,
+    which libvirt adds itself from the key and URI it is given."""
+    return ET.tostring(mark_element(vm, forwards, packs, namespace=""), encoding="unicode")
 
 
 def build(vm: DesiredVm, boot: BootSource, *, domain_type: str, console_log: Path,

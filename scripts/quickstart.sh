@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# The main job: install everything, apply manifests/quickstart against the real
+# libvirtd and dockerd, and show the result.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/install.sh
+echo "== somnus apply manifests/quickstart"
+somnus apply manifests/quickstart -y
+echo "== somnus get"
+somnus get
+echo "== somnus diff manifests/quickstart (in sync: exit 0)"
+somnus diff manifests/quickstart

@@ -1,0 +1,207 @@
+"""Resolve references between loaded manifests into the `DesiredState`.
+
+Called on the result of `loader.load`. Checks what no single document can:
+unique names per kind, at most one Pool, VM -> profile, VM/Container -> packs,
+pack -> requires (without cycles) and pack playbooks on disk. Every problem is
+collected and raised together as `InvalidInput`; only a consistent set of
+manifests is folded into desired values (profiles into VM resources, packs
+expanded into install order).
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import TypeVar
+
+from somnus_reconciler import model
+from somnus_reconciler.desired import (
+    DesiredContainer, DesiredPack, DesiredState, DesiredVm, VmResources,
+)
+from somnus_reconciler.diagnostics import Diagnostics
+from somnus_reconciler.loader import Declared
+
+M = TypeVar(
+    "M", model.ResourceProfile, model.CapabilityPack, model.VirtualMachine, model.Container,
+    model.Pool,
+)
+
+
+def resolve(declared: Sequence[Declared]) -> DesiredState:
+    diagnostics = Diagnostics()
+    unique = _unique(declared, diagnostics)
+    profiles = _of_kind(unique, model.ResourceProfile)
+    packs = _of_kind(unique, model.CapabilityPack)
+    vms = _of_kind(unique, model.VirtualMachine)
+    containers = _of_kind(unique, model.Container)
+    pools = list(_of_kind(unique, model.Pool).values())
+
+    for extra, _ in pools[1:]:
+        first = pools[0][0]
+        diagnostics.add(extra.source, extra.address,
+                        f"only one Pool may be declared; {first.address} is declared at {first.source}")
+    for d, vm in vms.values():
+        if vm.spec.profile is not None:
+            _check_reference(d, "spec.profile", [vm.spec.profile], "profile", profiles, diagnostics)
+    wanted = [(d, vm.spec.packs) for d, vm in vms.values()]
+    wanted += [(d, c.spec.packs) for d, c in containers.values()]
+    for d, names in wanted:
+        _check_reference(d, "spec.packs", names, "pack", packs, diagnostics)
+    for d, pack in packs.values():
+        _check_reference(d, "spec.requires", pack.spec.requires, "pack", packs, diagnostics)
+        _check_playbook(d, pack.spec.playbook, diagnostics)
+    _check_cycles(packs, diagnostics)
+    diagnostics.raise_if_any()
+
+    requires = {name: pack.spec.requires for name, (_, pack) in packs.items()}
+    pool = pools[0] if pools else None
+    return DesiredState(
+        vms={name: _desired_vm(d, vm, profiles, requires) for name, (d, vm) in vms.items()},
+        containers={
+            name: _desired_container(d, c, requires) for name, (d, c) in containers.items()
+        },
+        packs={name: DesiredPack(name, pack.spec, d.source) for name, (d, pack) in packs.items()},
+        pool=pool[1].spec if pool else model.PoolSpec(),
+        pool_source=pool[0].source if pool else None,
+        pool_name=pool[1].metadata.name if pool else None,
+    )
+
+
+def _unique(declared: Iterable[Declared], diagnostics: Diagnostics) -> list[Declared]:
+    """The first declaration of each kind/name; later ones are reported."""
+    first: dict[str, Declared] = {}
+    for d in declared:
+        earlier = first.setdefault(d.address, d)
+        if earlier is not d:
+            diagnostics.add(d.source, d.address, f"declared twice: also at {earlier.source}")
+    return list(first.values())
+
+
+def _of_kind(declared: Iterable[Declared], kind: type[M]) -> dict[str, tuple[Declared, M]]:
+    found: dict[str, tuple[Declared, M]] = {}
+    for d in declared:
+        if isinstance(d.manifest, kind):
+            found[d.manifest.metadata.name] = (d, d.manifest)
+    return found
+
+
+def _check_reference(
+    d: Declared, path: str, names: Sequence[str], what: str, known: Mapping[str, object],
+    diagnostics: Diagnostics,
+) -> None:
+    for index, name in enumerate(names):
+        if name in known:
+            continue
+        field = path if path == "spec.profile" else f"{path}[{index}]"
+        close = difflib.get_close_matches(name, list(known), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        kind = "ResourceProfile" if what == "profile" else "CapabilityPack"
+        diagnostics.add(d.source_of(field), d.address,
+                        f"{field}: {what} {name!r} is not declared (no {kind} of that name){hint}")
+
+
+def _check_playbook(d: Declared, playbook: str | None, diagnostics: Diagnostics) -> None:
+    """A playbook lives beside or below the manifest that names it, never elsewhere."""
+    if playbook is None:
+        return
+    where = d.source_of("spec.playbook")
+    base = d.source.file.parent.resolve()
+    target = (base / playbook).resolve()
+    if Path(playbook).is_absolute():
+        problem = "must be a path relative to this manifest's directory"
+    elif not target.is_relative_to(base):
+        problem = f"leads outside {d.source.file.parent}, the directory of this manifest"
+    elif not target.is_file():
+        problem = f"does not exist (looked for {target})"
+    else:
+        return
+    diagnostics.add(where, d.address, f"spec.playbook: {playbook!r} {problem}")
+
+
+def _check_cycles(
+    packs: dict[str, tuple[Declared, model.CapabilityPack]], diagnostics: Diagnostics
+) -> None:
+    """Report every cycle in `requires` once, at the pack where the search meets it."""
+    done: set[str] = set()
+    reported: set[frozenset[str]] = set()
+
+    def visit(name: str, stack: list[str]) -> None:
+        if name in stack:
+            cycle = stack[stack.index(name):] + [name]
+            if frozenset(cycle) not in reported:
+                reported.add(frozenset(cycle))
+                d, pack = packs[cycle[0]]
+                line = d.source_of(f"spec.requires[{pack.spec.requires.index(cycle[1])}]")
+                chain = " -> ".join(f"pack/{n}" for n in cycle)
+                diagnostics.add(line, d.address, f"spec.requires: requirements form a cycle: {chain}")
+            return
+        if name in done or name not in packs:
+            return
+        for required in packs[name][1].spec.requires:
+            visit(required, [*stack, name])
+        done.add(name)
+
+    for name in packs:
+        visit(name, [])
+
+
+def _install_order(names: Iterable[str], requires: dict[str, list[str]]) -> tuple[str, ...]:
+    """Depth-first in declared order, requirements before the packs needing them, each once."""
+    order: list[str] = []
+
+    def visit(name: str) -> None:
+        if name in order:
+            return
+        for required in requires.get(name, []):
+            visit(required)
+        order.append(name)
+
+    for name in names:
+        visit(name)
+    return tuple(order)
+
+
+def _desired_vm(
+    d: Declared, vm: model.VirtualMachine,
+    profiles: dict[str, tuple[Declared, model.ResourceProfile]], requires: dict[str, list[str]],
+) -> DesiredVm:
+    spec = vm.spec
+    r = profiles[spec.profile][1].spec if spec.profile is not None else spec.resources
+    assert r is not None  # the model requires exactly one of profile and resources
+    return DesiredVm(
+        name=vm.metadata.name,
+        resources=VmResources(
+            vcpus=r.vcpus,
+            memory=r.memory,
+            max_vcpus=r.max_vcpus if r.max_vcpus is not None else r.vcpus,
+            max_memory=r.max_memory if r.max_memory is not None else r.memory,
+        ),
+        image=spec.image,
+        disk_size=spec.disk_size,
+        os_family=spec.os_family,
+        running=spec.running,
+        packs=_install_order(spec.packs, requires),
+        snapshot_retain=spec.snapshots.retain,
+        owner=vm.metadata.labels.get("owner"),
+        profile=spec.profile,
+        source=d.source,
+    )
+
+
+def _desired_container(
+    d: Declared, container: model.Container, requires: dict[str, list[str]]
+) -> DesiredContainer:
+    spec = container.spec
+    return DesiredContainer(
+        name=container.metadata.name,
+        image=spec.image,
+        command=tuple(spec.command) if spec.command is not None else None,
+        cpus=spec.resources.cpus,
+        memory=spec.resources.memory,
+        network=spec.network,
+        env=tuple(sorted(spec.env.items())),
+        packs=_install_order(spec.packs, requires),
+        owner=container.metadata.labels.get("owner"),
+        source=d.source,
+    )

@@ -1,0 +1,142 @@
+"""Fixtures for integration tests against the real libvirtd (qemu:///system) and dockerd.
+
+They fail, never skip, when a daemon is missing. Every object a test creates
+carries a random per-test prefix and is removed at teardown.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import docker
+import libvirt
+import pytest
+import yaml
+
+from somnus_reconciler import container_images, images, settings as settings_mod
+from somnus_reconciler.providers.docker_provider import DockerProvider
+
+LIBVIRT_URI = "qemu:///system"
+
+
+@pytest.fixture(scope="session")
+def libvirt_conn() -> Iterator[libvirt.virConnect]:
+    try:
+        conn = libvirt.open(LIBVIRT_URI)
+    except libvirt.libvirtError as e:
+        pytest.fail(f"libvirtd is not reachable at {LIBVIRT_URI}: {e}; run scripts/setup-host.sh")
+    yield conn
+    conn.close()
+
+
+@pytest.fixture(scope="session")
+def docker_client() -> Iterator[docker.DockerClient]:
+    try:
+        client = docker.from_env()
+        client.ping()
+    except Exception as e:  # noqa: BLE001 - any failure here means no daemon
+        pytest.fail(f"dockerd is not reachable: {e}; run scripts/setup-host.sh")
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def base_images(libvirt_conn: libvirt.virConnect, docker_client: docker.DockerClient) -> None:
+    """tiny-linux and somnus/busybox, built once (both builds are cached by recipe)."""
+    images.build_vm_image("tiny-linux", settings_mod.resolve().images_dir)
+    provider = DockerProvider()
+    container_images.build_container_image("somnus/busybox:latest", provider)
+    provider.close()
+
+
+@dataclass
+class Workspace:
+    """A manifest directory, a state directory and a name prefix for one test."""
+
+    root: Path
+    prefix: str
+    conn: libvirt.virConnect
+    docker: docker.DockerClient
+    manifests: Path = field(init=False)
+    state_dir: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.manifests = self.root / "manifests"
+        self.manifests.mkdir()
+        self.state_dir = self.root / "state"
+
+    def name(self, suffix: str) -> str:
+        return f"{self.prefix}-{suffix}"
+
+    def write(self, filename: str, *documents: dict[str, Any]) -> Path:
+        path = self.manifests / filename
+        path.write_text(yaml.safe_dump_all(documents, sort_keys=False))
+        return path
+
+    def somnus(self, *args: str, check_exit: int | None = None) -> subprocess.CompletedProcess[str]:
+        env = dict(os.environ, SOMNUS_STATE_DIR=str(self.state_dir), SOMNUS_SHUTDOWN_TIMEOUT="15")
+        result = subprocess.run(
+            [sys.executable, "-m", "somnus_reconciler", *args],
+            capture_output=True, text=True, env=env, timeout=600,
+        )
+        if check_exit is not None:
+            assert result.returncode == check_exit, (
+                f"somnus {' '.join(args)} exited {result.returncode}, expected {check_exit}\n"
+                f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+            )
+        return result
+
+    def get_json(self) -> dict[str, dict[str, Any]]:
+        out = self.somnus("get", "-o", "json", "-A", check_exit=0).stdout
+        return {f"{i['kind']}/{i['name']}": i for i in json.loads(out)["items"]}
+
+    def domain(self, suffix: str) -> libvirt.virDomain:
+        return self.conn.lookupByName(self.name(suffix))
+
+
+def vm_doc(name: str, *, vcpus: int = 1, memory: str = "256Mi", max_vcpus: int = 2,
+           max_memory: str = "512Mi", running: bool = True, image: str = "tiny-linux",
+           labels: dict[str, str] | None = None) -> dict[str, Any]:
+    return {
+        "apiVersion": "somnus/v1", "kind": "VirtualMachine",
+        "metadata": {"name": name, "labels": labels or {"owner": "tests"}},
+        "spec": {
+            "resources": {"vcpus": vcpus, "memory": memory, "maxVcpus": max_vcpus, "maxMemory": max_memory},
+            "image": image, "diskSize": "1Gi", "running": running,
+        },
+    }
+
+
+def container_doc(name: str, *, memory: str = "64Mi", env: dict[str, str] | None = None) -> dict[str, Any]:
+    return {
+        "apiVersion": "somnus/v1", "kind": "Container",
+        "metadata": {"name": name, "labels": {"owner": "tests"}},
+        "spec": {
+            "image": "somnus/busybox:latest", "command": ["sleep", "infinity"],
+            "resources": {"cpus": 0.25, "memory": memory}, "network": "none", "env": env or {},
+        },
+    }
+
+
+@pytest.fixture
+def workspace(tmp_path: Path, libvirt_conn: libvirt.virConnect, docker_client: docker.DockerClient,
+              base_images: None) -> Iterator[Workspace]:
+    ws = Workspace(tmp_path, f"it-{uuid.uuid4().hex[:6]}", libvirt_conn, docker_client)
+    yield ws
+    for dom in libvirt_conn.listAllDomains(0):
+        if dom.name().startswith(ws.prefix):
+            if dom.isActive():
+                dom.destroy()
+            dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA)
+            subprocess.run(["rm", "-rf", str(settings_mod.DEFAULT_GUEST_DIR / "vms" / dom.name())], check=False)
+    for container in docker_client.containers.list(all=True, sparse=True):
+        if container.attrs["Names"][0].lstrip("/").startswith(ws.prefix):
+            container.remove(force=True)

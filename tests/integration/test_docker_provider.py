@@ -1,0 +1,298 @@
+"""DockerProvider against the real dockerd.
+
+Fails (does not skip) when dockerd cannot be reached. Every container made here
+has a unique `somnus-test-<random>-...` name and is removed by the `names`
+fixture. The base image `somnus/busybox:latest` is built (or found up to date)
+through `container_images.build_container_image` and kept, as `somnus image
+build` would keep it.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Callable
+
+import docker
+import docker.errors
+import pytest
+
+from somnus_reconciler import container_images
+from somnus_reconciler.desired import DesiredContainer
+from somnus_reconciler.diagnostics import Source
+from somnus_reconciler.providers import BackendUnavailable, ProviderError
+from somnus_reconciler.providers import docker_provider
+from somnus_reconciler.providers.docker_provider import DockerProvider
+
+pytestmark = pytest.mark.integration
+
+IMAGE = container_images.BUSYBOX_IMAGE
+RUN_ID = secrets.token_hex(4)
+
+
+@pytest.fixture(scope="module")
+def sdk() -> Iterator[docker.DockerClient]:
+    """A raw docker client, for acting behind the provider's back."""
+    try:
+        client = docker.from_env()
+        client.ping()
+    except docker.errors.DockerException as e:
+        pytest.fail(f"dockerd is not reachable: {e}")
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="module")
+def provider(sdk: docker.DockerClient) -> Iterator[DockerProvider]:
+    p = DockerProvider()
+    try:
+        container_images.build_container_image(IMAGE, p)
+    except BackendUnavailable as e:
+        pytest.fail(f"dockerd is not reachable: {e}")
+    yield p
+    p.close()
+
+
+@pytest.fixture
+def names(sdk: docker.DockerClient) -> Iterator[Callable[[str], str]]:
+    """Hands out unique container names and removes whatever got them."""
+    made: list[str] = []
+
+    def name(role: str) -> str:
+        made.append(f"somnus-test-{RUN_ID}-{role}-{secrets.token_hex(3)}")
+        return made[-1]
+
+    yield name
+    for n in made:
+        try:
+            sdk.containers.get(n).remove(force=True, v=True)
+        except docker.errors.NotFound:
+            pass
+
+
+def desired(name: str, **overrides: Any) -> DesiredContainer:
+    fields: dict[str, Any] = dict(
+        name=name,
+        image=IMAGE,
+        command=("sleep", "infinity"),
+        cpus=0.5,
+        memory=64 * 1024 * 1024,
+        network="none",
+        env=(("GREETING", "hello"), ("MODE", "test")),
+        packs=(),
+        owner="alice",
+        source=Source(Path("t.yaml"), 1),
+    )
+    fields.update(overrides)
+    return DesiredContainer(**fields)
+
+
+def unmarked(sdk: docker.DockerClient, name: str) -> Any:
+    return sdk.containers.create(IMAGE, ["sleep", "infinity"], name=name, network_mode="none")
+
+
+def test_image_build_is_idempotent(provider: DockerProvider, sdk: docker.DockerClient) -> None:
+    before = sdk.images.get(IMAGE).id
+    lines: list[str] = []
+    container_images.build_container_image(IMAGE, provider, log=lines.append)
+    assert sdk.images.get(IMAGE).id == before
+    assert any("up to date" in line for line in lines), lines
+
+
+def test_unknown_image_recipe_is_refused(provider: DockerProvider) -> None:
+    with pytest.raises(container_images.ImageRecipeError, match="somnus/nothing:1"):
+        container_images.build_container_image("somnus/nothing:1", provider)
+
+
+def test_create_shows_running_and_managed(
+    provider: DockerProvider, sdk: docker.DockerClient, names: Callable[[str], str]
+) -> None:
+    c = desired(names("create"))
+    provider.create(c)
+
+    actual = provider.observe()[c.name]
+    assert actual.running
+    assert actual.managed
+    assert actual.spec_hash == c.spec_hash
+    assert actual.image == IMAGE
+    assert actual.container_id == sdk.containers.get(c.name).id
+    assert actual.labels[docker_provider.LABEL_OWNER] == "alice"
+    assert json.loads(actual.labels[docker_provider.LABEL_PACKS]) == {}
+    assert provider.observe_one(c.name) == actual
+    # the image's applets work, through docker exec as the tool reaches containers
+    code, out = sdk.containers.get(c.name).exec_run(["sh", "-c", "echo $GREETING; ls /bin/cat"])
+    assert (code, out.decode().split()) == (0, ["hello", "/bin/cat"])
+
+
+def test_create_sets_limits_env_and_network(
+    provider: DockerProvider, sdk: docker.DockerClient, names: Callable[[str], str]
+) -> None:
+    c = desired(names("limits"), cpus=1.5, memory=96 * 1024 * 1024)
+    h = desired(names("host"), network="host", owner=None, env=())
+    provider.create(c)
+    provider.create(h)
+
+    attrs = sdk.api.inspect_container(c.name)
+    assert attrs["HostConfig"]["NanoCpus"] == 1_500_000_000
+    assert attrs["HostConfig"]["Memory"] == 96 * 1024 * 1024
+    assert attrs["HostConfig"]["NetworkMode"] == "none"
+    assert attrs["HostConfig"]["RestartPolicy"]["Name"] in ("no", "")
+    assert {"GREETING=hello", "MODE=test"} <= set(attrs["Config"]["Env"])
+    assert attrs["Config"]["Cmd"] == ["sleep", "infinity"]
+    assert list(attrs["NetworkSettings"]["Networks"]) == ["none"]
+
+    host_attrs = sdk.api.inspect_container(h.name)
+    assert host_attrs["HostConfig"]["NetworkMode"] == "host"
+    assert docker_provider.LABEL_OWNER not in host_attrs["Config"]["Labels"]
+
+
+def test_bridge_network_is_refused(provider: DockerProvider, names: Callable[[str], str]) -> None:
+    c = desired(names("bridge"), network="bridge")
+    with pytest.raises(ProviderError, match="bridge"):
+        provider.create(c)
+    assert provider.observe_one(c.name) is None
+
+
+def test_create_of_missing_image_names_it(
+    provider: DockerProvider, names: Callable[[str], str]
+) -> None:
+    missing = f"somnus/missing-{RUN_ID}:latest"
+    c = desired(names("noimage"), image=missing)
+    with pytest.raises(ProviderError) as info:
+        provider.create(c)
+    assert missing in str(info.value)
+    assert "somnus image build" in str(info.value)
+    assert info.value.address == c.address
+    assert provider.observe_one(c.name) is None
+
+
+def test_create_of_a_taken_name_fails(
+    provider: DockerProvider, sdk: docker.DockerClient, names: Callable[[str], str]
+) -> None:
+    name = names("taken")
+    unmarked(sdk, name)
+    with pytest.raises(ProviderError) as info:
+        provider.create(desired(name))
+    assert info.value.address == f"container/{name}"
+    assert provider.observe_one(name).spec_hash is None  # type: ignore[union-attr]
+
+
+def test_limits_the_daemon_rejects_leave_nothing(
+    provider: DockerProvider, names: Callable[[str], str]
+) -> None:
+    c = desired(names("toomany"), cpus=4096.0)
+    with pytest.raises(ProviderError, match="CPUs"):
+        provider.create(c)
+    assert provider.observe_one(c.name) is None
+
+
+def test_command_that_cannot_run_shows_as_exited(
+    provider: DockerProvider, sdk: docker.DockerClient, names: Callable[[str], str]
+) -> None:
+    # docker-init is PID 1, so a missing program is not a start error: the
+    # container exits at once, and the next observe shows it not running.
+    c = desired(names("badcmd"), command=("/no/such/program",))
+    provider.create(c)
+    sdk.containers.get(c.name).wait(timeout=10)
+    actual = provider.observe_one(c.name)
+    assert actual is not None and actual.managed
+    assert actual.state == "exited"
+
+
+def test_unmarked_container_is_observed_without_hash(
+    provider: DockerProvider, sdk: docker.DockerClient, names: Callable[[str], str]
+) -> None:
+    name = names("unmarked")
+    made = unmarked(sdk, name)
+
+    actual = provider.observe()[name]
+    assert actual.spec_hash is None
+    assert not actual.managed
+    assert actual.container_id == made.id
+    assert actual.state == "created"
+    assert provider.observe_one(name) == actual
+
+
+def test_delete_refuses_unmarked_and_leaves_it(
+    provider: DockerProvider, sdk: docker.DockerClient, names: Callable[[str], str]
+) -> None:
+    name = names("keep")
+    made = unmarked(sdk, name)
+    made.start()
+
+    with pytest.raises(ProviderError) as info:
+        provider.delete(name)
+    assert info.value.address == f"container/{name}"
+    assert info.value.action == "delete"
+    made.reload()
+    assert made.status == "running"
+
+
+def test_start_refuses_unmarked(
+    provider: DockerProvider, sdk: docker.DockerClient, names: Callable[[str], str]
+) -> None:
+    name = names("nostart")
+    made = unmarked(sdk, name)
+
+    with pytest.raises(ProviderError, match="will not start"):
+        provider.start(name)
+    made.reload()
+    assert made.status == "created"
+
+
+def test_stop_out_of_band_then_start(
+    provider: DockerProvider, sdk: docker.DockerClient, names: Callable[[str], str]
+) -> None:
+    c = desired(names("restart"))
+    provider.create(c)
+    sdk.containers.get(c.name).stop(timeout=5)
+
+    stopped = provider.observe_one(c.name)
+    assert stopped is not None and not stopped.running and stopped.state == "exited"
+
+    provider.start(c.name)
+    restarted = provider.observe_one(c.name)
+    assert restarted is not None and restarted.running
+    assert restarted.spec_hash == c.spec_hash
+
+
+def test_delete_removes_container_and_volumes(
+    provider: DockerProvider, sdk: docker.DockerClient, names: Callable[[str], str]
+) -> None:
+    c = desired(names("delete"))
+    provider.create(c)
+    assert provider.observe_one(c.name) is not None
+
+    provider.delete(c.name)
+    assert provider.observe_one(c.name) is None
+    assert c.name not in provider.observe()
+    with pytest.raises(docker.errors.NotFound):
+        sdk.containers.get(c.name)
+    provider.delete(c.name)  # already gone: nothing to do
+
+
+def test_observe_one_does_not_match_id_prefixes(
+    provider: DockerProvider, names: Callable[[str], str]
+) -> None:
+    c = desired(names("prefix"))
+    provider.create(c)
+    actual = provider.observe_one(c.name)
+    assert actual is not None
+    assert provider.observe_one(actual.container_id[:12]) is None
+
+
+def test_start_of_missing_container_is_provider_error(provider: DockerProvider) -> None:
+    name = f"somnus-test-{RUN_ID}-absent"
+    with pytest.raises(ProviderError) as info:
+        provider.start(name)
+    assert info.value.address == f"container/{name}"
+    assert not isinstance(info.value.__cause__, ProviderError)
+
+
+def test_unreachable_daemon_is_backend_unavailable(tmp_path: Path) -> None:
+    p = DockerProvider(base_url=f"unix://{tmp_path}/no-dockerd.sock")
+    with pytest.raises(BackendUnavailable):
+        p.observe()
+    p.close()

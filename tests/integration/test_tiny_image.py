@@ -1,0 +1,230 @@
+"""The tiny-linux VM image builds, caches, and boots under the real libvirtd.
+
+Builds the image into a fresh directory under /var/lib (QEMU runs as
+libvirt-qemu under qemu:///system and must read it), boots a TCG domain from an
+overlay with direct kernel boot, and checks what the rest of Somnus relies on:
+the ready line on the serial console, the status server through a loopback
+port forward, live memory ballooning, and ACPI shutdown. An unreachable
+libvirtd is a failure, not a skip.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.request
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import libvirt
+import pytest
+
+from somnus_reconciler import images
+
+pytestmark = pytest.mark.integration
+
+LIBVIRT_URI = os.environ.get("SOMNUS_LIBVIRT_URI", "qemu:///system")
+QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
+MEMORY_KIB = 256 * 1024
+BALLOON_KIB = 192 * 1024
+READY_TIMEOUT_S = 60.0
+HTTP_TIMEOUT_S = 30.0
+BALLOON_TIMEOUT_S = 20.0
+SHUTDOWN_TIMEOUT_S = 20.0
+
+
+@pytest.fixture(scope="module")
+def test_root() -> Iterator[Path]:
+    # /var/lib, not /tmp: QEMU runs as libvirt-qemu and must reach every file.
+    root = Path(tempfile.mkdtemp(prefix="somnus-test-", dir="/var/lib"))
+    os.chmod(root, 0o755)
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def tiny_image(test_root: Path) -> images.VmImage:
+    started = time.monotonic()
+    image = images.build_vm_image("tiny-linux", test_root / "images")
+    print(f"\ntiny-linux cold build: {time.monotonic() - started:.2f} s")
+    return image
+
+
+@pytest.fixture
+def cleanup() -> Iterator[contextlib.ExitStack]:
+    with contextlib.ExitStack() as stack:
+        yield stack
+
+
+def test_built_image_is_complete_and_readable_by_qemu(tiny_image: images.VmImage, test_root: Path) -> None:
+    image_dir = test_root / "images" / "tiny-linux"
+    assert tiny_image.kernel is not None and tiny_image.initrd is not None
+    assert "console=ttyS0" in tiny_image.cmdline
+    for path in (tiny_image.disk, tiny_image.kernel, tiny_image.initrd, image_dir / images.RECIPE_FILE):
+        assert path.parent == image_dir
+        assert path.stat().st_mode & 0o777 == 0o644, path
+    assert image_dir.stat().st_mode & 0o777 == 0o755
+    assert images.find_vm_image("tiny-linux", test_root / "images") == tiny_image
+    assert images.find_vm_image(str(tiny_image.disk), test_root / "images").kernel is None
+    assert not [p for p in (test_root / "images").iterdir() if ".building-" in p.name]
+
+
+def test_second_build_reuses_the_cached_image(tiny_image: images.VmImage, test_root: Path) -> None:
+    before = {p: p.stat().st_ino for p in (tiny_image.disk, tiny_image.kernel, tiny_image.initrd) if p}
+    started = time.monotonic()
+    again = images.build_vm_image("tiny-linux", test_root / "images")
+    print(f"\ntiny-linux cached build: {(time.monotonic() - started) * 1000:.1f} ms")
+    assert again == tiny_image
+    assert {p: p.stat().st_ino for p in before} == before
+
+
+def test_missing_image_names_the_build_command(tmp_path: Path) -> None:
+    assert not images.is_vm_image_available("tiny-linux", tmp_path)
+    with pytest.raises(images.ImageError, match="somnus image build tiny-linux"):
+        images.find_vm_image("tiny-linux", tmp_path)
+
+
+def test_tiny_linux_boots_balloons_and_shuts_down_under_libvirt(
+    tiny_image: images.VmImage, test_root: Path, cleanup: contextlib.ExitStack
+) -> None:
+    try:
+        conn = libvirt.open(LIBVIRT_URI)
+    except libvirt.libvirtError as e:
+        pytest.fail(f"libvirtd is unreachable at {LIBVIRT_URI}: {e}")
+    cleanup.callback(conn.close)
+
+    name = f"somnus-test-tiny-{secrets.token_hex(4)}"
+    vm_dir = test_root / name
+    vm_dir.mkdir(mode=0o755)
+    cleanup.callback(shutil.rmtree, vm_dir, True)
+    overlay = vm_dir / "disk.qcow2"
+    subprocess.run(
+        ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(tiny_image.disk), str(overlay)],
+        check=True,
+    )
+    console_log = vm_dir / "console.log"
+    port = _free_loopback_port()
+
+    dom = conn.defineXML(_domain_xml(name, tiny_image, overlay, console_log, port))
+    cleanup.callback(_destroy_and_undefine, dom)
+    started = time.monotonic()
+    dom.create()
+
+    assert _wait_until(lambda: images.GUEST_READY_LINE in _read(console_log), READY_TIMEOUT_S), (
+        f"no {images.GUEST_READY_LINE!r} within {READY_TIMEOUT_S} s; console:\n{_read(console_log)}"
+    )
+    ready_s = time.monotonic() - started
+    body = _poll_http(f"http://127.0.0.1:{port}/status", HTTP_TIMEOUT_S)
+    http_s = time.monotonic() - started
+    print(f"\nboot to ready line: {ready_s:.1f} s, to HTTP status: {http_s:.1f} s")
+    assert body.strip() == "ok"
+
+    dom.setMemoryFlags(BALLOON_KIB, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+    balloon_started = time.monotonic()
+    assert _wait_until(lambda: _live_current_memory_kib(dom) == BALLOON_KIB, BALLOON_TIMEOUT_S), (
+        f"live currentMemory stayed {_live_current_memory_kib(dom)} KiB, wanted {BALLOON_KIB}"
+    )
+    print(f"balloon to {BALLOON_KIB} KiB took {time.monotonic() - balloon_started:.1f} s")
+
+    dom.shutdown()
+    shutdown_started = time.monotonic()
+    assert _wait_until(lambda: dom.state()[0] == libvirt.VIR_DOMAIN_SHUTOFF, SHUTDOWN_TIMEOUT_S), (
+        f"still {dom.state()} {SHUTDOWN_TIMEOUT_S} s after shutdown(); console:\n{_read(console_log)}"
+    )
+    print(f"ACPI shutdown took {time.monotonic() - shutdown_started:.1f} s")
+
+
+def _domain_xml(name: str, image: images.VmImage, overlay: Path, console_log: Path, port: int) -> str:
+    assert image.kernel is not None and image.initrd is not None
+    ET.register_namespace("qemu", QEMU_NS)
+    domain = ET.Element("domain", type="qemu")
+    ET.SubElement(domain, "name").text = name
+    ET.SubElement(domain, "memory", unit="KiB").text = str(MEMORY_KIB)
+    ET.SubElement(domain, "currentMemory", unit="KiB").text = str(MEMORY_KIB)
+    ET.SubElement(domain, "vcpu").text = "1"
+    os_el = ET.SubElement(domain, "os")
+    ET.SubElement(os_el, "type", arch="x86_64", machine="pc").text = "hvm"
+    ET.SubElement(os_el, "kernel").text = str(image.kernel)
+    ET.SubElement(os_el, "initrd").text = str(image.initrd)
+    ET.SubElement(os_el, "cmdline").text = image.cmdline
+    ET.SubElement(ET.SubElement(domain, "features"), "acpi")  # the power button needs ACPI
+    for event in ("on_poweroff", "on_reboot", "on_crash"):
+        ET.SubElement(domain, event).text = "destroy"
+    devices = ET.SubElement(domain, "devices")
+    disk = ET.SubElement(devices, "disk", type="file", device="disk")
+    ET.SubElement(disk, "driver", name="qemu", type="qcow2")
+    ET.SubElement(disk, "source", file=str(overlay))
+    ET.SubElement(disk, "target", dev="vda", bus="virtio")
+    serial = ET.SubElement(devices, "serial", type="pty")
+    ET.SubElement(serial, "log", file=str(console_log), append="off")
+    ET.SubElement(serial, "target", port="0")
+    console = ET.SubElement(devices, "console", type="pty")
+    ET.SubElement(console, "target", type="serial", port="0")
+    ET.SubElement(devices, "memballoon", model="virtio")
+    commandline = ET.SubElement(domain, f"{{{QEMU_NS}}}commandline")
+    for arg in (
+        "-netdev",
+        f"user,id=somnus0,hostfwd=tcp:127.0.0.1:{port}-:{images.GUEST_STATUS_PORT}",
+        "-device",
+        # An explicit slot: libvirt's own devices (balloon) take the free ones otherwise.
+        "virtio-net-pci,netdev=somnus0,bus=pci.0,addr=0x9",
+    ):
+        ET.SubElement(commandline, f"{{{QEMU_NS}}}arg", value=arg)
+    return ET.tostring(domain, encoding="unicode")
+
+
+def _destroy_and_undefine(dom: libvirt.virDomain) -> None:
+    with contextlib.suppress(libvirt.libvirtError):
+        if dom.isActive():
+            dom.destroy()
+    with contextlib.suppress(libvirt.libvirtError):
+        dom.undefine()
+
+
+def _live_current_memory_kib(dom: libvirt.virDomain) -> int:
+    element = ET.fromstring(dom.XMLDesc(0)).find("currentMemory")
+    assert element is not None and element.text is not None and element.get("unit", "KiB") == "KiB"
+    return int(element.text)
+
+
+def _poll_http(url: str, timeout_s: float) -> str:
+    # No proxies: the request must go to 127.0.0.1 itself, whatever the environment says.
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with opener.open(url, timeout=3) as response:
+                return str(response.read().decode())
+        except OSError as e:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"GET {url} failed for {timeout_s} s: {e}") from e
+            time.sleep(0.5)
+
+
+def _free_loopback_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace")
+    except FileNotFoundError:
+        return ""
+
+
+def _wait_until(predicate: Callable[[], bool], timeout_s: float, interval_s: float = 0.1) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval_s)
+    return predicate()

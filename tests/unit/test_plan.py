@@ -1,0 +1,242 @@
+"""plan.compute: every kind of change, from hand-built desired and actual values."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from somnus_reconciler import plan
+from somnus_reconciler.actual import ActualContainer, ActualState, ActualVm, PowerState, VmMark
+from somnus_reconciler.desired import DesiredContainer, DesiredState, DesiredVm, VmResources
+from somnus_reconciler.diagnostics import Source
+from somnus_reconciler.model import PoolSpec
+from somnus_reconciler.plan import Action, Disruption, FieldChange
+
+GiB = 2**30
+
+
+def want_vm(name: str = "coder-1", *, running: bool = True, vcpus: int = 2, memory: int = 4 * GiB,
+            max_vcpus: int = 4, max_memory: int = 8 * GiB, image: str = "debian-12",
+            disk_size: int = 20 * GiB, os_family: str = "debian", owner: str | None = "alice") -> DesiredVm:
+    return DesiredVm(
+        name=name, resources=VmResources(vcpus, memory, max_vcpus, max_memory), image=image,
+        disk_size=disk_size, os_family=os_family, running=running, packs=("base-tools",),
+        snapshot_retain=5, owner=owner, profile=None, source=Source(Path("vms.yaml"), 4),
+    )
+
+
+def have_vm(want: DesiredVm, *, running: bool | None = None, managed: bool = True,
+            **changes: object) -> ActualVm:
+    """The actual VM that `want` would have produced; `changes` alter it."""
+    mark = VmMark(spec_hash=want.spec_hash, image=want.image, disk_size=want.disk_size,
+                  os_family=want.os_family, owner=want.owner)
+    mark_changes = {k: v for k, v in changes.items() if k in ("spec_hash", "image", "disk_size", "os_family")}
+    mark = dataclasses.replace(mark, **mark_changes)  # type: ignore[arg-type]
+    r = want.resources
+    on = want.running if running is None else running
+    vm = ActualVm(
+        name=want.name, power=PowerState.RUNNING if on else PowerState.SHUTOFF,
+        domain_id=7 if on else None, vcpus=r.vcpus, max_vcpus=r.max_vcpus, memory=r.memory,
+        max_memory=r.max_memory, mark=mark if managed else None,
+    )
+    vm_changes = {k: v for k, v in changes.items() if k in ("vcpus", "max_vcpus", "memory", "max_memory")}
+    return dataclasses.replace(vm, **vm_changes)  # type: ignore[arg-type]
+
+
+def want_box(name: str = "box", *, image: str = "somnus/base:bookworm") -> DesiredContainer:
+    return DesiredContainer(
+        name=name, image=image, command=("sleep", "infinity"), cpus=1.0, memory=GiB, network="none",
+        env=(("A", "1"),), packs=(), owner=None, source=Source(Path("boxes.yaml"), 2),
+    )
+
+
+def have_box(want: DesiredContainer, *, state: str = "running",
+             spec_hash: str | None = "same") -> ActualContainer:
+    return ActualContainer(
+        name=want.name, container_id="c0ffee", image=want.image, state=state,
+        spec_hash=want.spec_hash if spec_hash == "same" else spec_hash,
+    )
+
+
+def desired_of(vms: list[DesiredVm] = [], boxes: list[DesiredContainer] = []) -> DesiredState:  # noqa: B006
+    return DesiredState({v.name: v for v in vms}, {c.name: c for c in boxes}, {}, PoolSpec())
+
+
+def actual_of(vms: list[ActualVm] = [], boxes: list[ActualContainer] = []) -> ActualState:  # noqa: B006
+    return ActualState({v.name: v for v in vms}, {c.name: c for c in boxes})
+
+
+def only_change(desired: DesiredState, actual: ActualState) -> plan.Change:
+    result = plan.compute(desired, actual, prune=False)
+    assert result.conflicts == () and result.leftovers == ()
+    [change] = result.changes
+    return change
+
+
+WANT = want_vm()
+
+VM_CASES = {
+    "create": (WANT, None, Action.CREATE, Disruption.NONE, ()),
+    "replace for a new image": (
+        dataclasses.replace(WANT, image="debian-13"), have_vm(WANT), Action.REPLACE, Disruption.RECREATE,
+        (FieldChange("image", "debian-12", "debian-13"),)),
+    "replace for a new disk size": (
+        dataclasses.replace(WANT, disk_size=40 * GiB), have_vm(WANT), Action.REPLACE, Disruption.RECREATE,
+        (FieldChange("diskSize", 20 * GiB, 40 * GiB),)),
+    "replace for a new OS family": (
+        dataclasses.replace(WANT, os_family="windows"), have_vm(WANT), Action.REPLACE, Disruption.RECREATE,
+        (FieldChange("osFamily", "debian", "windows"),)),
+    "start": (WANT, have_vm(WANT, running=False), Action.START, Disruption.NONE, ()),
+    "start with new sizes": (
+        WANT, have_vm(WANT, running=False, vcpus=1, max_vcpus=2), Action.START, Disruption.NONE,
+        (FieldChange("maxVcpus", 2, 4), FieldChange("vcpus", 1, 2))),
+    "stop": (want_vm(running=False), have_vm(want_vm(running=False), running=True),
+             Action.STOP, Disruption.RESTART, ()),
+    "live vcpus": (WANT, have_vm(WANT, vcpus=1), Action.UPDATE, Disruption.LIVE,
+                   (FieldChange("vcpus", 1, 2),)),
+    "live memory": (WANT, have_vm(WANT, memory=2 * GiB), Action.UPDATE, Disruption.LIVE,
+                    (FieldChange("memory", 2 * GiB, 4 * GiB),)),
+    "live vcpus and memory down": (
+        want_vm(vcpus=1, memory=2 * GiB), have_vm(WANT), Action.UPDATE, Disruption.LIVE,
+        (FieldChange("vcpus", 2, 1), FieldChange("memory", 4 * GiB, 2 * GiB))),
+    "restart for a larger maxVcpus": (
+        want_vm(vcpus=6, max_vcpus=8), have_vm(WANT), Action.UPDATE, Disruption.RESTART,
+        (FieldChange("maxVcpus", 4, 8), FieldChange("vcpus", 2, 6))),
+    "restart for a larger maxMemory": (
+        want_vm(max_memory=16 * GiB), have_vm(WANT), Action.UPDATE, Disruption.RESTART,
+        (FieldChange("maxMemory", 8 * GiB, 16 * GiB),)),
+    "offline update": (
+        want_vm(running=False, vcpus=4, max_vcpus=8), have_vm(want_vm(running=False)),
+        Action.UPDATE, Disruption.NONE, (FieldChange("maxVcpus", 4, 8), FieldChange("vcpus", 2, 4))),
+    "mark only (owner changed)": (
+        want_vm(owner="bob"), have_vm(want_vm(owner="alice")), Action.UPDATE, Disruption.NONE, ()),
+    "mark only while stopped": (
+        want_vm(running=False, owner=None), have_vm(want_vm(running=False)), Action.UPDATE,
+        Disruption.NONE, ()),
+}
+
+
+@pytest.mark.parametrize("want, have, action, disruption, fields", VM_CASES.values(), ids=VM_CASES.keys())
+def test_vm_changes(want: DesiredVm, have: ActualVm | None, action: Action, disruption: Disruption,
+                    fields: tuple[FieldChange, ...]) -> None:
+    change = only_change(desired_of([want]), actual_of([have] if have else []))
+    assert (change.address, change.action, change.disruption, change.fields) == (
+        "vm/coder-1", action, disruption, fields)
+    assert change.desired is want and change.actual is have
+
+
+def test_mark_only_update_says_why() -> None:
+    change = only_change(desired_of([want_vm(owner="bob")]), actual_of([have_vm(want_vm())]))
+    assert change.reason == "mark"
+
+
+@pytest.mark.parametrize("want, have", [
+    (WANT, have_vm(WANT)),
+    (want_vm(running=False), have_vm(want_vm(running=False))),
+], ids=["running", "stopped"])
+def test_vm_in_sync_is_a_no_op(want: DesiredVm, have: ActualVm) -> None:
+    result = plan.compute(desired_of([want]), actual_of([have]), prune=True)
+    assert result.changes == () and result.in_sync
+
+
+BOX = want_box()
+
+CONTAINER_CASES = {
+    "create": (BOX, None, Action.CREATE, Disruption.NONE, ""),
+    "replace for a changed spec": (
+        want_box(image="somnus/base:trixie"), have_box(BOX), Action.REPLACE, Disruption.RECREATE,
+        "spec changed"),
+    "start": (BOX, have_box(BOX, state="exited"), Action.START, Disruption.NONE, ""),
+}
+
+
+@pytest.mark.parametrize("want, have, action, disruption, reason", CONTAINER_CASES.values(),
+                         ids=CONTAINER_CASES.keys())
+def test_container_changes(want: DesiredContainer, have: ActualContainer | None, action: Action,
+                           disruption: Disruption, reason: str) -> None:
+    change = only_change(desired_of(boxes=[want]), actual_of(boxes=[have] if have else []))
+    assert (change.address, change.action, change.disruption, change.reason) == (
+        "container/box", action, disruption, reason)
+
+
+def test_container_start_names_the_state() -> None:
+    change = only_change(desired_of(boxes=[BOX]), actual_of(boxes=[have_box(BOX, state="created")]))
+    assert change.fields == (FieldChange("state", "created", "running"),)
+
+
+def test_container_in_sync_is_a_no_op() -> None:
+    assert plan.compute(desired_of(boxes=[BOX]), actual_of(boxes=[have_box(BOX)]), prune=False).in_sync
+
+
+@pytest.mark.parametrize("desired, actual, address, what", [
+    (desired_of([WANT]), actual_of([have_vm(WANT, managed=False)]), "vm/coder-1", "a libvirt domain"),
+    (desired_of(boxes=[BOX]), actual_of(boxes=[have_box(BOX, spec_hash=None)]), "container/box",
+     "a Docker container"),
+], ids=["vm", "container"])
+@pytest.mark.parametrize("prune", [False, True])
+def test_unowned_objects_with_a_declared_name_are_conflicts(
+    desired: DesiredState, actual: ActualState, address: str, what: str, prune: bool,
+) -> None:
+    result = plan.compute(desired, actual, prune=prune)
+    assert result.changes == () and not result.in_sync
+    [conflict] = result.conflicts
+    assert conflict.address == address
+    assert conflict.message.startswith(f"{what} named {address.split('/')[1]!r} exists but carries no somnus")
+
+
+def test_unowned_objects_not_declared_are_ignored_even_with_prune() -> None:
+    actual = actual_of([have_vm(want_vm("theirs"), managed=False)],
+                       [have_box(want_box("theirs"), spec_hash=None)])
+    result = plan.compute(desired_of(), actual, prune=True)
+    assert result.changes == () and result.leftovers == () and result.in_sync
+
+
+LEFTOVERS = actual_of([have_vm(want_vm("old-vm"))], [have_box(want_box("old-box"))])
+
+
+def test_owned_leftovers_are_kept_without_prune() -> None:
+    result = plan.compute(desired_of(), LEFTOVERS, prune=False)
+    assert result.changes == ()
+    assert result.leftovers == ("vm/old-vm", "container/old-box")
+    assert result.in_sync  # leftovers alone are no pending change
+
+
+def test_owned_leftovers_are_deleted_with_prune() -> None:
+    result = plan.compute(desired_of(), LEFTOVERS, prune=True)
+    assert result.leftovers == ()
+    assert [(c.address, c.action, c.disruption, c.reason) for c in result.changes] == [
+        ("vm/old-vm", Action.DELETE, Disruption.RECREATE, "prune"),
+        ("container/old-box", Action.DELETE, Disruption.RECREATE, "prune"),
+    ]
+    assert result.changes[0].actual is LEFTOVERS.vms["old-vm"]
+
+
+def test_changes_come_vms_first_sorted_by_name() -> None:
+    desired = desired_of([want_vm("b"), want_vm("a")], [want_box("z"), want_box("y")])
+    result = plan.compute(desired, actual_of(), prune=False)
+    assert [c.address for c in result.changes] == ["vm/a", "vm/b", "container/y", "container/z"]
+
+
+def test_a_plan_is_the_same_for_the_same_input() -> None:
+    desired = desired_of([want_vm("a"), want_vm("b", vcpus=3)], [want_box("y")])
+    actual = actual_of([have_vm(want_vm("b"))], [have_box(want_box("x"))])
+    assert plan.compute(desired, actual, prune=True) == plan.compute(desired, actual, prune=True)
+
+
+@pytest.mark.parametrize("action, symbol", [
+    (Action.CREATE, "+"), (Action.DELETE, "-"), (Action.REPLACE, "-/+"),
+    (Action.UPDATE, "~"), (Action.START, "~"), (Action.STOP, "~"),
+])
+def test_action_symbols(action: Action, symbol: str) -> None:
+    assert action.symbol == symbol
+
+
+@pytest.mark.parametrize("field, text", [
+    (FieldChange("memory", 4 * GiB, 8 * GiB), "memory 4Gi -> 8Gi"),
+    (FieldChange("vcpus", 4, 12), "vcpus 4 -> 12"),
+    (FieldChange("diskSize", 20 * GiB, 1536 * 2**20), "diskSize 20Gi -> 1536Mi"),
+])
+def test_field_changes_read_like_the_plan(field: FieldChange, text: str) -> None:
+    assert str(field) == text
