@@ -35,6 +35,7 @@ class VmMark:
     disk_size: int
     os_family: str
     owner: str | None = None
+    pool: str = "default"
     forwards: tuple[PortForward, ...] = ()
     packs: tuple[tuple[str, str], ...] = ()  # (pack name, fingerprint)
 
@@ -66,6 +67,7 @@ class ActualContainer:
     image: str
     state: str  # docker's: running, exited, created, ...
     spec_hash: str | None  # None: not created by somnus; never touched
+    pool: str = "default"  # the Pool it was applied under (meaningful when managed)
     labels: dict[str, str] = field(default_factory=dict, compare=False)
 
     @property

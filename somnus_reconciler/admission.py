@@ -9,7 +9,6 @@ is a `Diagnostic` with the numbers; the caller raises them as `InvalidInput`.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -27,7 +26,7 @@ class HostCapacity:
 @dataclass(frozen=True)
 class _Guest:
     address: str
-    vcpus: int
+    vcpus: float  # a container's share of CPUs counts as it is (0.25 is a quarter)
     memory: int  # bytes
     owner: str | None
     source: Source | None  # None for leftovers that are not declared
@@ -52,7 +51,7 @@ def check(
         for _, vm in sorted(desired.vms.items()) if vm.running
     ]
     guests += [
-        _Guest(c.address, math.ceil(c.cpus), c.memory, c.owner, c.source)
+        _Guest(c.address, c.cpus, c.memory, c.owner, c.source)
         for _, c in sorted(desired.containers.items())
     ]
     problems: list[Diagnostic] = []
@@ -81,7 +80,7 @@ def check(
     vcpus = sum(g.vcpus for g in guests)
     if vcpus > vcpu_limit:
         refuse(_first_over(guests, lambda g: g.vcpus, vcpu_limit), (
-            f"running guests need {vcpus} vCPUs but the host allows ({host.cpus} cores - "
+            f"running guests need {vcpus:g} vCPUs but the host allows ({host.cpus} cores - "
             f"{reserved.vcpus} reserved) x {pool.cpu_overcommit:g} overcommit = {vcpu_limit:g}"
         ))
 

@@ -15,6 +15,11 @@ from somnus_reconciler.diagnostics import Source
 from somnus_reconciler.model import CapabilityPackSpec, PoolSpec
 
 
+# Objects applied without a Pool belong to this one. The Pool's name scopes
+# ownership: `--prune` and leftovers only concern objects of the same Pool.
+DEFAULT_POOL = "default"
+
+
 def _hash(value: object) -> str:
     blob = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -41,6 +46,7 @@ class DesiredVm:
     owner: str | None
     profile: str | None
     source: Source = field(compare=False)
+    pool: str = DEFAULT_POOL
 
     @property
     def address(self) -> str:
@@ -65,6 +71,7 @@ class DesiredContainer:
     packs: tuple[str, ...]
     owner: str | None
     source: Source = field(compare=False)
+    pool: str = DEFAULT_POOL
 
     @property
     def address(self) -> str:
@@ -92,3 +99,8 @@ class DesiredState:
     pool: PoolSpec
     pool_source: Source | None = None
     pool_name: str | None = None  # None: no Pool declared, the defaults apply
+
+    @property
+    def scope(self) -> str:
+        """The Pool name that owned objects of this desired state carry."""
+        return self.pool_name or DEFAULT_POOL

@@ -93,10 +93,14 @@ def compute(desired: DesiredState, actual: ActualState, *, prune: bool) -> Plan:
     conflicts: list[Diagnostic] = []
     leftovers: list[str] = []
 
+    scope = desired.scope
     for name, want in sorted(desired.vms.items()):
         have = actual.vms.get(name)
-        if have is not None and not have.managed:
-            conflicts.append(_unowned(want.source, want.address, "a libvirt domain"))
+        if have is not None and have.mark is None:
+            conflicts.append(_unowned(want, "a libvirt domain"))
+            continue
+        if have is not None and have.mark is not None and have.mark.pool != scope:
+            conflicts.append(_other_pool(want, have.mark.pool))
             continue
         change = vm_change(want, have)
         if change is not None:
@@ -105,17 +109,23 @@ def compute(desired: DesiredState, actual: ActualState, *, prune: bool) -> Plan:
     for name, want_c in sorted(desired.containers.items()):
         have_c = actual.containers.get(name)
         if have_c is not None and not have_c.managed:
-            conflicts.append(_unowned(want_c.source, want_c.address, "a Docker container"))
+            conflicts.append(_unowned(want_c, "a Docker container"))
+            continue
+        if have_c is not None and have_c.pool != scope:
+            conflicts.append(_other_pool(want_c, have_c.pool))
             continue
         change = container_change(want_c, have_c)
         if change is not None:
             changes.append(change)
 
+    # Only objects applied under the same Pool are ours to list or prune.
     undeclared: list[ActualVm | ActualContainer] = [
-        vm for name, vm in sorted(actual.vms.items()) if vm.managed and name not in desired.vms
+        vm for name, vm in sorted(actual.vms.items())
+        if vm.mark is not None and vm.mark.pool == scope and name not in desired.vms
     ]
     undeclared += [
-        c for name, c in sorted(actual.containers.items()) if c.managed and name not in desired.containers
+        c for name, c in sorted(actual.containers.items())
+        if c.managed and c.pool == scope and name not in desired.containers
     ]
     for obj in undeclared:
         address = f"{'vm' if isinstance(obj, ActualVm) else 'container'}/{obj.name}"
@@ -129,16 +139,21 @@ def compute(desired: DesiredState, actual: ActualState, *, prune: bool) -> Plan:
     return Plan(tuple(changes), tuple(leftovers), tuple(conflicts))
 
 
-def _unowned(source: object, address: str, what: str) -> Diagnostic:
-    from somnus_reconciler.diagnostics import Source
-
-    assert isinstance(source, Source) or source is None
-    name = address.split("/", 1)[1]
+def _unowned(want: DesiredVm | DesiredContainer, what: str) -> Diagnostic:
     return Diagnostic(
-        source,
-        address,
-        f"{what} named {name!r} exists but carries no somnus ownership mark; "
+        want.source,
+        want.address,
+        f"{what} named {want.name!r} exists but carries no somnus ownership mark; "
         "it is left alone (rename the manifest or remove that object yourself)",
+    )
+
+
+def _other_pool(want: DesiredVm | DesiredContainer, pool: str) -> Diagnostic:
+    return Diagnostic(
+        want.source,
+        want.address,
+        f"{want.name!r} is owned by pool/{pool}, not pool/{want.pool}; it is left alone "
+        "(apply it with the manifests of its own Pool, or rename this one)",
     )
 
 

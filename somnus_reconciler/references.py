@@ -17,6 +17,7 @@ from typing import TypeVar
 
 from somnus_reconciler import model
 from somnus_reconciler.desired import (
+    DEFAULT_POOL,
     DesiredContainer, DesiredPack, DesiredState, DesiredVm, VmResources,
 )
 from somnus_reconciler.diagnostics import Diagnostics
@@ -56,10 +57,11 @@ def resolve(declared: Sequence[Declared]) -> DesiredState:
 
     requires = {name: pack.spec.requires for name, (_, pack) in packs.items()}
     pool = pools[0] if pools else None
+    scope = pool[1].metadata.name if pool else DEFAULT_POOL
     return DesiredState(
-        vms={name: _desired_vm(d, vm, profiles, requires) for name, (d, vm) in vms.items()},
+        vms={name: _desired_vm(d, vm, profiles, requires, scope) for name, (d, vm) in vms.items()},
         containers={
-            name: _desired_container(d, c, requires) for name, (d, c) in containers.items()
+            name: _desired_container(d, c, requires, scope) for name, (d, c) in containers.items()
         },
         packs={name: DesiredPack(name, pack.spec, d.source) for name, (d, pack) in packs.items()},
         pool=pool[1].spec if pool else model.PoolSpec(),
@@ -165,6 +167,7 @@ def _install_order(names: Iterable[str], requires: dict[str, list[str]]) -> tupl
 def _desired_vm(
     d: Declared, vm: model.VirtualMachine,
     profiles: dict[str, tuple[Declared, model.ResourceProfile]], requires: dict[str, list[str]],
+    pool: str,
 ) -> DesiredVm:
     spec = vm.spec
     r = profiles[spec.profile][1].spec if spec.profile is not None else spec.resources
@@ -186,11 +189,12 @@ def _desired_vm(
         owner=vm.metadata.labels.get("owner"),
         profile=spec.profile,
         source=d.source,
+        pool=pool,
     )
 
 
 def _desired_container(
-    d: Declared, container: model.Container, requires: dict[str, list[str]]
+    d: Declared, container: model.Container, requires: dict[str, list[str]], pool: str,
 ) -> DesiredContainer:
     spec = container.spec
     return DesiredContainer(
@@ -204,4 +208,5 @@ def _desired_container(
         packs=_install_order(spec.packs, requires),
         owner=container.metadata.labels.get("owner"),
         source=d.source,
+        pool=pool,
     )

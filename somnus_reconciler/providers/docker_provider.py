@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 LABEL_MANAGED = "io.somnus.managed"  # "true"
 LABEL_SPEC_HASH = "io.somnus.spec-hash"
 LABEL_OWNER = "io.somnus.owner"  # only when the container has an owner
+LABEL_POOL = "io.somnus.pool"  # the Pool it was applied under: scopes --prune
 LABEL_PACKS = "io.somnus.packs"  # JSON {pack: fingerprint}
 
 ALLOWED_NETWORK_MODES = ("none", "host")
@@ -244,6 +245,7 @@ def mark_labels(c: DesiredContainer) -> dict[str, str]:
     labels = {
         LABEL_MANAGED: "true",
         LABEL_SPEC_HASH: c.spec_hash,
+        LABEL_POOL: c.pool,
         LABEL_PACKS: "{}",  # packs are recorded once the engine installs them
     }
     if c.owner is not None:
@@ -259,9 +261,11 @@ def _from_summary(summary: Mapping[str, Any]) -> ActualContainer | None:
         return None
     labels: dict[str, str] = dict(summary.get("Labels") or {})
     spec_hash: str | None = None
+    pool = "default"
     if labels.get(LABEL_MANAGED) == "true":
         # Marked but without a hash: ours, of unknown spec; the planner replaces it.
         spec_hash = labels.get(LABEL_SPEC_HASH, "")
+        pool = labels.get(LABEL_POOL, "default")
     return ActualContainer(
         name=names[0],
         container_id=str(summary.get("Id", "")),
@@ -269,6 +273,7 @@ def _from_summary(summary: Mapping[str, Any]) -> ActualContainer | None:
         image=str(summary.get("Image", "")),
         state=str(summary.get("State", "")),
         spec_hash=spec_hash,
+        pool=pool,
         labels=labels,
     )
 

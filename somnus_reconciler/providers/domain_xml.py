@@ -51,6 +51,7 @@ def mark_element(vm: DesiredVm, forwards: tuple[PortForward, ...],
         "image": vm.image,
         "disk-size": str(vm.disk_size),
         "os-family": vm.os_family,
+        "pool": vm.pool,
     })
     if vm.owner is not None:
         mark.set("owner", vm.owner)
@@ -142,6 +143,7 @@ def parse_mark(element: ET.Element | None) -> VmMark | None:
         disk_size=int(element.get("disk-size", "0")),
         os_family=element.get("os-family", ""),
         owner=element.get("owner"),
+        pool=element.get("pool", "default"),
         forwards=forwards,
         packs=packs,
     )

@@ -77,8 +77,13 @@ class Workspace:
         return f"{self.prefix}-{suffix}"
 
     def write(self, filename: str, *documents: dict[str, Any]) -> Path:
+        """One manifest file, led by this test's own Pool so that --prune stays in the test."""
+        pool = {
+            "apiVersion": "somnus/v1", "kind": "Pool", "metadata": {"name": self.prefix},
+            "spec": {"domainType": "qemu", "cpuOvercommit": 8, "reserved": {"vcpus": 0, "memory": "1Gi"}},
+        }
         path = self.manifests / filename
-        path.write_text(yaml.safe_dump_all(documents, sort_keys=False))
+        path.write_text(yaml.safe_dump_all([pool, *documents], sort_keys=False))
         return path
 
     def somnus(self, *args: str, check_exit: int | None = None) -> subprocess.CompletedProcess[str]:

@@ -82,10 +82,12 @@ def test_vms_that_are_not_running_cost_nothing() -> None:
     assert admission.check(desired, admission.HostCapacity(cpus=2, memory=4 * GiB)) == []
 
 
-@pytest.mark.parametrize("cpus, refused", [(0.5, False), (1.0, False), (1.01, True), (2.0, True)])
-def test_container_cpus_count_rounded_up(cpus: float, refused: bool) -> None:
-    # (2 cores - 1 reserved) x 1 = 1 vCPU: a container of 1.01 cpus needs 2.
-    desired = state(containers=[container("box", cpus=cpus)], pool=PoolSpec(cpu_overcommit=1))
+@pytest.mark.parametrize("cpus, count, refused",
+                         [(0.5, 1, False), (1.0, 1, False), (1.01, 1, True), (0.25, 4, False), (0.25, 5, True)])
+def test_container_cpus_count_as_fractions(cpus: float, count: int, refused: bool) -> None:
+    # (2 cores - 1 reserved) x 1 = 1 vCPU: four containers of 0.25 fit, five do not.
+    boxes = [container(f"box{i}", cpus=cpus) for i in range(count)]
+    desired = state(containers=boxes, pool=PoolSpec(cpu_overcommit=1))
     problems = admission.check(desired, admission.HostCapacity(cpus=2, memory=64 * GiB))
     assert bool(problems) is refused
 

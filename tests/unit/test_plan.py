@@ -240,3 +240,27 @@ def test_action_symbols(action: Action, symbol: str) -> None:
 ])
 def test_field_changes_read_like_the_plan(field: FieldChange, text: str) -> None:
     assert str(field) == text
+
+
+def _in_pool(state: ActualState, pool: str) -> ActualState:
+    return ActualState(
+        {n: dataclasses.replace(v, mark=dataclasses.replace(v.mark, pool=pool)) if v.mark else v
+         for n, v in state.vms.items()},
+        {n: dataclasses.replace(c, pool=pool) for n, c in state.containers.items()},
+    )
+
+
+@pytest.mark.parametrize("prune", [False, True])
+def test_objects_of_another_pool_are_neither_leftovers_nor_pruned(prune: bool) -> None:
+    result = plan.compute(desired_of(), _in_pool(LEFTOVERS, "lab"), prune=prune)
+    assert (result.changes, result.leftovers) == ((), ())
+
+
+def test_declared_name_owned_by_another_pool_is_a_conflict() -> None:
+    vm, box = want_vm(), want_box()
+    actual = _in_pool(actual_of([have_vm(vm)], [have_box(box)]), "lab")
+    result = plan.compute(desired_of([vm], [box]), actual, prune=True)
+    assert result.changes == ()
+    assert [(d.address, "pool/lab" in d.message) for d in result.conflicts] == [
+        ("vm/coder-1", True), ("container/box", True),
+    ]

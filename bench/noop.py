@@ -1,0 +1,140 @@
+"""No-op `somnus diff` against the raw floor, at N VMs (defined, shut off) + N containers.
+
+    python bench/noop.py [--sizes 10,100] [--repeat 7]
+
+For each N it converges N VMs and N containers with `somnus apply`, then times,
+in this one run (the machine is shared and noisy: compare ratios):
+  * `somnus diff` as a whole process (what a user waits for), median of --repeat;
+  * the raw floor as a whole process: one Python process that does one libvirt
+    listing plus each domain's XML, and one sparse Docker listing;
+  * the same two inside a running process (reconcile.observe + plan.compute vs
+    the raw calls), which is what the watcher will pay per pass.
+Everything it creates is named `bench-noop-*` and removed at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+PREFIX = "bench-noop"
+
+RAW_FLOOR = """
+import libvirt, docker
+conn = libvirt.open("qemu:///system")
+for dom in conn.listAllDomains(0):
+    dom.XMLDesc(0)
+docker.from_env().containers.list(all=True, sparse=True)
+"""
+
+
+def manifests(n: int) -> list[dict[str, object]]:
+    docs: list[dict[str, object]] = [{
+        "apiVersion": "somnus/v1", "kind": "Pool", "metadata": {"name": "bench"},
+        "spec": {"domainType": "qemu", "maxVms": n, "maxVmsPerOwner": n, "cpuOvercommit": 100,
+                 "reserved": {"vcpus": 0, "memory": "1Gi"}},
+    }]
+    for i in range(n):
+        docs.append({
+            "apiVersion": "somnus/v1", "kind": "VirtualMachine", "metadata": {"name": f"{PREFIX}-vm-{i}"},
+            "spec": {"resources": {"vcpus": 1, "memory": "128Mi"}, "image": "tiny-linux",
+                     "diskSize": "1Gi", "running": False},
+        })
+        docs.append({
+            "apiVersion": "somnus/v1", "kind": "Container", "metadata": {"name": f"{PREFIX}-box-{i}"},
+            "spec": {"image": "somnus/busybox:latest", "command": ["sleep", "infinity"],
+                     "resources": {"cpus": 0.01, "memory": "8Mi"}, "network": "none"},
+        })
+    return docs
+
+
+def somnus(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "somnus_reconciler", *args],
+                          capture_output=True, text=True, env=env, cwd=REPO)
+
+
+def timed(command: list[str], env: dict[str, str], repeat: int, expect: int = 0) -> float:
+    samples = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO)
+        samples.append(time.perf_counter() - start)
+        if result.returncode != expect:
+            raise SystemExit(f"{' '.join(command)} exited {result.returncode}:\n{result.stdout}{result.stderr}")
+    return statistics.median(samples)
+
+
+def in_process(path: Path, repeat: int) -> tuple[float, float]:
+    import docker
+    import libvirt
+
+    from somnus_reconciler import plan, reconcile
+
+    desired = reconcile.load_desired([path])
+    backends = reconcile.open_backends(desired)
+    conn = libvirt.open("qemu:///system")
+    client = docker.from_env()
+    ours, raw = [], []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        result = plan.compute(desired, reconcile.observe(backends), prune=False)
+        ours.append(time.perf_counter() - start)
+        assert result.in_sync, result.changes[:3]
+        start = time.perf_counter()
+        for dom in conn.listAllDomains(0):
+            dom.XMLDesc(0)
+        client.containers.list(all=True, sparse=True)
+        raw.append(time.perf_counter() - start)
+    backends.close()
+    conn.close()
+    client.close()
+    return statistics.median(ours), statistics.median(raw)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="10,100")
+    parser.add_argument("--repeat", type=int, default=7)
+    args = parser.parse_args()
+    state = tempfile.mkdtemp(prefix="somnus-bench-")
+    env = dict(os.environ, SOMNUS_STATE_DIR=state)
+    rows = []
+    manifest_dir = Path(tempfile.mkdtemp(prefix="somnus-bench-manifests-"))
+    path = manifest_dir / "bench.yaml"
+    try:
+        for n in (int(s) for s in args.sizes.split(",")):
+            path.write_text(yaml.safe_dump_all(manifests(n), sort_keys=False))
+            start = time.perf_counter()
+            result = somnus("apply", str(path), "--prune", "-y", env=env)
+            converge = time.perf_counter() - start
+            if result.returncode != 0:
+                raise SystemExit(f"apply failed:\n{result.stdout}{result.stderr}")
+            diff = timed([sys.executable, "-m", "somnus_reconciler", "diff", str(path)], env, args.repeat)
+            floor = timed([sys.executable, "-c", RAW_FLOOR], env, args.repeat)
+            ours_in, raw_in = in_process(path, args.repeat)
+            rows.append((n, converge, diff, floor, ours_in, raw_in))
+    finally:
+        path.write_text(yaml.safe_dump_all(manifests(0), sort_keys=False))
+        somnus("apply", str(path), "--prune", "-y", env=env)
+
+    print(f"no-op diff, N VMs (shut off) + N containers; median of {args.repeat}; one run\n")
+    print(f"{'N':>4} | {'converge':>9} | {'somnus diff':>11} | {'raw floor':>9} | {'ratio':>5} "
+          f"| {'in-process ours':>15} | {'in-process raw':>14} | {'ratio':>5}")
+    print("-" * 99)
+    for n, converge, diff, floor, ours_in, raw_in in rows:
+        print(f"{n:>4} | {converge:>8.1f}s | {diff * 1000:>9.0f}ms | {floor * 1000:>7.0f}ms | {diff / floor:>5.2f} "
+              f"| {ours_in * 1000:>13.1f}ms | {raw_in * 1000:>12.1f}ms | {ours_in / raw_in:>5.2f}")
+
+
+if __name__ == "__main__":
+    main()
