@@ -259,7 +259,9 @@ def build_vm_image(name: str, images_dir: Path, *, log: Log = lambda s: None) ->
 
 
 def _build_tiny_linux(recipe: _TinyLinuxRecipe, name: str, out: Path, log: Log) -> None:
-    with tempfile.TemporaryDirectory(prefix=f"somnus-{name}-") as tmp:
+    # Scratch space inside the staging directory: a killed build's leftovers
+    # are removed with it by the next build (see _remove_stale_staging).
+    with tempfile.TemporaryDirectory(prefix=".work-", dir=out) as tmp:
         work = Path(tmp)
         kernel_package = _kernel_package(recipe.kernel_metapackage, log)
         log(f"{name}: downloading {kernel_package} and {recipe.busybox_package}")

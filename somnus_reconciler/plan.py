@@ -202,7 +202,9 @@ def vm_change(want: DesiredVm, have: ActualVm | None) -> Change | None:
             change = Change(want.address, Action.UPDATE, Disruption.NONE, resized, want, have)
     elif not have.running:
         change = Change(want.address, Action.START, Disruption.NONE, resized, want, have)
-    elif headroom:
+    elif headroom or r.vcpus < have.vcpus:
+        # Removing a vCPU needs the guest to eject it over ACPI, which many guests
+        # never do; so fewer vCPUs means a restart, as a new maximum does.
         change = Change(want.address, Action.UPDATE, Disruption.RESTART, resized, want, have)
     elif sizes:
         change = Change(want.address, Action.UPDATE, Disruption.LIVE, sizes, want, have)

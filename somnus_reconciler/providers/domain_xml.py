@@ -72,10 +72,14 @@ def mark_xml(vm: DesiredVm, forwards: tuple[PortForward, ...],
 
 
 def build(vm: DesiredVm, boot: BootSource, *, domain_type: str, console_log: Path,
-          forwards: tuple[PortForward, ...], packs: tuple[tuple[str, str], ...] = ()) -> str:
+          forwards: tuple[PortForward, ...], packs: tuple[tuple[str, str], ...] = (),
+          uuid: str | None = None) -> str:
+    """The whole domain; `uuid` keeps an existing domain's identity when redefining it."""
     r = vm.resources
     domain = ET.Element("domain", {"type": domain_type})
     ET.SubElement(domain, "name").text = vm.name
+    if uuid is not None:
+        ET.SubElement(domain, "uuid").text = uuid
     ET.SubElement(domain, "metadata").append(mark_element(vm, forwards, packs))
     ET.SubElement(domain, "memory", {"unit": "KiB"}).text = _kib(r.max_memory)
     ET.SubElement(domain, "currentMemory", {"unit": "KiB"}).text = _kib(r.memory)

@@ -133,10 +133,10 @@ class LibvirtProvider:
         )
 
     def _xml(self, vm: DesiredVm, forwards: tuple[PortForward, ...],
-             packs: tuple[tuple[str, str], ...] = ()) -> str:
+             packs: tuple[tuple[str, str], ...] = (), uuid: str | None = None) -> str:
         return domain_xml.build(
             vm, self._boot_source(vm), domain_type=self._settings.domain_type,
-            console_log=self.console_log(vm.name), forwards=forwards, packs=packs,
+            console_log=self.console_log(vm.name), forwards=forwards, packs=packs, uuid=uuid,
         )
 
     def create(self, vm: DesiredVm) -> None:
@@ -189,10 +189,11 @@ class LibvirtProvider:
     def redefine(self, vm: DesiredVm) -> None:
         """Persistent config := `vm`, keeping the disk, forwards and packs applied."""
         with self._mapped(vm.name, "redefine"):
-            mark = domain_xml.parse(self._domain(vm.name).XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)).mark
+            dom = self._domain(vm.name)
+            mark = domain_xml.parse(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)).mark
             forwards = mark.forwards if mark else ()
             packs = mark.packs if mark else ()
-            self.conn.defineXML(self._xml(vm, forwards, packs))
+            self.conn.defineXML(self._xml(vm, forwards, packs, dom.UUIDString()))
 
     def resize_live(self, vm: DesiredVm) -> None:
         """vCPUs and memory of a running guest, live and persistent, within its maxima."""

@@ -64,7 +64,7 @@ def test_out_of_band_changes_are_detected_and_restored(workspace: Workspace) -> 
     subprocess.run(["docker", "stop", "-t", "1", ws.name("box")], check=True, capture_output=True)
 
     drift = ws.somnus("diff", str(ws.manifests), check_exit=1)
-    assert "vcpus 2 -> 1" in drift.stdout
+    assert "vcpus 2 -> 1" in drift.stdout and "(restart required)" in drift.stdout
     assert f"container/{ws.name('box')}" in drift.stdout and "start" in drift.stdout
 
     ws.somnus("apply", str(ws.manifests), "-y", check_exit=0)
@@ -160,7 +160,7 @@ def test_unowned_objects_with_declared_names_are_refused_and_left_alone(workspac
         assert f"vm/{ws.name('theirs')}" in result.stderr and "ownership mark" in result.stderr
         assert f"container/{ws.name('their-box')}" in result.stderr
     assert not ws.domain("theirs").isActive()
-    assert ws.docker.containers.get(ws.name("their-box")).labels == {}
+    assert "io.somnus.managed" not in ws.docker.containers.get(ws.name("their-box")).labels
     assert ws.name("mine") not in {c.name for c in ws.docker.containers.list(all=True)}
 
 

@@ -91,6 +91,24 @@ def test_missing_image_names_the_build_command(tmp_path: Path) -> None:
         images.find_vm_image("tiny-linux", tmp_path)
 
 
+def test_leftovers_of_a_killed_build_are_not_an_image_and_get_replaced(test_root: Path) -> None:
+    images_dir = test_root / "images-after-crash"
+    staging = images_dir / ".tiny-linux.building-killed"
+    staging.mkdir(parents=True)
+    (staging / images.KERNEL_FILE).write_bytes(b"half a kernel")
+    half_published = images_dir / "tiny-linux"
+    half_published.mkdir()
+    for file in (images.DISK_FILE, images.KERNEL_FILE, images.INITRD_FILE):
+        (half_published / file).write_bytes(b"")
+    assert not images.is_vm_image_available("tiny-linux", images_dir)
+
+    image = images.build_vm_image("tiny-linux", images_dir)
+
+    assert images.find_vm_image("tiny-linux", images_dir) == image
+    assert image.kernel is not None and image.kernel.stat().st_size > 1_000_000
+    assert sorted(p.name for p in images_dir.iterdir()) == [".tiny-linux.lock", "tiny-linux"]
+
+
 def test_tiny_linux_boots_balloons_and_shuts_down_under_libvirt(
     tiny_image: images.VmImage, test_root: Path, cleanup: contextlib.ExitStack
 ) -> None:

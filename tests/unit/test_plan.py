@@ -98,8 +98,11 @@ VM_CASES = {
                    (FieldChange("vcpus", 1, 2),)),
     "live memory": (WANT, have_vm(WANT, memory=2 * GiB), Action.UPDATE, Disruption.LIVE,
                     (FieldChange("memory", 2 * GiB, 4 * GiB),)),
-    "live vcpus and memory down": (
-        want_vm(vcpus=1, memory=2 * GiB), have_vm(WANT), Action.UPDATE, Disruption.LIVE,
+    "live memory down": (
+        want_vm(memory=2 * GiB), have_vm(WANT), Action.UPDATE, Disruption.LIVE,
+        (FieldChange("memory", 4 * GiB, 2 * GiB),)),
+    "restart for fewer vcpus": (
+        want_vm(vcpus=1, memory=2 * GiB), have_vm(WANT), Action.UPDATE, Disruption.RESTART,
         (FieldChange("vcpus", 2, 1), FieldChange("memory", 4 * GiB, 2 * GiB))),
     "restart for a larger maxVcpus": (
         want_vm(vcpus=6, max_vcpus=8), have_vm(WANT), Action.UPDATE, Disruption.RESTART,
