@@ -50,6 +50,7 @@ class ActualVm:
     memory: int  # bytes, current (balloon) size
     max_memory: int  # bytes
     mark: VmMark | None  # None: not created by somnus; never touched
+    console_log: str | None = None  # where the serial console is logged, from the domain XML
 
     @property
     def managed(self) -> bool:

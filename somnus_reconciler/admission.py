@@ -102,9 +102,9 @@ def check(
     return problems
 
 
-def _first_over(guests: Sequence[_Guest], amount: Callable[[_Guest], int], limit: float) -> _Guest | None:
+def _first_over(guests: Sequence[_Guest], amount: Callable[[_Guest], float], limit: float) -> _Guest | None:
     """The guest whose addition takes the running total past `limit`."""
-    total = 0
+    total = 0.0
     for guest in guests:
         total += amount(guest)
         if total > limit:

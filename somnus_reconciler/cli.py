@@ -202,6 +202,8 @@ def describe(address: str, state_dir: str | None) -> None:
                 from somnus_reconciler.quantity import format_bytes
 
                 value = format_bytes(value)
+            elif isinstance(value, dict):
+                value = " ".join(f"{k}={v}" for k, v in value.items())
             click.echo(f"{key + ':':<12} {value}")
     click.echo("conditions:")
     for condition in row["conditions"]:

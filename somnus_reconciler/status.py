@@ -25,7 +25,7 @@ def _last_step(event: Event | None) -> list[dict[str, str]]:
     return [_condition("LastStepSucceeded", event.outcome == "ok", f"{event.action}: {event.message}")]
 
 
-def vm_row(vm: ActualVm, last: Event | None, console_log: str) -> dict[str, Any]:
+def vm_row(vm: ActualVm, last: Event | None) -> dict[str, Any]:
     mark = vm.mark
     forwards = {f.name: f"127.0.0.1:{f.host_port}" for f in mark.forwards} if mark else {}
     return {
@@ -41,8 +41,7 @@ def vm_row(vm: ActualVm, last: Event | None, console_log: str) -> dict[str, Any]
         "image": mark.image if mark else None,
         "owner": mark.owner if mark else None,
         "forwards": forwards,
-        "consoleLog": console_log if mark else None,
-        "detail": " ".join(f"{k}={v}" for k, v in forwards.items()),
+        "consoleLog": vm.console_log,
         "conditions": [
             _condition("Running", vm.running, vm.power.value),
             _condition("Managed", vm.managed, "" if vm.managed else "no somnus ownership mark"),
@@ -59,7 +58,6 @@ def container_row(c: ActualContainer, last: Event | None) -> dict[str, Any]:
         "state": c.state,
         "image": c.image,
         "id": c.container_id[:12],
-        "detail": f"image={c.image}",
         "conditions": [
             _condition("Running", c.running, c.state),
             _condition("Managed", c.managed, "" if c.managed else "no io.somnus labels"),
@@ -83,7 +81,7 @@ def rows(backends: Backends, *, kind: str | None, name: str | None,
     if kind in (None, "vm"):
         for vm in sorted(backends.vms.observe().values(), key=lambda v: v.name):
             if (name is None or vm.name == name) and (vm.managed or include_unmanaged or name):
-                result.append(vm_row(vm, last(f"vm/{vm.name}"), str(backends.vms.console_log(vm.name))))
+                result.append(vm_row(vm, last(f"vm/{vm.name}")))
     if kind in (None, "container"):
         for c in sorted(backends.containers.observe().values(), key=lambda c: c.name):
             if (name is None or c.name == name) and (c.managed or include_unmanaged or name):

@@ -34,7 +34,7 @@ def describe_change(change: Change) -> str:
     if change.action is Action.REPLACE:
         return f"replace: {fields}" if fields else f"replace: {change.reason}"
     if change.action in (Action.START, Action.STOP):
-        return change.action.value + (f": {fields}" if fields else "")
+        return str(change.action.value) + (f": {fields}" if fields else "")
     return fields or "refresh ownership mark"
 
 
@@ -161,11 +161,16 @@ STATUS_COLUMNS = ("KIND", "NAME", "STATE", "VCPUS", "MEMORY", "MANAGED", "DETAIL
 
 def status_table(rows: Sequence[dict[str, Any]], out: TextIO = sys.stdout) -> None:
     """kubectl-like plain columns: aligned, no colours, easy to grep."""
+    def detail(row: dict[str, Any]) -> str:
+        if row["kind"] == "vm":
+            return " ".join(f"{name}={address}" for name, address in row["forwards"].items())
+        return f"image={row['image']}"
+
     cells = [STATUS_COLUMNS] + [
         (
             r["kind"], r["name"], r["state"], str(r.get("vcpus", "")),
             format_bytes(r["memory"]) if r.get("memory") else "",
-            "yes" if r["managed"] else "no", r.get("detail", ""),
+            "yes" if r["managed"] else "no", detail(r),
         )
         for r in rows
     ]

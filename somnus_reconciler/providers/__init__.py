@@ -36,6 +36,8 @@ class VmProvider(Protocol):
     def redefine(self, vm: DesiredVm) -> None:
         """Write `vm` into the persistent config; the running guest is left as it is."""
     def resize_live(self, vm: DesiredVm) -> None: ...
+    def write_mark(self, vm: DesiredVm) -> None:
+        """Record `vm`'s spec hash in the ownership mark, live and persistent."""
     def delete(self, name: str) -> None: ...
 
 

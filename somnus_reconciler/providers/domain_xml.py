@@ -160,19 +160,22 @@ def parse(xml: str, power: PowerState | None = None) -> ActualVm:
     caller knows better (paused domains also carry an id).
     """
     root = ET.fromstring(xml)
-    domain_id = root.get("id")
+    raw_id = root.get("id")
+    domain_id = int(raw_id) if raw_id is not None and raw_id != "-1" else None
     vcpu = root.find("vcpu")
     max_vcpus = int(vcpu.text or "0") if vcpu is not None else 0
     current = vcpu.get("current") if vcpu is not None else None
     max_memory = _memory_bytes(root.find("memory"))
     current_memory = root.find("currentMemory")
+    serial_log = root.find("devices/serial/log")
     return ActualVm(
         name=root.findtext("name", ""),
-        power=power or (PowerState.RUNNING if domain_id not in (None, "-1") else PowerState.SHUTOFF),
-        domain_id=int(domain_id) if domain_id not in (None, "-1") else None,
+        power=power or (PowerState.RUNNING if domain_id is not None else PowerState.SHUTOFF),
+        domain_id=domain_id,
         vcpus=int(current) if current else max_vcpus,
         max_vcpus=max_vcpus,
         memory=_memory_bytes(current_memory) if current_memory is not None else max_memory,
         max_memory=max_memory,
         mark=parse_mark(root.find(f"metadata/{{{SOMNUS_NS}}}vm")),
+        console_log=serial_log.get("file") if serial_log is not None else None,
     )

@@ -118,7 +118,7 @@ class LibvirtProvider:
                 return None
             raise ProviderError(f"vm/{name}", "observe", e.get_error_message()) from e
 
-    def console_log(self, name: str) -> Path:
+    def _console_log(self, name: str) -> Path:
         return self._settings.console_dir / f"{name}.log"
 
     # -- act --------------------------------------------------------------
@@ -136,7 +136,7 @@ class LibvirtProvider:
              packs: tuple[tuple[str, str], ...] = (), uuid: str | None = None) -> str:
         return domain_xml.build(
             vm, self._boot_source(vm), domain_type=self._settings.domain_type,
-            console_log=self.console_log(vm.name), forwards=forwards, packs=packs, uuid=uuid,
+            console_log=self._console_log(vm.name), forwards=forwards, packs=packs, uuid=uuid,
         )
 
     def create(self, vm: DesiredVm) -> None:
