@@ -53,7 +53,7 @@ def manifests(n: int) -> list[dict[str, object]]:
         docs.append({
             "apiVersion": "somnus/v1", "kind": "Container", "metadata": {"name": f"{PREFIX}-box-{i}"},
             "spec": {"image": "somnus/busybox:latest", "command": ["sleep", "infinity"],
-                     "resources": {"cpus": 0.01, "memory": "8Mi"}, "network": "none"},
+                     "resources": {"cpus": 0.5, "memory": "16Mi"}, "network": "none"},
         })
     return docs
 
