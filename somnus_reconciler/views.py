@@ -150,8 +150,10 @@ class TerminalProgress:
 
     def step_finished(self, result: StepResult) -> None:
         mark = "[green]✓[/]" if result.ok else "[red]✗[/]"
-        detail = "" if result.ok else f": {result.message}"
-        self._console.print(f"{mark} {result.change.address}{detail} ({result.duration_s:.1f}s)")
+        from rich.markup import escape
+
+        detail = "" if result.ok else f": {escape(result.message)}"
+        self._console.print(f"{mark} {result.change.address}{detail} ({result.duration_s:.1f}s)", highlight=False)
         self._progress.advance(self._task)
 
 
