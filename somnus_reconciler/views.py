@@ -103,7 +103,8 @@ def diagnostics_json(diagnostics: Sequence[Diagnostic]) -> dict[str, Any]:
     }
 
 
-def print_json(value: object, out: TextIO = sys.stdout) -> None:
+def print_json(value: object, out: TextIO | None = None) -> None:
+    out = out or sys.stdout
     json.dump(value, out, indent=2, default=str)
     out.write("\n")
 
@@ -112,8 +113,8 @@ def print_json(value: object, out: TextIO = sys.stdout) -> None:
 class PlainProgress:
     """One line per finished step: for logs, pipes and CI."""
 
-    def __init__(self, out: TextIO = sys.stdout) -> None:
-        self._out = out
+    def __init__(self, out: TextIO | None = None) -> None:
+        self._out = out or sys.stdout
 
     def step_started(self, change: Change) -> None:
         print(f"{change.address}: {describe_change(change)} ...", file=self._out, flush=True)
@@ -161,8 +162,9 @@ class TerminalProgress:
 STATUS_COLUMNS = ("KIND", "NAME", "STATE", "VCPUS", "MEMORY", "MANAGED", "DETAIL")
 
 
-def status_table(rows: Sequence[dict[str, Any]], out: TextIO = sys.stdout) -> None:
+def status_table(rows: Sequence[dict[str, Any]], out: TextIO | None = None) -> None:
     """kubectl-like plain columns: aligned, no colours, easy to grep."""
+    out = out or sys.stdout
     def detail(row: dict[str, Any]) -> str:
         if row["kind"] == "vm":
             return " ".join(f"{name}={address}" for name, address in row["forwards"].items())
