@@ -69,6 +69,7 @@ class ActualContainer:
     state: str  # docker's: running, exited, created, ...
     spec_hash: str | None  # None: not created by somnus; never touched
     pool: str = "default"  # the Pool it was applied under (meaningful when managed)
+    packs: tuple[tuple[str, str], ...] = ()  # (pack, fingerprint) applied, from the journal
     labels: dict[str, str] = field(default_factory=dict, compare=False)
 
     @property
@@ -78,6 +79,15 @@ class ActualContainer:
     @property
     def running(self) -> bool:
         return self.state == "running"
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A snapshot somnus took: a libvirt snapshot, or a committed container image."""
+
+    name: str  # somnus-<step>-<timestamp>
+    created: float  # seconds since the epoch
+    description: str = ""
 
 
 @dataclass(frozen=True)

@@ -54,9 +54,7 @@ class DesiredVm:
 
     @property
     def spec_hash(self) -> str:
-        data = asdict(self)
-        data.pop("source")
-        return _hash(data)
+        return _spec_hash(self)
 
 
 @dataclass(frozen=True)
@@ -79,9 +77,16 @@ class DesiredContainer:
 
     @property
     def spec_hash(self) -> str:
-        data = asdict(self)
-        data.pop("source")
-        return _hash(data)
+        return _spec_hash(self)
+
+
+def _spec_hash(obj: DesiredVm | DesiredContainer) -> str:
+    """Hash of what the object is, without its packs: those are tracked one by one
+    with their fingerprints, so adding a pack never recreates anything."""
+    data = asdict(obj)
+    data.pop("source")
+    data.pop("packs")
+    return _hash(data)
 
 
 @dataclass(frozen=True)
@@ -99,6 +104,9 @@ class DesiredState:
     pool: PoolSpec
     pool_source: Source | None = None
     pool_name: str | None = None  # None: no Pool declared, the defaults apply
+    # pack name -> fingerprint of its spec and playbook files; filled in by
+    # reconcile (it reads files) so that planning stays pure.
+    pack_fingerprints: dict[str, str] = field(default_factory=dict)
 
     @property
     def scope(self) -> str:

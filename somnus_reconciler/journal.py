@@ -1,16 +1,28 @@
 """The journal: what each step did, in one SQLite file in the state directory.
 
-The engine records one event per step (ok or failed, with its cause); `describe`
-and `history` read them back. Each write is one transaction, so a crash never
-leaves half a record.
+Three tables, each write one transaction, so a crash never leaves half a record:
+- `events`: one line per finished step (ok, failed, rolled back), read by
+  `describe` and `history`;
+- `steps`: a guest-changing step from its start to its end, with the snapshot
+  taken before it. A step still open when a process starts again was interrupted:
+  `engine.recover` rolls it back first;
+- `container_packs`: packs applied to each container with their fingerprints.
+  A container's labels cannot change after creation, so this is the part of its
+  ownership mark that lives here, tied to the container's ID.
+
+`ApplyLock` keeps applies to one at a time per state directory.
 """
 
 from __future__ import annotations
 
+import fcntl
+import os
 import sqlite3
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from types import TracebackType
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -18,10 +30,27 @@ CREATE TABLE IF NOT EXISTS events (
     at REAL NOT NULL,
     address TEXT NOT NULL,
     action TEXT NOT NULL,
-    outcome TEXT NOT NULL,      -- ok | failed
+    outcome TEXT NOT NULL,      -- ok | failed | rolled back
     message TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS events_by_address ON events (address, id);
+CREATE TABLE IF NOT EXISTS steps (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    started_at REAL NOT NULL,
+    address TEXT NOT NULL,
+    step TEXT NOT NULL,         -- e.g. "pack web-development"
+    snapshot TEXT,              -- libvirt snapshot name or committed image ID
+    state TEXT NOT NULL,        -- open | done | rolled back | failed
+    pid INTEGER NOT NULL,
+    detail TEXT NOT NULL DEFAULT ''   -- what is needed to roll back (JSON)
+);
+CREATE TABLE IF NOT EXISTS container_packs (
+    name TEXT NOT NULL,
+    container_id TEXT NOT NULL,
+    pack TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    PRIMARY KEY (name, pack)
+);
 """
 
 
@@ -34,6 +63,16 @@ class Event:
     message: str
 
 
+@dataclass(frozen=True)
+class OpenStep:
+    id: int
+    address: str
+    step: str
+    snapshot: str | None
+    pid: int
+    detail: str
+
+
 class Journal:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -41,6 +80,7 @@ class Journal:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.executescript(_SCHEMA)
 
+    # -- events -------------------------------------------------------------------
     def record(self, address: str, action: str, outcome: str, message: str) -> None:
         with self._db:
             self._db.execute(
@@ -49,18 +89,94 @@ class Journal:
             )
 
     def recent(self, address: str | None = None, limit: int = 20) -> list[Event]:
-        if address is None:
-            rows = self._db.execute(
-                "SELECT at, address, action, outcome, message FROM events ORDER BY id DESC LIMIT ?",
-                (limit,),
-            )
-        else:
-            rows = self._db.execute(
-                "SELECT at, address, action, outcome, message FROM events WHERE address = ? "
-                "ORDER BY id DESC LIMIT ?",
-                (address, limit),
-            )
+        query = "SELECT at, address, action, outcome, message FROM events"
+        args: tuple[object, ...] = (limit,)
+        if address is not None:
+            query += " WHERE address = ?"
+            args = (address, limit)
+        rows = self._db.execute(query + " ORDER BY id DESC LIMIT ?", args)
         return [Event(*row) for row in rows]
+
+    # -- steps --------------------------------------------------------------------
+    def open_step(self, address: str, step: str, snapshot: str | None, detail: str = "") -> int:
+        with self._db:
+            cursor = self._db.execute(
+                "INSERT INTO steps (started_at, address, step, snapshot, state, pid, detail) "
+                "VALUES (?, ?, ?, ?, 'open', ?, ?)",
+                (time.time(), address, step, snapshot, os.getpid(), detail),
+            )
+        return int(cursor.lastrowid or 0)
+
+    def close_step(self, step_id: int, state: str) -> None:
+        with self._db:
+            self._db.execute("UPDATE steps SET state = ? WHERE id = ?", (state, step_id))
+
+    def open_steps(self) -> list[OpenStep]:
+        rows = self._db.execute(
+            "SELECT id, address, step, snapshot, pid, detail FROM steps WHERE state = 'open' ORDER BY id"
+        )
+        return [OpenStep(*row) for row in rows]
+
+    # -- container packs ----------------------------------------------------------
+    def container_packs(self) -> dict[str, tuple[str, tuple[tuple[str, str], ...]]]:
+        """name -> (container ID, ((pack, fingerprint), ...)) for every container."""
+        found: dict[str, tuple[str, list[tuple[str, str]]]] = {}
+        for name, container_id, pack, fingerprint in self._db.execute(
+            "SELECT name, container_id, pack, fingerprint FROM container_packs ORDER BY name, rowid"
+        ):
+            found.setdefault(name, (container_id, []))[1].append((pack, fingerprint))
+        return {name: (cid, tuple(packs)) for name, (cid, packs) in found.items()}
+
+    def set_container_pack(self, name: str, container_id: str, pack: str, fingerprint: str | None) -> None:
+        """Record (or with fingerprint None, forget) one pack of one container."""
+        with self._db:
+            if fingerprint is None:
+                self._db.execute("DELETE FROM container_packs WHERE name = ? AND pack = ?", (name, pack))
+            else:
+                self._db.execute(
+                    "INSERT OR REPLACE INTO container_packs (name, container_id, pack, fingerprint) "
+                    "VALUES (?, ?, ?, ?)", (name, container_id, pack, fingerprint),
+                )
+
+    def move_container_packs(self, name: str, container_id: str | None) -> None:
+        """The container was made anew from a snapshot (keep, new ID) or from scratch (None: forget)."""
+        with self._db:
+            if container_id is None:
+                self._db.execute("DELETE FROM container_packs WHERE name = ?", (name,))
+            else:
+                self._db.execute("UPDATE container_packs SET container_id = ? WHERE name = ?",
+                                 (container_id, name))
 
     def close(self) -> None:
         self._db.close()
+
+
+class ApplyLock:
+    """One apply at a time per state directory; a second one waits and says for whom."""
+
+    def __init__(self, state_dir: Path, on_wait: Callable[[str], None] = lambda message: None) -> None:
+        state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._path = state_dir / "apply.lock"
+        self._on_wait = on_wait
+        self._fd: int | None = None
+
+    def __enter__(self) -> ApplyLock:
+        fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
+            self._on_wait(f"waiting for the apply lock on {self._path.parent} (held by pid {holder})")
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        self._fd = fd
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if self._fd is not None:
+            os.ftruncate(self._fd, 0)
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None

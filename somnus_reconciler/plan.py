@@ -23,10 +23,17 @@ class Action(enum.Enum):
     START = "start"
     STOP = "stop"
     DELETE = "delete"
+    PACK_INSTALL = "pack install"
+    PACK_REMOVE = "pack remove"
 
     @property
     def symbol(self) -> str:
-        return {"create": "+", "delete": "-", "replace": "-/+"}.get(self.value, "~")
+        return {"create": "+", "delete": "-", "replace": "-/+", "pack install": "+",
+                "pack remove": "-"}.get(self.value, "~")
+
+    @property
+    def is_pack_step(self) -> bool:
+        return self in (Action.PACK_INSTALL, Action.PACK_REMOVE)
 
 
 class Disruption(enum.IntEnum):
@@ -61,6 +68,7 @@ class Change:
     desired: DesiredVm | DesiredContainer | None = field(default=None, compare=False)
     actual: ActualVm | ActualContainer | None = field(default=None, compare=False)
     reason: str = ""  # why (prune, spec changed, ...), for the plan line
+    pack: str | None = None  # for pack steps: which pack
 
     @property
     def kind(self) -> str:
@@ -105,6 +113,9 @@ def compute(desired: DesiredState, actual: ActualState, *, prune: bool) -> Plan:
         change = vm_change(want, have)
         if change is not None:
             changes.append(change)
+        if want.running:  # a stopped guest gets its packs when it runs
+            changes += pack_changes(want, _packs_kept(change, have.mark.packs if have and have.mark else ()),
+                                    desired.pack_fingerprints, have)
 
     for name, want_c in sorted(desired.containers.items()):
         have_c = actual.containers.get(name)
@@ -117,6 +128,8 @@ def compute(desired: DesiredState, actual: ActualState, *, prune: bool) -> Plan:
         change = container_change(want_c, have_c)
         if change is not None:
             changes.append(change)
+        changes += pack_changes(want_c, _packs_kept(change, have_c.packs if have_c else ()),
+                                desired.pack_fingerprints, have_c)
 
     # Only objects applied under the same Pool are ours to list or prune.
     undeclared: list[ActualVm | ActualContainer] = [
@@ -137,6 +150,30 @@ def compute(desired: DesiredState, actual: ActualState, *, prune: bool) -> Plan:
             leftovers.append(address)
 
     return Plan(tuple(changes), tuple(leftovers), tuple(conflicts))
+
+
+def _packs_kept(change: Change | None, applied: tuple[tuple[str, str], ...]) -> dict[str, str]:
+    """Packs the object will still have after its own change: none once made anew."""
+    if change is not None and change.action in (Action.CREATE, Action.REPLACE):
+        return {}
+    return dict(applied)
+
+
+def pack_changes(want: DesiredVm | DesiredContainer, applied: dict[str, str],
+                 fingerprints: dict[str, str], have: ActualVm | ActualContainer | None) -> list[Change]:
+    """Install what is missing or changed (in `requires` order), remove what is no longer declared."""
+    changes = []
+    for pack in want.packs:
+        fingerprint = fingerprints.get(pack, "")
+        if applied.get(pack) != fingerprint:
+            reason = "changed" if pack in applied else ""
+            changes.append(Change(want.address, Action.PACK_INSTALL, Disruption.NONE,
+                                  desired=want, actual=have, reason=reason, pack=pack))
+    for pack in reversed(list(applied)):
+        if pack not in want.packs:
+            changes.append(Change(want.address, Action.PACK_REMOVE, Disruption.NONE,
+                                  desired=want, actual=have, pack=pack))
+    return changes
 
 
 def _unowned(want: DesiredVm | DesiredContainer, what: str) -> Diagnostic:

@@ -31,6 +31,9 @@ def describe_change(change: Change) -> str:
         return f"create (image {want.image}, {want.cpus:g} cpu, {format_bytes(want.memory)})"
     if change.action is Action.DELETE:
         return "delete"
+    if change.action.is_pack_step:
+        verb = "" if change.action is Action.PACK_INSTALL else "remove "
+        return f"pack {verb}{change.pack}" + (f" ({change.reason})" if change.reason else "")
     if change.action is Action.REPLACE:
         return f"replace: {fields}" if fields else f"replace: {change.reason}"
     if change.action in (Action.START, Action.STOP):
@@ -41,6 +44,8 @@ def describe_change(change: Change) -> str:
 def _disruption_note(change: Change) -> str:
     if change.action is Action.DELETE:
         return "prune"
+    if change.action.is_pack_step:
+        return "snapshot first"
     return change.disruption.label
 
 
@@ -65,9 +70,11 @@ def plan_summary(plan: Plan) -> str:
     for change in plan.changes:
         count[change.action] += 1
     changed = count[Action.UPDATE] + count[Action.START] + count[Action.STOP]
+    packs = count[Action.PACK_INSTALL] + count[Action.PACK_REMOVE]
     return (
         f"Plan: {count[Action.CREATE]} to create, {changed} to change, "
-        f"{count[Action.REPLACE]} to replace, {count[Action.DELETE]} to delete."
+        f"{count[Action.REPLACE]} to replace, {count[Action.DELETE]} to delete"
+        + (f", {packs} pack step(s)." if packs else ".")
     )
 
 
@@ -82,6 +89,7 @@ def plan_json(plan: Plan) -> dict[str, Any]:
                 "disruption": c.disruption.name.lower(),
                 "fields": [{"name": f.name, "before": f.before, "after": f.after} for f in c.fields],
                 "summary": describe_change(c),
+                **({"pack": c.pack} if c.pack else {}),
             }
             for c in plan.changes
         ],

@@ -26,7 +26,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from somnus_reconciler.actual import ActualContainer
+from somnus_reconciler.actual import ActualContainer, Snapshot
 from somnus_reconciler.desired import DesiredContainer
 from somnus_reconciler.providers import BackendUnavailable, ProviderError
 
@@ -37,7 +37,9 @@ LABEL_MANAGED = "io.somnus.managed"  # "true"
 LABEL_SPEC_HASH = "io.somnus.spec-hash"
 LABEL_OWNER = "io.somnus.owner"  # only when the container has an owner
 LABEL_POOL = "io.somnus.pool"  # the Pool it was applied under: scopes --prune
-LABEL_PACKS = "io.somnus.packs"  # JSON {pack: fingerprint}
+LABEL_PACKS = "io.somnus.packs"
+LABEL_SNAPSHOT_OF = "io.somnus.snapshot-of"
+SNAPSHOT_REPOSITORY = "somnus-snapshots"  # JSON {pack: fingerprint}
 
 ALLOWED_NETWORK_MODES = ("none", "host")
 STOP_TIMEOUT_S = 5
@@ -115,8 +117,10 @@ class DockerProvider:
 
     # -- converge ----------------------------------------------------------
 
-    def create(self, c: DesiredContainer) -> None:
-        """Create and start `c`; on a failed start the new container is removed."""
+    def create(self, c: DesiredContainer, *, from_image: str | None = None) -> str:
+        """Create and start `c` (from `from_image` instead of `c.image` when restoring
+        a snapshot; the labels stay those of `c`). Returns the container ID.
+        On a failed start the new container is removed."""
         address = c.address
         if c.network not in ALLOWED_NETWORK_MODES:
             raise ProviderError(
@@ -139,7 +143,7 @@ class DockerProvider:
         try:
             with _mapped(address, "create"):
                 created = api.create_container(
-                    image=c.image,
+                    image=from_image or c.image,
                     command=list(c.command) if c.command is not None else None,
                     name=c.name,
                     environment=[f"{k}={v}" for k, v in c.env],
@@ -164,6 +168,7 @@ class DockerProvider:
             with contextlib.suppress(Exception):
                 api.remove_container(container_id, v=True, force=True)
             raise
+        return str(container_id)
 
     def start(self, name: str) -> None:
         """Start a managed container; unmarked ones are refused (SPEC section 3)."""
@@ -197,6 +202,41 @@ class DockerProvider:
             except Exception as e:
                 if not _is_not_found(e):  # gone meanwhile: the goal is reached
                     raise
+
+    # -- snapshots ---------------------------------------------------------
+    def snapshot(self, name: str, snapshot: str, description: str) -> str:
+        """`docker commit` of the container as somnus-snapshots/<name>:<snapshot>; returns the image ID."""
+        address = _address(name)
+        actual = self.observe_one(name)
+        if actual is None or not actual.managed:
+            raise ProviderError(address, "snapshot", f"no managed container named {name}")
+        with _mapped(address, f"snapshot {snapshot}"):
+            result = self._api().commit(
+                actual.container_id, repository=f"{SNAPSHOT_REPOSITORY}/{name}", tag=snapshot,
+                message=description, changes=[f"LABEL {LABEL_SNAPSHOT_OF}={name}"], pause=True,
+            )
+        return str(result["Id"])
+
+    def restore(self, c: DesiredContainer, snapshot: str) -> str:
+        """Replace the container by one made from its snapshot, with the same spec; returns the new ID."""
+        self.delete(c.name)
+        return self.create(c, from_image=f"{SNAPSHOT_REPOSITORY}/{c.name}:{snapshot}")
+
+    def snapshots(self, name: str) -> list[Snapshot]:
+        """Snapshots of this container, oldest first."""
+        address = _address(name)
+        with _mapped(address, "list snapshots"):
+            found = self._api().images(name=f"{SNAPSHOT_REPOSITORY}/{name}")
+        snapshots = []
+        for image in found:
+            for tag in image.get("RepoTags") or ():
+                snapshot = tag.rsplit(":", 1)[1]
+                snapshots.append(Snapshot(snapshot, float(image.get("Created", 0)), image.get("Id", "")))
+        return sorted(snapshots, key=lambda s: (s.created, s.name))
+
+    def delete_snapshot(self, name: str, snapshot: str) -> None:
+        with _mapped(_address(name), f"delete snapshot {snapshot}"):
+            self._api().remove_image(f"{SNAPSHOT_REPOSITORY}/{name}:{snapshot}", noprune=False)
 
     # -- images ------------------------------------------------------------
 

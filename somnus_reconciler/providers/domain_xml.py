@@ -64,6 +64,21 @@ def mark_element(vm: DesiredVm, forwards: tuple[PortForward, ...],
     return mark
 
 
+def mark_with_packs(domain: str, packs: tuple[tuple[str, str], ...]) -> str | None:
+    """The mark of `domain` (its XML) with its pack records replaced, for `setMetadata`;
+    None when the domain carries no mark."""
+    mark = ET.fromstring(domain).find(f"metadata/{{{SOMNUS_NS}}}vm")
+    if mark is None:
+        return None
+    plain = ET.Element("vm", dict(mark.attrib))
+    for child in mark:
+        if child.tag == f"{{{SOMNUS_NS}}}forward":
+            ET.SubElement(plain, "forward", dict(child.attrib))
+    for pack, fingerprint in packs:
+        ET.SubElement(plain, "pack", {"name": pack, "fingerprint": fingerprint})
+    return ET.tostring(plain, encoding="unicode")
+
+
 def mark_xml(vm: DesiredVm, forwards: tuple[PortForward, ...],
              packs: tuple[tuple[str, str], ...] = ()) -> str:
     """The mark alone, as `virDomainSetMetadata` takes it: without a namespace,
@@ -121,6 +136,20 @@ def build(vm: DesiredVm, boot: BootSource, *, domain_type: str, console_log: Pat
                 f"virtio-net-pci,netdev=somnus0,bus=pci.0,addr={_NIC_PCI_SLOT}"):
         ET.SubElement(commandline, f"{{{QEMU_NS}}}arg", {"value": arg})
     return ET.tostring(domain, encoding="unicode")
+
+
+def snapshot_xml(name: str, description: str) -> str:
+    """An internal snapshot of disk and (when running) memory: `virDomainSnapshotCreateXML`."""
+    snapshot = ET.Element("domainsnapshot")
+    ET.SubElement(snapshot, "name").text = name
+    ET.SubElement(snapshot, "description").text = description
+    return ET.tostring(snapshot, encoding="unicode")
+
+
+def parse_snapshot(xml: str) -> tuple[str, float, str]:
+    root = ET.fromstring(xml)
+    return (root.findtext("name", ""), float(root.findtext("creationTime", "0")),
+            root.findtext("description", ""))
 
 
 def _memory_bytes(element: ET.Element | None) -> int:

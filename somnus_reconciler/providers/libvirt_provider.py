@@ -22,7 +22,7 @@ from pathlib import Path
 import libvirt
 
 from somnus_reconciler import images
-from somnus_reconciler.actual import ActualVm, PortForward, PowerState
+from somnus_reconciler.actual import ActualVm, PortForward, PowerState, Snapshot
 from somnus_reconciler.desired import DesiredVm
 from somnus_reconciler.providers import BackendUnavailable, ProviderError
 from somnus_reconciler.providers import domain_xml
@@ -219,6 +219,41 @@ class LibvirtProvider:
                 domain_xml.mark_xml(vm, forwards, packs),
                 "somnus", domain_xml.SOMNUS_NS, flags,
             )
+
+    def write_packs(self, name: str, packs: tuple[tuple[str, str], ...]) -> None:
+        """Record the packs applied, with their fingerprints, in the mark (live and persistent)."""
+        with self._mapped(name, "write mark"):
+            dom = self._domain(name)
+            mark = domain_xml.mark_with_packs(dom.XMLDesc(0), packs)
+            if mark is None:
+                raise ProviderError(f"vm/{name}", "write mark", "the domain carries no somnus mark")
+            flags = _LIVE_AND_CONFIG if dom.isActive() else libvirt.VIR_DOMAIN_AFFECT_CONFIG
+            dom.setMetadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, mark, "somnus", domain_xml.SOMNUS_NS, flags)
+
+    # -- snapshots ----------------------------------------------------------
+    def snapshot(self, name: str, snapshot: str, description: str) -> None:
+        with self._mapped(name, f"snapshot {snapshot}"):
+            self._domain(name).snapshotCreateXML(domain_xml.snapshot_xml(snapshot, description), 0)
+
+    def revert(self, name: str, snapshot: str) -> None:
+        """Back to the snapshot: disk, memory and definition, running if it was."""
+        with self._mapped(name, f"revert to {snapshot}"):
+            dom = self._domain(name)
+            dom.revertToSnapshot(dom.snapshotLookupByName(snapshot, 0), 0)
+
+    def snapshots(self, name: str) -> list[Snapshot]:
+        """The snapshots somnus took of this VM, oldest first."""
+        with self._mapped(name, "list snapshots"):
+            found = [
+                Snapshot(*domain_xml.parse_snapshot(snap.getXMLDesc(0)))
+                for snap in self._domain(name).listAllSnapshots(0)
+                if snap.getName().startswith("somnus-")
+            ]
+        return sorted(found, key=lambda s: (s.created, s.name))
+
+    def delete_snapshot(self, name: str, snapshot: str) -> None:
+        with self._mapped(name, f"delete snapshot {snapshot}"):
+            self._domain(name).snapshotLookupByName(snapshot, 0).delete(0)
 
     def delete(self, name: str) -> None:
         """Destroy, undefine with snapshot metadata, and remove the VM's disk."""

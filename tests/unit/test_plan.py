@@ -19,10 +19,11 @@ GiB = 2**30
 
 def want_vm(name: str = "coder-1", *, running: bool = True, vcpus: int = 2, memory: int = 4 * GiB,
             max_vcpus: int = 4, max_memory: int = 8 * GiB, image: str = "debian-12",
-            disk_size: int = 20 * GiB, os_family: str = "debian", owner: str | None = "alice") -> DesiredVm:
+            disk_size: int = 20 * GiB, os_family: str = "debian", owner: str | None = "alice",
+            packs: tuple[str, ...] = ()) -> DesiredVm:
     return DesiredVm(
         name=name, resources=VmResources(vcpus, memory, max_vcpus, max_memory), image=image,
-        disk_size=disk_size, os_family=os_family, running=running, packs=("base-tools",),
+        disk_size=disk_size, os_family=os_family, running=running, packs=packs,
         snapshot_retain=5, owner=owner, profile=None, source=Source(Path("vms.yaml"), 4),
     )
 
@@ -267,3 +268,55 @@ def test_declared_name_owned_by_another_pool_is_a_conflict() -> None:
     assert [(d.address, "pool/lab" in d.message) for d in result.conflicts] == [
         ("vm/coder-1", True), ("container/box", True),
     ]
+
+
+# -- pack steps ------------------------------------------------------------------
+FPS = {"base-tools": "fp-base", "web": "fp-web"}
+
+
+def _with_packs(desired: DesiredState) -> DesiredState:
+    return dataclasses.replace(desired, pack_fingerprints=FPS)
+
+
+def _steps(result: plan.Plan) -> list[tuple[str, str, str | None, str]]:
+    return [(c.address, c.action.symbol, c.pack, c.reason) for c in result.changes]
+
+
+def test_a_new_vm_gets_its_packs_after_it_is_created_in_requires_order() -> None:
+    vm = want_vm(packs=("base-tools", "web"))
+    result = plan.compute(_with_packs(desired_of([vm])), actual_of(), prune=False)
+    assert _steps(result) == [("vm/coder-1", "+", None, ""), ("vm/coder-1", "+", "base-tools", ""),
+                              ("vm/coder-1", "+", "web", "")]
+    assert all(c.action is Action.PACK_INSTALL for c in result.changes[1:])
+
+
+def test_packs_with_matching_fingerprints_plan_nothing() -> None:
+    vm = want_vm(packs=("base-tools", "web"))
+    have = have_vm(vm)
+    have = dataclasses.replace(have, mark=dataclasses.replace(have.mark, packs=tuple(FPS.items())))
+    assert plan.compute(_with_packs(desired_of([vm])), actual_of([have]), prune=False).changes == ()
+
+
+def test_a_changed_pack_runs_again_and_an_undeclared_one_is_removed() -> None:
+    vm = want_vm(packs=("base-tools",))
+    have = have_vm(vm)
+    have = dataclasses.replace(have, mark=dataclasses.replace(
+        have.mark, packs=(("base-tools", "old"), ("web", "fp-web"))))
+    result = plan.compute(_with_packs(desired_of([vm])), actual_of([have]), prune=False)
+    assert _steps(result) == [("vm/coder-1", "+", "base-tools", "changed"), ("vm/coder-1", "-", "web", "")]
+    assert result.changes[1].action is Action.PACK_REMOVE
+
+
+def test_a_stopped_vm_gets_no_pack_steps() -> None:
+    vm = want_vm(running=False, packs=("base-tools",))
+    assert plan.compute(_with_packs(desired_of([vm])), actual_of([have_vm(vm)]), prune=False).changes == ()
+
+
+def test_a_replaced_container_gets_its_packs_again_and_adding_a_pack_does_not_replace_it() -> None:
+    box = dataclasses.replace(want_box(), packs=("web",))
+    have = dataclasses.replace(have_box(want_box()), packs=(("web", "fp-web"),))
+    assert box.spec_hash == want_box().spec_hash
+    assert plan.compute(_with_packs(desired_of(boxes=[box])), actual_of(boxes=[have]), prune=False).changes == ()
+    replaced = dataclasses.replace(box, image="other:1")
+    result = plan.compute(_with_packs(desired_of(boxes=[replaced])), actual_of(boxes=[have]), prune=False)
+    assert _steps(result) == [("container/box", "-/+", None, "spec changed"), ("container/box", "+", "web", "")]
