@@ -1,22 +1,31 @@
-"""The engine: executes a Plan step by step: act -> verify -> record.
+"""The engine: executes a Plan step by step.
 
-Called by `somnus apply` (and later by the watcher). Each change is one step.
+Called by `somnus apply` (and later by the watcher). Each change is one step:
+act -> verify -> record. A pack step changes a guest, so it is guarded:
+snapshot -> act (playbook) -> verify (the pack's verify commands) -> record,
+and on any failure the guest is rolled back to that snapshot. The step is open
+in the journal from before the snapshot until it is recorded or rolled back, so a
+process killed in between is rolled back by `recover` at the next start.
+
 A step that fails is recorded with its cause and the engine goes on with the
 other resources; the caller turns any failure into exit code 1. The engine
-talks to backends only through the provider protocols and reports progress
-only through `EngineHook`s (rendering lives in views.py).
+talks to backends only through protocols and reports progress only through
+`EngineHook`s (rendering lives in views.py).
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from somnus_reconciler import plan as plan_mod
-from somnus_reconciler.desired import DesiredContainer, DesiredVm
-from somnus_reconciler.journal import Journal
+from somnus_reconciler.actual import ActualContainer, ActualVm, Snapshot
+from somnus_reconciler.desired import DesiredContainer, DesiredPack, DesiredState, DesiredVm
+from somnus_reconciler.model import CapabilityPackSpec
+from somnus_reconciler.journal import Journal, OpenStep
 from somnus_reconciler.plan import Action, Change, Disruption, Plan
 from somnus_reconciler.providers import ContainerProvider, ProviderError, VmProvider
 
@@ -38,6 +47,45 @@ class VerifyFailed(Exception):
     """The backend accepted the action but the object did not reach the desired state."""
 
 
+class PackOutcome(Protocol):
+    ok: bool
+    failed_task: str | None
+    message: str
+
+
+class PackRunner(Protocol):
+    """Runs one pack's playbook in one guest (guests.AnsiblePackRunner)."""
+
+    def run(self, guest: DesiredVm | DesiredContainer, pack: DesiredPack, action: str,
+            on_event: Callable[[str], None]) -> PackOutcome: ...
+
+
+class Snapshots(Protocol):
+    """What both providers offer for snapshots."""
+
+    def snapshot(self, name: str, snapshot: str, description: str) -> object: ...
+    def snapshots(self, name: str) -> list[Snapshot]: ...
+    def delete_snapshot(self, name: str, snapshot: str) -> None: ...
+
+
+@dataclass
+class PackSteps:
+    """What pack steps need beyond the providers."""
+
+    runner: PackRunner
+    packs: dict[str, DesiredPack]
+    fingerprints: dict[str, str]
+    clock: Callable[[], float] = time.time
+    applied: dict[str, dict[str, str]] = field(default_factory=dict)  # address -> pack -> fingerprint
+
+
+def snapshot_name(step: str, at: float) -> str:
+    """somnus-<step>-<timestamp> (SPEC section 6), usable as a libvirt name and a Docker tag."""
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(at)) + f"{int(at * 1000) % 1000:03d}Z"
+    safe = "".join(ch if ch.isalnum() or ch in "-_." else "-" for ch in step)
+    return f"somnus-{safe}-{stamp}"
+
+
 class Engine:
     def __init__(
         self,
@@ -46,21 +94,42 @@ class Engine:
         journal: Journal,
         hooks: Sequence[EngineHook] = (),
         *,
+        pack_steps: PackSteps | None = None,
         verify_timeout_s: float = 30.0,
     ) -> None:
         self._vms = vms
         self._containers = containers
         self._journal = journal
         self._hooks = hooks
+        self._packs = pack_steps
         self._verify_timeout_s = verify_timeout_s
 
     def execute(self, plan: Plan) -> list[StepResult]:
-        return [self._step(change) for change in plan.changes]
+        failed: set[str] = set()
+        results = []
+        for change in plan.changes:
+            if change.action.is_pack_step and change.address in failed:
+                # The guest's own change failed: its packs wait for the next run.
+                for hook in self._hooks:
+                    hook.step_started(change)
+                result = StepResult(change, False, f"skipped: {change.address} did not converge", 0.0)
+                self._finish(change, result, "skipped")
+            else:
+                result = self._step(change)
+            if not result.ok:
+                failed.add(change.address)
+            results.append(result)
+        return results
 
     def _step(self, change: Change) -> StepResult:
         for hook in self._hooks:
             hook.step_started(change)
         started = time.monotonic()
+        if change.action.is_pack_step:
+            ok, message = self._pack_step(change)
+            result = StepResult(change, ok, message, time.monotonic() - started)
+            self._finish(change, result, "ok" if ok else "rolled back")
+            return result
         try:
             if change.kind == "vm":
                 self._act_vm(change)
@@ -70,12 +139,126 @@ class Engine:
             result = StepResult(change, True, "done", time.monotonic() - started)
         except (ProviderError, VerifyFailed) as e:
             result = StepResult(change, False, str(e), time.monotonic() - started)
-        self._journal.record(
-            change.address, change.action.value, "ok" if result.ok else "failed", result.message
-        )
+        self._finish(change, result, "ok" if result.ok else "failed")
+        return result
+
+    def _finish(self, change: Change, result: StepResult, outcome: str) -> None:
+        action = change.action.value + (f" {change.pack}" if change.pack else "")
+        self._journal.record(change.address, action, outcome, result.message)
         for hook in self._hooks:
             hook.step_finished(result)
-        return result
+
+    # -- pack steps: snapshot -> act -> verify -> record | rollback -----------------
+    def _snapshots(self, kind: str) -> Snapshots:
+        return self._vms if kind == "vm" else self._containers
+
+    def _pack_step(self, change: Change) -> tuple[bool, str]:
+        steps = self._packs
+        want = change.desired
+        assert change.pack is not None and isinstance(want, (DesiredVm, DesiredContainer))
+        if steps is None or (change.action is Action.PACK_INSTALL and change.pack not in steps.packs):
+            return False, f"pack {change.pack} is not declared"
+        applied = steps.applied.setdefault(change.address, dict(_applied_packs(change.actual)))
+        action = "install" if change.action is Action.PACK_INSTALL else "uninstall"
+        pack = steps.packs.get(change.pack) or DesiredPack(change.pack, _EMPTY_PACK_SPEC, want.source)
+        snapshots = self._snapshots(change.kind)
+        snapshot = snapshot_name(f"pack-{change.pack}", steps.clock())
+        detail = json.dumps({"kind": change.kind, "name": want.name})
+        step_id = self._journal.open_step(change.address, f"pack {action} {change.pack}", snapshot, detail)
+        try:
+            snapshots.snapshot(want.name, snapshot, f"before pack {action} {change.pack}")
+        except ProviderError as e:
+            self._journal.close_step(step_id, "failed")
+            return False, f"no snapshot, so nothing was done: {e}"
+        try:
+            outcome = steps.runner.run(want, pack, action, lambda line: None)
+            ok, message = outcome.ok, _failure(outcome)
+        except ProviderError as e:
+            ok, message = False, str(e)
+        if ok:
+            try:
+                if action == "install":
+                    applied[change.pack] = steps.fingerprints.get(change.pack, "")
+                else:
+                    applied.pop(change.pack, None)
+                self._record_packs(change.kind, want, change.pack, applied)
+            except ProviderError as e:
+                ok, message = False, f"installed, but the mark could not be written: {e}"
+        if not ok:
+            rolled = self._rollback(change.kind, want, snapshot)
+            self._journal.close_step(step_id, "rolled back")
+            return False, f"{message}; {rolled}"
+        self._journal.close_step(step_id, "done")
+        retain = want.snapshot_retain if isinstance(want, DesiredVm) else _CONTAINER_RETAIN
+        self._prune_snapshots(snapshots, want.name, retain)
+        return True, f"done (snapshot {snapshot})"
+
+    def _record_packs(self, kind: str, want: DesiredVm | DesiredContainer, pack: str,
+                      applied: dict[str, str]) -> None:
+        if kind == "vm":
+            self._vms.write_packs(want.name, tuple(applied.items()))
+            return
+        actual = self._containers.observe_one(want.name)
+        if actual is None:
+            raise ProviderError(f"container/{want.name}", "record packs", "the container is gone")
+        self._journal.set_container_pack(want.name, actual.container_id, pack, applied.get(pack))
+
+    def _rollback(self, kind: str, want: DesiredVm | DesiredContainer, snapshot: str) -> str:
+        try:
+            if kind == "vm":
+                self._vms.revert(want.name, snapshot)
+            else:
+                assert isinstance(want, DesiredContainer)
+                new_id = self._containers.restore(want, snapshot)
+                self._journal.move_container_packs(want.name, new_id)
+        except ProviderError as e:
+            return f"ROLLBACK FAILED ({e}); the snapshot {snapshot} is kept"
+        return f"rolled back to {snapshot}"
+
+    def _prune_snapshots(self, snapshots: Snapshots, name: str, retain: int) -> None:
+        try:
+            for old in snapshots.snapshots(name)[:-retain]:
+                snapshots.delete_snapshot(name, old.name)
+        except ProviderError:
+            pass  # retention is housekeeping; the next successful step tries again
+
+    def recover(self, desired: DesiredState) -> list[str]:
+        """Roll back every step a killed process left open; returns what was done.
+
+        A container is made anew from its snapshot with its declared spec, so
+        `desired` is needed; one no longer declared keeps its snapshot for `rollback`.
+        """
+        return [self._recover_step(step, desired) for step in self._journal.open_steps()]
+
+    def _recover_step(self, step: OpenStep, desired: DesiredState) -> str:
+        detail = json.loads(step.detail or "{}")
+        kind, name = detail.get("kind", ""), detail.get("name", "")
+        message = f"{step.address}: {step.step} was interrupted (pid {step.pid})"
+        if step.snapshot is None or not any(s.name == step.snapshot for s in self._snapshot_list(kind, name)):
+            self._journal.close_step(step.id, "failed")
+            outcome = f"{message}; its snapshot was never taken, nothing to roll back"
+        else:
+            try:
+                if kind == "vm":
+                    self._vms.revert(name, step.snapshot)
+                elif name in desired.containers:
+                    want = desired.containers[name]
+                    self._journal.move_container_packs(name, self._containers.restore(want, step.snapshot))
+                else:
+                    raise ProviderError(step.address, "rollback", "no longer declared; use somnus rollback")
+                self._journal.close_step(step.id, "rolled back")
+                outcome = f"{message}; rolled back to {step.snapshot}"
+            except ProviderError as e:
+                outcome = f"{message}; rollback failed: {e}"
+        self._journal.record(step.address, "recover", "rolled back" if "rolled back to" in outcome
+                             else "failed", outcome)
+        return outcome
+
+    def _snapshot_list(self, kind: str, name: str) -> list[Snapshot]:
+        try:
+            return self._snapshots(kind).snapshots(name)
+        except ProviderError:
+            return []
 
     # -- act ----------------------------------------------------------------
     def _act_vm(self, change: Change) -> None:
@@ -143,6 +326,25 @@ class Engine:
             if time.monotonic() >= deadline:
                 raise VerifyFailed(f"{change.address}: not converged after {change.action.value}: {problem}")
             time.sleep(0.5)
+
+
+_CONTAINER_RETAIN = 5  # containers have no snapshot policy in their spec
+_EMPTY_PACK_SPEC = CapabilityPackSpec()  # stands in for a pack removed from the manifests
+
+
+def _applied_packs(actual: ActualVm | ActualContainer | None) -> tuple[tuple[str, str], ...]:
+    if isinstance(actual, ActualVm):
+        return actual.mark.packs if actual.mark else ()
+    if isinstance(actual, ActualContainer):
+        return actual.packs
+    return ()
+
+
+def _failure(outcome: PackOutcome) -> str:
+    if outcome.ok:
+        return "done"
+    task = f"task {outcome.failed_task!r} failed" if outcome.failed_task else "the playbook failed"
+    return f"{task}: {outcome.message}" if outcome.message else task
 
 
 def _remaining(change: Change | None) -> str | None:

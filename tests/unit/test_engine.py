@@ -1,0 +1,177 @@
+"""engine.Engine with recording provider doubles: the order of snapshot -> act -> record,
+rollback on failure, recovery of interrupted steps. Real backends: tests/integration."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from somnus_reconciler.actual import ActualContainer, ActualVm, PowerState, Snapshot, VmMark
+from somnus_reconciler.desired import DesiredContainer, DesiredPack, DesiredState, DesiredVm, VmResources
+from somnus_reconciler.diagnostics import Source
+from somnus_reconciler.engine import Engine, PackSteps, snapshot_name
+from somnus_reconciler.journal import Journal
+from somnus_reconciler.model import CapabilityPackSpec, PoolSpec
+from somnus_reconciler.plan import Action, Change, Disruption, Plan
+from somnus_reconciler.providers import ProviderError
+
+SRC = Source(Path("m.yaml"), 1)
+VM = DesiredVm("vm1", VmResources(1, 2**30, 1, 2**30), "debian-12", 2**30, "debian", True,
+               ("tools",), 2, None, None, SRC)
+BOX = DesiredContainer("box1", "img", None, 1.0, 2**30, "none", (), ("tools",), None, SRC)
+PACK = DesiredPack("tools", CapabilityPackSpec(), SRC)
+
+
+class Recorder:
+    """Both provider protocols, recording calls; `fail` names calls that raise."""
+
+    def __init__(self, fail: set[str] | None = None) -> None:
+        self.calls: list[tuple[str, ...]] = []
+        self.fail = fail or set()
+        self.snaps: dict[str, list[str]] = {}
+
+    def _call(self, *call: str) -> None:
+        self.calls.append(call)
+        if call[0] in self.fail:
+            raise ProviderError(f"x/{call[1]}", call[0], "boom")
+
+    def snapshot(self, name: str, snapshot: str, description: str) -> str:
+        self._call("snapshot", name, snapshot)
+        self.snaps.setdefault(name, []).append(snapshot)
+        return snapshot
+
+    def snapshots(self, name: str) -> list[Snapshot]:
+        return [Snapshot(s, float(i)) for i, s in enumerate(self.snaps.get(name, []))]
+
+    def delete_snapshot(self, name: str, snapshot: str) -> None:
+        self._call("delete_snapshot", name, snapshot)
+        self.snaps[name].remove(snapshot)
+
+    def revert(self, name: str, snapshot: str) -> None:
+        self._call("revert", name, snapshot)
+
+    def restore(self, c: DesiredContainer, snapshot: str) -> str:
+        self._call("restore", c.name, snapshot)
+        return "new-id"
+
+    def write_packs(self, name: str, packs: tuple[tuple[str, str], ...]) -> None:
+        self._call("write_packs", name, repr(packs))
+
+    def observe_one(self, name: str) -> ActualContainer:
+        return ActualContainer(name, "cid", "img", "running", BOX.spec_hash)
+
+    def create(self, vm: object, **_: object) -> str:
+        self._call("create", getattr(vm, "name"))
+        return "cid"
+
+
+@dataclasses.dataclass
+class Outcome:
+    ok: bool
+    failed_task: str | None = None
+    message: str = ""
+
+
+class Runner:
+    def __init__(self, outcome: Outcome, log: list[tuple[str, ...]]) -> None:
+        self.outcome, self.log = outcome, log
+
+    def run(self, guest: DesiredVm | DesiredContainer, pack: DesiredPack, action: str,
+            on_event: Callable[[str], None]) -> Outcome:
+        self.log.append(("run", guest.name, pack.name, action))
+        return self.outcome
+
+
+def engine(tmp_path: Path, recorder: Recorder, outcome: Outcome) -> tuple[Engine, Journal]:
+    journal = Journal(tmp_path / "journal.sqlite")
+    steps = PackSteps(Runner(outcome, recorder.calls), {"tools": PACK}, {"tools": "fp1"}, clock=lambda: 0.0)
+    return Engine(recorder, recorder, journal, pack_steps=steps), journal  # type: ignore[arg-type]
+
+
+def pack_change(want: DesiredVm | DesiredContainer, action: Action = Action.PACK_INSTALL) -> Change:
+    return Change(want.address, action, Disruption.NONE, desired=want, pack="tools")
+
+
+SNAP = snapshot_name("pack-tools", 0.0)
+
+
+def test_snapshot_names_follow_the_spec_and_sort_by_time() -> None:
+    assert SNAP == "somnus-pack-tools-19700101T000000000Z"
+    assert snapshot_name("pack-a b", 1.5) == "somnus-pack-a-b-19700101T000001500Z"
+
+
+def test_a_pack_step_snapshots_then_runs_then_records(tmp_path: Path) -> None:
+    rec = Recorder()
+    eng, journal = engine(tmp_path, rec, Outcome(True))
+    [result] = eng.execute(Plan((pack_change(VM),), (), ()))
+    assert result.ok
+    assert rec.calls == [("snapshot", "vm1", SNAP), ("run", "vm1", "tools", "install"),
+                         ("write_packs", "vm1", "(('tools', 'fp1'),)")]
+    assert journal.open_steps() == []
+    assert journal.recent("vm/vm1")[0].outcome == "ok"
+
+
+def test_a_failed_pack_step_reverts_to_its_snapshot_and_says_which_task(tmp_path: Path) -> None:
+    rec = Recorder()
+    eng, journal = engine(tmp_path, rec, Outcome(False, "apt", "No package matching 'nope'"))
+    [result] = eng.execute(Plan((pack_change(VM),), (), ()))
+    assert not result.ok
+    assert rec.calls[-1] == ("revert", "vm1", SNAP)
+    assert "write_packs" not in [c[0] for c in rec.calls]
+    event = journal.recent("vm/vm1")[0]
+    assert (event.action, event.outcome) == ("pack install tools", "rolled back")
+    assert "task 'apt' failed: No package matching 'nope'" in event.message and SNAP in event.message
+
+
+def test_a_failed_container_step_restores_the_committed_image_and_keeps_pack_records(tmp_path: Path) -> None:
+    rec = Recorder()
+    eng, journal = engine(tmp_path, rec, Outcome(False, "verify", "exit 1"))
+    journal.set_container_pack("box1", "cid", "older", "fp0")
+    [result] = eng.execute(Plan((pack_change(BOX),), (), ()))
+    assert not result.ok and rec.calls[-1] == ("restore", "box1", SNAP)
+    assert journal.container_packs()["box1"] == ("new-id", (("older", "fp0"),))
+
+
+def test_no_snapshot_means_nothing_is_run(tmp_path: Path) -> None:
+    rec = Recorder(fail={"snapshot"})
+    eng, _ = engine(tmp_path, rec, Outcome(True))
+    [result] = eng.execute(Plan((pack_change(VM),), (), ()))
+    assert not result.ok and "no snapshot" in result.message
+    assert [c[0] for c in rec.calls] == ["snapshot"]
+
+
+def test_snapshots_are_pruned_to_the_vm_retention(tmp_path: Path) -> None:
+    rec = Recorder()
+    rec.snaps["vm1"] = ["somnus-a", "somnus-b"]
+    eng, _ = engine(tmp_path, rec, Outcome(True))
+    eng.execute(Plan((pack_change(VM),), (), ()))
+    assert rec.snaps["vm1"] == ["somnus-b", SNAP]  # retain: 2
+
+
+def test_pack_steps_of_a_guest_whose_own_change_failed_are_skipped(tmp_path: Path) -> None:
+    rec = Recorder(fail={"create"})
+    eng, _ = engine(tmp_path, rec, Outcome(True))
+    create = Change(VM.address, Action.CREATE, Disruption.NONE, desired=VM)
+    results = eng.execute(Plan((create, pack_change(VM)), (), ()))
+    assert [r.ok for r in results] == [False, False]
+    assert "skipped" in results[1].message
+    assert [c[0] for c in rec.calls] == ["create"]
+
+
+@pytest.mark.parametrize("snapshot_exists", [True, False])
+def test_recover_rolls_back_steps_left_open_by_a_killed_process(tmp_path: Path, snapshot_exists: bool) -> None:
+    rec = Recorder()
+    eng, journal = engine(tmp_path, rec, Outcome(True))
+    journal.open_step("vm/vm1", "pack install tools", SNAP, '{"kind": "vm", "name": "vm1"}')
+    if snapshot_exists:
+        rec.snaps["vm1"] = [SNAP]
+    desired = DesiredState({"vm1": VM}, {}, {"tools": PACK}, PoolSpec())
+    [message] = eng.recover(desired)
+    assert journal.open_steps() == []
+    if snapshot_exists:
+        assert rec.calls == [("revert", "vm1", SNAP)] and "rolled back to" in message
+    else:
+        assert rec.calls == [] and "never taken" in message
