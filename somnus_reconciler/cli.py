@@ -105,32 +105,142 @@ def diff(paths: Sequence[Path], prune: bool, output: str, state_dir: str | None)
 @click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation on a terminal.")
 @_state_dir
 def apply(paths: Sequence[Path], prune: bool, dry_run: bool, yes: bool, state_dir: str | None) -> None:
-    """Converge actual state to the manifests."""
-    from somnus_reconciler.engine import Engine, EngineHook
-    from somnus_reconciler.journal import Journal
+    """Converge actual state to the manifests.
 
-    backends, plan = _plan(paths, prune, state_dir, "text")
-    _show_plan(plan, "text")
-    if dry_run or not plan.changes:
-        backends.close()
-        sys.exit(EXIT_OK if plan.in_sync or not dry_run else EXIT_PENDING)
-    interactive = sys.stdin.isatty() and sys.stdout.isatty()
-    if interactive and not yes and not click.confirm("Apply these changes?", default=False):
-        backends.close()
-        _fail("cancelled; nothing was changed")
-    journal = Journal(backends.settings.journal_path)
-    hooks: list[EngineHook]
-    if sys.stdout.isatty():
-        progress = views.TerminalProgress(len(plan.changes))
-        with progress:
-            results = Engine(backends.vms, backends.containers, journal, [progress]).execute(plan)
-    else:
-        results = Engine(backends.vms, backends.containers, journal, [views.PlainProgress()]).execute(plan)
-    journal.close()
+    One apply at a time per state directory. Steps a killed apply left open are
+    rolled back first.
+    """
+    from somnus_reconciler import reconcile
+    from somnus_reconciler.engine import Engine, EngineHook, PackSteps
+    from somnus_reconciler.guests import AnsiblePackRunner
+    from somnus_reconciler.journal import ApplyLock, Journal
+
+    try:
+        desired = reconcile.load_desired(paths)
+        backends = reconcile.open_backends(desired, state_dir=state_dir)
+    except InvalidInput as e:
+        _report_invalid(e)
+    settings = backends.settings
+    with ApplyLock(settings.state_dir, on_wait=lambda message: click.echo(message, err=True)):
+        journal = Journal(settings.journal_path)
+        hooks: list[EngineHook] = []
+        engine = Engine(
+            backends.vms, backends.containers, journal, hooks,
+            pack_steps=PackSteps(AnsiblePackRunner(backends.vms, settings.state_dir),
+                                 desired.packs, desired.pack_fingerprints),
+        )
+        try:
+            for line in engine.recover(desired):
+                click.echo(f"recovered: {line}")
+            plan = reconcile.prepare(desired, backends, prune=prune)
+        except InvalidInput as e:
+            _report_invalid(e)
+        except (BackendUnavailable, ProviderError) as e:
+            _fail(str(e))
+        _show_plan(plan, "text")
+        if dry_run or not plan.changes:
+            sys.exit(EXIT_OK if plan.in_sync or not dry_run else EXIT_PENDING)
+        interactive = sys.stdin.isatty() and sys.stdout.isatty()
+        if interactive and not yes and not click.confirm("Apply these changes?", default=False):
+            _fail("cancelled; nothing was changed")
+        if sys.stdout.isatty():
+            progress = views.TerminalProgress(len(plan.changes))
+            hooks.append(progress)
+            with progress:
+                results = engine.execute(plan)
+        else:
+            hooks.append(views.PlainProgress())
+            results = engine.execute(plan)
+        journal.close()
     backends.close()
     failed = [r for r in results if not r.ok]
     click.echo(f"Apply finished: {len(results) - len(failed)} step(s) done, {len(failed)} failed.")
     sys.exit(EXIT_FAILED if failed else EXIT_OK)
+
+
+def _guest(address: str) -> tuple[str, str]:
+    """`NAME`, `vm/NAME` or `container/NAME` -> (kind, name); a bare name is a VM."""
+    kind, _, name = address.rpartition("/")
+    kind = model.SHORT_KIND.get(kind, kind) or "vm"
+    if kind not in ("vm", "container"):
+        _fail(f"{address}: snapshots exist for vm/NAME and container/NAME only")
+    return kind, name
+
+
+@cli.command()
+@click.argument("guest")
+@_state_dir
+def snapshots(guest: str, state_dir: str | None) -> None:
+    """List the snapshots somnus took of a VM (or container/NAME), oldest first."""
+    import datetime
+
+    from somnus_reconciler import reconcile
+
+    kind, name = _guest(guest)
+    backends = reconcile.open_backends(None, state_dir=state_dir)
+    provider = backends.vms if kind == "vm" else backends.containers
+    try:
+        found = provider.snapshots(name)
+    except (BackendUnavailable, ProviderError) as e:
+        _fail(str(e))
+    finally:
+        backends.close()
+    for snap in found:
+        at = datetime.datetime.fromtimestamp(snap.created).strftime("%Y-%m-%d %H:%M:%S")
+        detail = snap.description if kind == "vm" else ""
+        click.echo(f"{snap.name:<56} {at}  {detail}".rstrip())
+    if not found:
+        click.echo(f"no snapshots of {kind}/{name}")
+
+
+@cli.command()
+@click.argument("guest")
+@click.argument("snapshot", required=False)
+@click.option("-f", "--file", "paths", multiple=True, type=click.Path(path_type=Path),
+              help="Manifests declaring the container (needed to make a container anew).")
+@_state_dir
+def rollback(guest: str, snapshot: str | None, paths: Sequence[Path], state_dir: str | None) -> None:
+    """Revert a VM (or container/NAME) to SNAPSHOT, by default its newest."""
+    from somnus_reconciler import reconcile
+    from somnus_reconciler.journal import ApplyLock, Journal
+
+    kind, name = _guest(guest)
+    desired = None
+    if kind == "container":
+        if not paths:
+            _fail("a container is made anew from its snapshot with its declared spec: give -f MANIFESTS")
+        try:
+            desired = reconcile.load_desired(paths)
+        except InvalidInput as e:
+            _report_invalid(e)
+        if name not in desired.containers:
+            _fail(f"container/{name} is not declared in {', '.join(map(str, paths))}")
+    backends = reconcile.open_backends(desired, state_dir=state_dir)
+    with ApplyLock(backends.settings.state_dir, on_wait=lambda message: click.echo(message, err=True)):
+        try:
+            if kind == "vm":
+                available = backends.vms.snapshots(name)
+                target = snapshot or (available[-1].name if available else None)
+                if target is None:
+                    _fail(f"no snapshots of vm/{name}")
+                backends.vms.revert(name, target)
+            else:
+                assert desired is not None
+                available = backends.containers.snapshots(name)
+                target = snapshot or (available[-1].name if available else None)
+                if target is None:
+                    _fail(f"no snapshots of container/{name}")
+                journal = Journal(backends.settings.journal_path)
+                journal.move_container_packs(name, backends.containers.restore(desired.containers[name], target))
+                journal.close()
+        except (BackendUnavailable, ProviderError) as e:
+            _fail(str(e))
+        finally:
+            backends.close()
+        journal = Journal(backends.settings.journal_path)
+        journal.record(f"{kind}/{name}", "rollback", "ok", f"reverted by hand to {target}")
+        journal.close()
+    click.echo(f"{kind}/{name}: reverted to {target}")
 
 
 def _status_rows(kind: str | None, name: str | None, state_dir: str | None,

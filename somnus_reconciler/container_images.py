@@ -5,6 +5,11 @@ in a temporary directory, then `docker import`ed through
 `docker_provider.DockerProvider.import_rootfs`. `somnus image build` and the
 integration tests call `build_container_image`.
 
+Two recipes: somnus/busybox (one static busybox, for tiny tests) and
+somnus/base:bookworm (Debian bookworm minbase with python3 and python3-apt,
+what Ansible's apt module needs; its root file system comes from
+`images.debootstrap_rootfs`, cached and shared with the VM images' builds).
+
 Each recipe has a fingerprint (the hash of everything that goes into the image,
 including the bytes of the host binaries it copies). The image carries it as the
 label `io.somnus.recipe`; a build whose fingerprint matches the present image is
@@ -16,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import struct
 import subprocess
 import tarfile
@@ -25,11 +31,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from somnus_reconciler import images, settings
+
 if TYPE_CHECKING:
     from somnus_reconciler.providers.docker_provider import DockerProvider
 
 BUSYBOX_IMAGE = "somnus/busybox:latest"
-CONTAINER_IMAGE_NAMES: tuple[str, ...] = (BUSYBOX_IMAGE,)
+DEBIAN_BASE_IMAGE = "somnus/base:bookworm"
+CONTAINER_IMAGE_NAMES: tuple[str, ...] = (BUSYBOX_IMAGE, DEBIAN_BASE_IMAGE)
 
 LABEL_RECIPE = "io.somnus.recipe"
 
@@ -50,6 +59,15 @@ _BUSYBOX_CHANGES = (
 _ETC_PASSWD = "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n"
 _ETC_GROUP = "root:x:0:\nnogroup:x:65534:\n"
 
+_DEBIAN_PACKAGES = ("python3", "python3-apt")
+_DEBIAN_CHANGES = (
+    f"ENV PATH={_PATH}",
+    "ENV LANG=C.UTF-8",
+    'CMD ["sleep", "infinity"]',
+)
+# Made fresh by dockerd in every container, or of no use in an image.
+_DEBIAN_TAR_EXCLUDES = ("./dev/*", "./proc/*", "./sys/*", "./run/*", "./tmp/*")
+
 
 class ImageRecipeError(Exception):
     """An image cannot be built here: unknown name or a missing host ingredient."""
@@ -60,12 +78,20 @@ def build_container_image(
     provider: DockerProvider,
     *,
     log: Callable[[str], None] = lambda s: None,
+    images_dir: Path | None = None,
 ) -> None:
     """Build `reference` unless an image with the same recipe fingerprint exists.
 
+    `images_dir` is where Debian root file systems are cached (default: the
+    settings' images directory, shared with the VM images).
+
     Raises ImageRecipeError for an unknown reference or a missing ingredient,
-    ProviderError / BackendUnavailable from the import.
+    images.ImageError when debootstrap fails, ProviderError /
+    BackendUnavailable from the import.
     """
+    if reference == DEBIAN_BASE_IMAGE:
+        _build_debian_base(reference, provider, log, images_dir or settings.resolve().images_dir)
+        return
     if reference != BUSYBOX_IMAGE:
         known = ", ".join(CONTAINER_IMAGE_NAMES)
         raise ImageRecipeError(f"no recipe for container image {reference}; known: {known}")
@@ -81,6 +107,43 @@ def build_container_image(
         recipe.write_rootfs(tarball)
         provider.import_rootfs(
             tarball, reference, labels={LABEL_RECIPE: fingerprint}, changes=_BUSYBOX_CHANGES
+        )
+    log(f"{reference}: built")
+
+
+def _build_debian_base(
+    reference: str, provider: DockerProvider, log: Callable[[str], None], images_dir: Path
+) -> None:
+    suite = images.DEBIAN_SUITE
+    mirror = images.debian_mirror(suite, images.host_apt_sources())
+    blob = json.dumps(
+        {
+            "version": _RECIPE_VERSION,
+            "suite": suite,
+            "packages": _DEBIAN_PACKAGES,
+            "mirror": mirror,
+            "changes": _DEBIAN_CHANGES,
+            "excludes": _DEBIAN_TAR_EXCLUDES,
+        },
+        sort_keys=True,
+    )
+    fingerprint = hashlib.sha256(blob.encode()).hexdigest()[:16]
+    labels = provider.image_labels(reference)
+    if labels is not None and labels.get(LABEL_RECIPE) == fingerprint:
+        log(f"{reference}: up to date (recipe {fingerprint})")
+        return
+    log(f"{reference}: building (recipe {fingerprint})")
+    root = images.debootstrap_rootfs(_DEBIAN_PACKAGES, images_dir, log, suite=suite, mirror=mirror)
+    with tempfile.TemporaryDirectory(prefix="somnus-image-") as tmp:
+        tarball = Path(tmp) / "rootfs.tar"
+        excludes = [f"--exclude={pattern}" for pattern in _DEBIAN_TAR_EXCLUDES]
+        argv = ["tar", "--numeric-owner", "--xattrs", "-C", str(root), *excludes, "-cf", str(tarball), "."]
+        result = subprocess.run(argv, capture_output=True, text=True, check=False,
+                                env={**os.environ, "LC_ALL": "C"})
+        if result.returncode != 0:
+            raise ImageRecipeError(f"cannot archive {root}: tar exited {result.returncode}: {result.stderr.strip()}")
+        provider.import_rootfs(
+            tarball, reference, labels={LABEL_RECIPE: fingerprint}, changes=_DEBIAN_CHANGES
         )
     log(f"{reference}: built")
 

@@ -48,9 +48,12 @@ class VerifyFailed(Exception):
 
 
 class PackOutcome(Protocol):
-    ok: bool
-    failed_task: str | None
-    message: str
+    @property
+    def ok(self) -> bool: ...
+    @property
+    def failed_task(self) -> str | None: ...
+    @property
+    def message(self) -> str: ...
 
 
 class PackRunner(Protocol):

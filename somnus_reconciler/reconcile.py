@@ -8,6 +8,7 @@ change is made.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,9 @@ from somnus_reconciler import plan as plan_mod
 from somnus_reconciler.actual import ActualContainer, ActualState, ActualVm
 from somnus_reconciler.desired import DesiredState, DesiredVm
 from somnus_reconciler.diagnostics import Diagnostic, Diagnostics, InvalidInput
+from somnus_reconciler.journal import Journal
 from somnus_reconciler.plan import Action, Plan
+from somnus_reconciler.providers import ansible_provider
 from somnus_reconciler.providers.docker_provider import DockerProvider
 from somnus_reconciler.providers.libvirt_provider import LibvirtProvider
 from somnus_reconciler.settings import Settings
@@ -45,7 +48,9 @@ def load_desired(paths: Sequence[Path]) -> DesiredState:
     declared = loader.load(paths)
     if not declared:
         raise InvalidInput((Diagnostic(None, None, f"no manifests found in {', '.join(map(str, paths))}"),))
-    return references.resolve(declared)
+    desired = references.resolve(declared)
+    fingerprints = {name: ansible_provider.pack_fingerprint(pack) for name, pack in desired.packs.items()}
+    return dataclasses.replace(desired, pack_fingerprints=fingerprints)
 
 
 def host_capacity() -> admission.HostCapacity:
@@ -65,7 +70,19 @@ def open_backends(desired: DesiredState | None, *, state_dir: str | None = None)
 
 
 def observe(backends: Backends) -> ActualState:
-    return ActualState(vms=backends.vms.observe(), containers=backends.containers.observe())
+    """libvirt and Docker, plus the containers' pack records from the journal
+    (a container's labels cannot change, so that part of its mark lives there)."""
+    containers = backends.containers.observe()
+    journal_path = backends.settings.journal_path
+    if journal_path.exists() and containers:
+        journal = Journal(journal_path)
+        records = journal.container_packs()
+        journal.close()
+        for name, (container_id, packs) in records.items():
+            current = containers.get(name)
+            if current is not None and current.container_id == container_id:
+                containers[name] = dataclasses.replace(current, packs=packs)
+    return ActualState(vms=backends.vms.observe(), containers=containers)
 
 
 def prepare(desired: DesiredState, backends: Backends, *, prune: bool) -> Plan:

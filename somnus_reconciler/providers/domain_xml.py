@@ -37,6 +37,7 @@ class BootSource:
     kernel: Path | None = None
     initrd: Path | None = None
     cmdline: str = ""
+    seed: Path | None = None  # read-only disk labelled SOMNUS-SEED: the guest's SSH key
 
 
 def _kib(amount: int) -> str:
@@ -120,6 +121,12 @@ def build(vm: DesiredVm, boot: BootSource, *, domain_type: str, console_log: Pat
     ET.SubElement(disk, "driver", {"name": "qemu", "type": "qcow2"})
     ET.SubElement(disk, "source", {"file": str(boot.disk)})
     ET.SubElement(disk, "target", {"dev": "vda", "bus": "virtio"})
+    if boot.seed is not None:
+        seed = ET.SubElement(devices, "disk", {"type": "file", "device": "disk", "snapshot": "no"})
+        ET.SubElement(seed, "driver", {"name": "qemu", "type": "raw"})
+        ET.SubElement(seed, "source", {"file": str(boot.seed)})
+        ET.SubElement(seed, "target", {"dev": "vdb", "bus": "virtio"})
+        ET.SubElement(seed, "readonly")
     serial = ET.SubElement(devices, "serial", {"type": "pty"})
     ET.SubElement(serial, "log", {"file": str(console_log), "append": "on"})
     ET.SubElement(serial, "target", {"port": "0"})

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import libvirt
 
-from somnus_reconciler import images
+from somnus_reconciler import guest_access, images
 from somnus_reconciler.actual import ActualVm, PortForward, PowerState, Snapshot
 from somnus_reconciler.desired import DesiredVm
 from somnus_reconciler.providers import BackendUnavailable, ProviderError
@@ -130,6 +130,7 @@ class LibvirtProvider:
         return domain_xml.BootSource(
             disk=self._vm_dir(vm.name) / "disk.qcow2",
             kernel=image.kernel, initrd=image.initrd, cmdline=image.cmdline,
+            seed=self._vm_dir(vm.name) / "seed.img",
         )
 
     def _xml(self, vm: DesiredVm, forwards: tuple[PortForward, ...],
@@ -153,6 +154,10 @@ class LibvirtProvider:
                 ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2",
                  "-b", str(image.disk), str(disk), str(vm.disk_size)],
                 check=True, capture_output=True, text=True,
+            )
+            key = guest_access.ensure_keypair(self._settings.state_dir, vm.name)
+            guest_access.build_seed_disk(
+                vm_dir / "seed.img", {"authorized_keys": (key.public_openssh + "\n").encode()}
             )
             forwards = tuple(
                 PortForward(name, _free_loopback_port(), port)
@@ -265,3 +270,4 @@ class LibvirtProvider:
                 dom.destroy()
             dom.undefineFlags(_UNDEFINE_FLAGS)
             shutil.rmtree(self._vm_dir(name), ignore_errors=True)
+            guest_access.remove_keypair(self._settings.state_dir, name)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from somnus_reconciler.actual import ActualContainer, ActualVm, PowerState, Snapshot, VmMark
+from somnus_reconciler.actual import ActualContainer, Snapshot
 from somnus_reconciler.desired import DesiredContainer, DesiredPack, DesiredState, DesiredVm, VmResources
 from somnus_reconciler.diagnostics import Source
 from somnus_reconciler.engine import Engine, PackSteps, snapshot_name
