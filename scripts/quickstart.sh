@@ -4,9 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
-echo "== somnus apply manifests/quickstart"
-somnus apply manifests/quickstart -y
+echo "== somnus apply manifests/quickstart capability_packs"
+somnus apply manifests/quickstart capability_packs -y
 echo "== somnus get"
 somnus get
-echo "== somnus diff manifests/quickstart (in sync: exit 0)"
-somnus diff manifests/quickstart
+echo "== somnus diff manifests/quickstart capability_packs (in sync: exit 0)"
+somnus diff manifests/quickstart capability_packs

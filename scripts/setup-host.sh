@@ -20,6 +20,8 @@ readonly PACKAGES=(
     # come with apt/dpkg; busybox and cpio for hand-made initramfs work; zstd for
     # kernels whose modules are .ko.zst
     busybox-static cpio zstd
+    # Debian guest and container images (debootstrap, mkfs.ext4 -d), guest SSH
+    debootstrap e2fsprogs openssh-client
     # Python environment and building wheels
     python3-venv python3-dev gcc ca-certificates git
     # pgrep, used below

@@ -362,10 +362,11 @@ def image_build(names: Sequence[str]) -> None:
                 click.echo(f"{name}: {built.disk.parent}")
             else:
                 provider = DockerProvider(settings.docker_host)
-                container_images.build_container_image(name, provider, log=say)
+                container_images.build_container_image(name, provider, log=say,
+                                                       images_dir=settings.images_dir)
                 provider.close()
                 click.echo(f"{name}: present")
-    except (images.ImageError, BackendUnavailable, ProviderError) as e:
+    except (images.ImageError, container_images.ImageRecipeError, BackendUnavailable, ProviderError) as e:
         _fail(str(e))
 
 

@@ -8,7 +8,7 @@ integration tests call `build_container_image`.
 Two recipes: somnus/busybox (one static busybox, for tiny tests) and
 somnus/base:bookworm (Debian bookworm minbase with python3 and python3-apt,
 what Ansible's apt module needs; its root file system comes from
-`images.debootstrap_rootfs`, cached and shared with the VM images' builds).
+`rootfs.debootstrap_rootfs`, cached and shared with the VM images' builds).
 
 Each recipe has a fingerprint (the hash of everything that goes into the image,
 including the bytes of the host binaries it copies). The image carries it as the
@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from somnus_reconciler import images, settings
+from somnus_reconciler import rootfs, settings
 
 if TYPE_CHECKING:
     from somnus_reconciler.providers.docker_provider import DockerProvider
@@ -86,7 +86,7 @@ def build_container_image(
     settings' images directory, shared with the VM images).
 
     Raises ImageRecipeError for an unknown reference or a missing ingredient,
-    images.ImageError when debootstrap fails, ProviderError /
+    image_build.ImageError when debootstrap fails, ProviderError /
     BackendUnavailable from the import.
     """
     if reference == DEBIAN_BASE_IMAGE:
@@ -114,8 +114,8 @@ def build_container_image(
 def _build_debian_base(
     reference: str, provider: DockerProvider, log: Callable[[str], None], images_dir: Path
 ) -> None:
-    suite = images.DEBIAN_SUITE
-    mirror = images.debian_mirror(suite, images.host_apt_sources())
+    suite = rootfs.DEBIAN_SUITE
+    mirror = rootfs.debian_mirror(suite, rootfs.host_apt_sources())
     blob = json.dumps(
         {
             "version": _RECIPE_VERSION,
@@ -133,7 +133,7 @@ def _build_debian_base(
         log(f"{reference}: up to date (recipe {fingerprint})")
         return
     log(f"{reference}: building (recipe {fingerprint})")
-    root = images.debootstrap_rootfs(_DEBIAN_PACKAGES, images_dir, log, suite=suite, mirror=mirror)
+    root = rootfs.debootstrap_rootfs(_DEBIAN_PACKAGES, images_dir, log, suite=suite, mirror=mirror)
     with tempfile.TemporaryDirectory(prefix="somnus-image-") as tmp:
         tarball = Path(tmp) / "rootfs.tar"
         excludes = [f"--exclude={pattern}" for pattern in _DEBIAN_TAR_EXCLUDES]

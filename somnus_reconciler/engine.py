@@ -40,6 +40,8 @@ class StepResult:
 
 class EngineHook(Protocol):
     def step_started(self, change: Change) -> None: ...
+    def step_event(self, change: Change, line: str) -> None:
+        """A line of progress inside a step (an Ansible task finished, ...)."""
     def step_finished(self, result: StepResult) -> None: ...
 
 
@@ -173,11 +175,18 @@ class Engine:
         except ProviderError as e:
             self._journal.close_step(step_id, "failed")
             return False, f"no snapshot, so nothing was done: {e}"
+        self._journal.step_phase(step_id, "snapshot taken")
+
+        def on_event(line: str) -> None:
+            for hook in self._hooks:
+                hook.step_event(change, line)
+
         try:
-            outcome = steps.runner.run(want, pack, action, lambda line: None)
+            outcome = steps.runner.run(want, pack, action, on_event)
             ok, message = outcome.ok, _failure(outcome)
         except ProviderError as e:
             ok, message = False, str(e)
+        self._journal.step_phase(step_id, "acted")
         if ok:
             try:
                 if action == "install":

@@ -41,6 +41,7 @@ CREATE TABLE IF NOT EXISTS steps (
     step TEXT NOT NULL,         -- e.g. "pack web-development"
     snapshot TEXT,              -- libvirt snapshot name or committed image ID
     state TEXT NOT NULL,        -- open | done | rolled back | failed
+    phase TEXT NOT NULL DEFAULT 'started',  -- started | snapshot taken | acted
     pid INTEGER NOT NULL,
     detail TEXT NOT NULL DEFAULT ''   -- what is needed to roll back (JSON)
 );
@@ -79,6 +80,9 @@ class Journal:
         self._db = sqlite3.connect(path, isolation_level=None, timeout=30)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.executescript(_SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(steps)")}
+        if "phase" not in columns:  # a journal written before steps had phases
+            self._db.execute("ALTER TABLE steps ADD COLUMN phase TEXT NOT NULL DEFAULT 'started'")
 
     # -- events -------------------------------------------------------------------
     def record(self, address: str, action: str, outcome: str, message: str) -> None:
@@ -110,6 +114,10 @@ class Journal:
     def close_step(self, step_id: int, state: str) -> None:
         with self._db:
             self._db.execute("UPDATE steps SET state = ? WHERE id = ?", (state, step_id))
+
+    def step_phase(self, step_id: int, phase: str) -> None:
+        with self._db:
+            self._db.execute("UPDATE steps SET phase = ? WHERE id = ?", (phase, step_id))
 
     def open_steps(self) -> list[OpenStep]:
         rows = self._db.execute(

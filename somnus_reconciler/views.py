@@ -127,6 +127,9 @@ class PlainProgress:
     def step_started(self, change: Change) -> None:
         print(f"{change.address}: {describe_change(change)} ...", file=self._out, flush=True)
 
+    def step_event(self, change: Change, line: str) -> None:
+        print(f"    {line}", file=self._out, flush=True)
+
     def step_finished(self, result: StepResult) -> None:
         outcome = "done" if result.ok else f"FAILED: {result.message}"
         print(f"{result.change.address}: {outcome} ({result.duration_s:.1f}s)", file=self._out, flush=True)
@@ -146,6 +149,7 @@ class TerminalProgress:
             console=self._console, transient=True,
         )
         self._task = self._progress.add_task("applying", total=total)
+        self._current = "applying"
 
     def __enter__(self) -> TerminalProgress:
         self._progress.start()
@@ -155,7 +159,13 @@ class TerminalProgress:
         self._progress.stop()
 
     def step_started(self, change: Change) -> None:
-        self._progress.update(self._task, description=f"{change.address}: {describe_change(change)}")
+        self._current = f"{change.address}: {describe_change(change)}"
+        self._progress.update(self._task, description=self._current)
+
+    def step_event(self, change: Change, line: str) -> None:
+        from rich.markup import escape
+
+        self._progress.update(self._task, description=f"{self._current} [dim]{escape(line)}[/]")
 
     def step_finished(self, result: StepResult) -> None:
         mark = "[green]✓[/]" if result.ok else "[red]✗[/]"

@@ -294,7 +294,8 @@ FAMILY_TASKS = {
                            (VERIFY_TASK, "ansible.builtin.shell")],
     ("macos", "uninstall"): [("brew: remove packages", "community.general.homebrew"),
                              (VERIFY_TASK, "ansible.builtin.shell")],
-    ("debian", "install"): [(APT_TASK, "ansible.builtin.apt"), (VERIFY_TASK, "ansible.builtin.shell")],
+    ("debian", "install"): [("apt: look for package lists", "ansible.builtin.find"),
+                            (APT_TASK, "ansible.builtin.apt"), (VERIFY_TASK, "ansible.builtin.shell")],
     ("debian", "uninstall"): [("apt: remove packages", "ansible.builtin.apt"),
                               (VERIFY_TASK, "ansible.builtin.shell")],
 }

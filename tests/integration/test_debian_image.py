@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import secrets
 import shutil
@@ -32,7 +33,7 @@ import docker
 import libvirt
 import pytest
 
-from somnus_reconciler import container_images, guest_access, images, settings
+from somnus_reconciler import container_images, guest_access, images, rootfs, settings
 from somnus_reconciler.providers import BackendUnavailable
 from somnus_reconciler.providers.docker_provider import DockerProvider
 
@@ -126,7 +127,7 @@ def guest(
 
 
 def test_image_files_are_readable_by_qemu(debian_image: images.VmImage, images_dir: Path) -> None:
-    image_dir = images_dir / "debian-12"
+    image_dir = images.image_dir("debian-12", images_dir)
     assert debian_image.kernel is not None and debian_image.initrd is not None
     assert f"root=LABEL={images.ROOT_LABEL}" in debian_image.cmdline
     for path in (debian_image.disk, debian_image.kernel, debian_image.initrd, image_dir / images.RECIPE_FILE):
@@ -170,6 +171,19 @@ def test_guest_is_reachable_by_key_and_ready_for_ansible(guest: Guest) -> None:
     assert "passwordauthentication no" in sshd
     shadow = guest.ssh("getent shadow root").stdout
     assert shadow.split(":")[1].startswith(("*", "!")), "root must have no password"
+
+
+def test_guest_finds_the_hosts_package_mirrors_without_a_nameserver(guest: Guest, images_dir: Path) -> None:
+    built = json.loads((images.image_dir("debian-12", images_dir) / images.RECIPE_FILE).read_text())["built"]
+    guest_hosts = guest.ssh("cat /etc/hosts").stdout.splitlines()
+    assert built["hosts_lines"], "the build host resolved none of its apt hosts"
+    for line in built["hosts_lines"]:
+        assert line in guest_hosts
+    guest_sources = guest.ssh("cat /etc/apt/sources.list.d/somnus-host.sources").stdout
+    assert guest_sources == "\n".join(built["apt_sources"])
+    mirror_hosts = {line.split()[1] for line in built["hosts_lines"]}
+    assert mirror_hosts == {h for s in rootfs._deb822_sources(guest_sources) for h in s.hostnames()}
+    assert "nameserver" not in guest.ssh("grep -v '^#' /etc/resolv.conf", check=False).stdout
 
 
 def test_guest_prints_the_ready_line_on_the_serial_console(guest: Guest) -> None:

@@ -117,3 +117,34 @@ def test_an_apply_killed_mid_step_is_rolled_back_by_the_next_run(
     assert "recovered:" in recovered.stdout and "rolled back to somnus-pack-slow-" in recovered.stdout
     assert in_box(ws, "test", "-e", "/opt/slow-marker") != 0
     ws.somnus("diff", str(ws.manifests), check_exit=0)
+
+
+def in_vm(ws: Workspace, command: str) -> subprocess.CompletedProcess[str]:
+    from somnus_reconciler import guest_access
+
+    vm = ws.get_json()[f"vm/{ws.name('vm')}"]
+    port = int(vm["forwards"]["ssh"].rsplit(":", 1)[1])
+    key = guest_access.ensure_keypair(ws.state_dir, ws.name("vm"))
+    return subprocess.run(guest_access.ssh_command(port, key, command), capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_packs_on_a_debian_vm_over_ssh_with_libvirt_snapshots(
+        workspace: Workspace, packs: list[dict[str, Any]]) -> None:
+    ws = workspace
+    vm = {"apiVersion": "somnus/v1", "kind": "VirtualMachine", "metadata": {"name": ws.name("vm")},
+          "spec": {"resources": {"vcpus": 1, "memory": "1Gi"}, "image": "debian-12", "diskSize": "4Gi",
+                   "packs": ["hello"]}}
+    ws.write("ws.yaml", *packs, vm)
+    ws.somnus("apply", str(ws.manifests), "-y", check_exit=0)
+    assert in_vm(ws, "somnus-hello").stdout.strip() == "hello"
+    assert ws.somnus("snapshots", ws.name("vm"), check_exit=0).stdout.count("somnus-pack-") == 2
+    assert "No changes" in ws.somnus("apply", str(ws.manifests), "-y", check_exit=0).stdout
+
+    vm["spec"]["packs"] = ["hello", "two-step"]
+    ws.write("ws.yaml", *packs, vm)
+    failed = ws.somnus("apply", str(ws.manifests), "-y", check_exit=1)
+    assert "fail on purpose" in failed.stdout
+    assert in_vm(ws, "test -e /opt/two-step-marker").returncode == 1, "the revert did not undo the first task"
+    assert in_vm(ws, "somnus-hello").stdout.strip() == "hello"
+    assert "rolled back" in ws.somnus("describe", f"vm/{ws.name('vm')}", check_exit=0).stdout

@@ -64,7 +64,7 @@ def cleanup() -> Iterator[contextlib.ExitStack]:
 
 
 def test_built_image_is_complete_and_readable_by_qemu(tiny_image: images.VmImage, test_root: Path) -> None:
-    image_dir = test_root / "images" / "tiny-linux"
+    image_dir = images.image_dir("tiny-linux", test_root / "images")
     assert tiny_image.kernel is not None and tiny_image.initrd is not None
     assert "console=ttyS0" in tiny_image.cmdline
     for path in (tiny_image.disk, tiny_image.kernel, tiny_image.initrd, image_dir / images.RECIPE_FILE):
@@ -96,7 +96,7 @@ def test_leftovers_of_a_killed_build_are_not_an_image_and_get_replaced(test_root
     staging = images_dir / ".tiny-linux.building-killed"
     staging.mkdir(parents=True)
     (staging / images.KERNEL_FILE).write_bytes(b"half a kernel")
-    half_published = images_dir / "tiny-linux"
+    half_published = images.image_dir("tiny-linux", images_dir)
     half_published.mkdir()
     for file in (images.DISK_FILE, images.KERNEL_FILE, images.INITRD_FILE):
         (half_published / file).write_bytes(b"")
@@ -106,7 +106,7 @@ def test_leftovers_of_a_killed_build_are_not_an_image_and_get_replaced(test_root
 
     assert images.find_vm_image("tiny-linux", images_dir) == image
     assert image.kernel is not None and image.kernel.stat().st_size > 1_000_000
-    assert sorted(p.name for p in images_dir.iterdir()) == [".tiny-linux.lock", "tiny-linux"]
+    assert sorted(p.name for p in images_dir.iterdir()) == [".tiny-linux.lock", half_published.name]
 
 
 def test_tiny_linux_boots_balloons_and_shuts_down_under_libvirt(

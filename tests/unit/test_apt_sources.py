@@ -1,4 +1,4 @@
-"""images: reading the host's apt sources and the addresses of their hosts (pure, on files made here)."""
+"""rootfs: reading the host's apt sources and the addresses of their hosts (pure, on files made here)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from somnus_reconciler import images
+from somnus_reconciler import image_build, rootfs
 
 DEB822 = """\
 Types: deb
@@ -46,7 +46,7 @@ def apt_dir(tmp_path: Path) -> Path:
 
 
 def test_both_formats_are_read_and_disabled_entries_skipped(apt_dir: Path) -> None:
-    sources = images.host_apt_sources(apt_dir)
+    sources = rootfs.host_apt_sources(apt_dir)
 
     assert [s.uris[0] for s in sources] == [
         "https://other.test/apt",
@@ -62,14 +62,14 @@ def test_both_formats_are_read_and_disabled_entries_skipped(apt_dir: Path) -> No
 
 
 def test_mirror_is_the_first_binary_entry_of_the_suite(apt_dir: Path) -> None:
-    assert images.debian_mirror("bookworm", images.host_apt_sources(apt_dir)) == "http://mirror.test/debian"
-    with pytest.raises(images.ImageError, match="no 'deb' entry for suite trixie"):
-        images.debian_mirror("trixie", images.host_apt_sources(apt_dir))
+    assert rootfs.debian_mirror("bookworm", rootfs.host_apt_sources(apt_dir)) == "http://mirror.test/debian"
+    with pytest.raises(image_build.ImageError, match="no 'deb' entry for suite trixie"):
+        rootfs.debian_mirror("trixie", rootfs.host_apt_sources(apt_dir))
 
 
 def test_deb822_round_trip(apt_dir: Path) -> None:
-    debian = images.host_apt_sources(apt_dir)[2]
-    assert images._deb822_sources(debian.deb822()) == [debian]
+    debian = rootfs.host_apt_sources(apt_dir)[2]
+    assert rootfs._deb822_sources(debian.deb822()) == [debian]
     assert debian.hostnames() == ("mirror.test",)
 
 
@@ -77,7 +77,7 @@ def test_host_lines_come_from_the_hosts_file_first(tmp_path: Path) -> None:
     hosts = tmp_path / "hosts"
     hosts.write_text("127.0.0.1 localhost\n127.0.0.9 mirror.test other.test # mirrors\n")
 
-    lines = images.host_address_lines(["mirror.test", "other.test", "localhost"], hosts)
+    lines = rootfs.host_address_lines(["mirror.test", "other.test", "localhost"], hosts)
 
     assert lines == ("127.0.0.9\tmirror.test", "127.0.0.9\tother.test", "127.0.0.1\tlocalhost")
 
