@@ -16,7 +16,7 @@ readonly PACKAGES=(
     libvirt-daemon-system libvirt-clients qemu-system-x86 qemu-utils libvirt-dev pkg-config
     # Docker (daemon and CLI)
     docker.io
-    # VM image builds (somnus_reconciler/images.py): apt-get download + dpkg-deb
+    # VM image builds (somnus_reconciler/tiny_linux.py): apt-get download + dpkg-deb
     # come with apt/dpkg; busybox and cpio for hand-made initramfs work; zstd for
     # kernels whose modules are .ko.zst
     busybox-static cpio zstd

@@ -2,16 +2,16 @@
 
 `images.build_vm_image` calls `build` with `DebianRecipe()`; `images` also
 reads the recipe's digest (which keys the image's directory) and its kernel
-command line. `guest_access` makes the seed disk labelled `SEED_LABEL` (read
-through `images.SEED_LABEL`).
+command line.
 
 The guest has its own kernel and initramfs, systemd, OpenSSH (root by key
 only), python3 and python3-apt (what Ansible needs). Keys and other secrets
-reach it at boot from a read-only seed disk labelled `SEED_LABEL` (see
-`guest_access.build_seed_disk`); it prints `image_build.GUEST_READY_LINE` on
-the serial console once multi-user.target is reached. Its root file system
-comes from `rootfs.debootstrap_rootfs`; its apt sources and the addresses of
-their hosts are the build host's (see `rootfs`).
+reach it at boot from a read-only seed disk labelled `SEED_LABEL` (made by
+`guest_access.build_seed_disk`, which reads the label as `images.SEED_LABEL`);
+it prints `image_build.GUEST_READY_LINE` on the serial console once
+multi-user.target is reached. Its root file system comes from
+`rootfs.debootstrap_rootfs`; its apt sources and the addresses of their hosts
+are the build host's (see `rootfs`).
 """
 
 from __future__ import annotations

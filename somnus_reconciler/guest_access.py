@@ -3,7 +3,7 @@
 The libvirt provider (and the integration tests) call `ensure_keypair` when a
 VM is defined, put the public half on a seed disk made by `build_seed_disk`,
 attach it read-only, and call `wait_for_ssh` after starting the guest; the
-guest's `somnus-seed.service` (see `images`) installs the seed's
+guest's `somnus-seed.service` (see `debian_image`) installs the seed's
 `authorized_keys` for root before sshd starts. `remove_keypair` goes with the
 VM's deletion.
 

@@ -32,7 +32,8 @@ DEBIAN_SUITE = "bookworm"
 
 # The first file the root filesystem holds besides what debootstrap made: the
 # guest resolves the package registries through its /etc/hosts (see
-# `host_address_lines`), never through a nameserver, so there is none.
+# `host_address_lines`), never through a nameserver, so there is none. The
+# debian-12 recipe lists it among its files too, so it is in that recipe's hash.
 GUEST_RESOLV_CONF = """\
 # No nameserver: Somnus guests find their package mirrors through /etc/hosts.
 # A nameserver reached through QEMU user-mode networking would be the host's.

@@ -32,7 +32,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import ansible_runner
 
 from somnus_reconciler.desired import DesiredPack
 from somnus_reconciler.providers import ProviderError
@@ -190,6 +189,8 @@ def run_pack(
     data_dir = Path(tempfile.mkdtemp(prefix=f"pack-{pack.name}-", dir=work_dir))  # mode 0700
     events = _EventLog(on_event)
     started = time.monotonic()
+    import ansible_runner  # here, not at the top: every `somnus diff` imports this module
+
     try:
         inventory_file = data_dir / "inventory.json"
         inventory_file.write_text(json.dumps(inventory))
