@@ -22,6 +22,10 @@ import pytest
 import yaml
 
 from somnus_reconciler import container_images, images, settings as settings_mod
+from somnus_reconciler.actual import PortForward
+from somnus_reconciler.desired import DesiredVm, VmResources
+from somnus_reconciler.diagnostics import Source
+from somnus_reconciler.providers import domain_xml
 from somnus_reconciler.providers.docker_provider import DockerProvider
 
 LIBVIRT_URI = "qemu:///system"
@@ -145,3 +149,16 @@ def workspace(tmp_path: Path, libvirt_conn: libvirt.virConnect, docker_client: d
     for container in docker_client.containers.list(all=True, sparse=True):
         if container.attrs["Names"][0].lstrip("/").startswith(ws.prefix):
             container.remove(force=True)
+
+
+def image_domain_xml(name: str, image: images.VmImage, overlay: Path, console_log: Path,
+                     forwards: dict[str, tuple[int, int]], *, memory_mib: int, vcpus: int = 1,
+                     seed: Path | None = None) -> str:
+    """A domain booting `image` alone, built by the product's own `domain_xml.build`
+    (forwards: name -> (host port on 127.0.0.1, guest port))."""
+    memory = memory_mib * 2**20
+    vm = DesiredVm(name, VmResources(vcpus, memory, vcpus, memory), image.name, 0, "debian", True,
+                   (), 1, None, None, Source(Path("test"), 1))
+    boot = domain_xml.BootSource(overlay, image.kernel, image.initrd, image.cmdline, seed)
+    return domain_xml.build(vm, boot, domain_type="qemu", console_log=console_log,
+                            forwards=tuple(PortForward(n, host, guest) for n, (host, guest) in forwards.items()))

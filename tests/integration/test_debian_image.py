@@ -24,7 +24,6 @@ import socket
 import subprocess
 import tempfile
 import time
-import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,10 +35,11 @@ import pytest
 from somnus_reconciler import container_images, guest_access, images, rootfs, settings
 from somnus_reconciler.providers import BackendUnavailable
 from somnus_reconciler.providers.docker_provider import DockerProvider
+from somnus_reconciler.providers import domain_xml
+from tests.integration.conftest import image_domain_xml
 
 pytestmark = pytest.mark.integration
 
-QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
 MEMORY_KIB = 1024 * 1024
 VCPUS = 2
 SSH_TIMEOUT_S = 240.0
@@ -113,7 +113,8 @@ def guest(
         )
         console_log = vm_dir / "console.log"
         port = _free_loopback_port()
-        dom = libvirt_conn.defineXML(_domain_xml(name, debian_image, overlay, seed, console_log, port))
+        dom = libvirt_conn.defineXML(image_domain_xml(name, debian_image, overlay, console_log, {"ssh": (port, 22)},
+                                                      memory_mib=MEMORY_KIB // 1024, vcpus=VCPUS, seed=seed))
         cleanup.callback(_destroy_and_undefine, dom)
         started = time.monotonic()
         dom.create()
@@ -194,10 +195,8 @@ def test_guest_prints_the_ready_line_on_the_serial_console(guest: Guest) -> None
 
 
 def test_internal_snapshot_of_the_running_guest_reverts_its_disk(guest: Guest) -> None:
-    snapshot_xml = ET.Element("domainsnapshot")
-    ET.SubElement(snapshot_xml, "name").text = "before-change"
     started = time.monotonic()
-    snapshot = guest.dom.snapshotCreateXML(ET.tostring(snapshot_xml, encoding="unicode"), 0)
+    snapshot = guest.dom.snapshotCreateXML(domain_xml.snapshot_xml("before-change", "test"), 0)
     create_s = time.monotonic() - started
     marker = f"/root/somnus-marker-{secrets.token_hex(4)}"
     guest.ssh(f"echo changed > {marker} && sync")
@@ -274,47 +273,6 @@ def _flat_apt_repo(repo: Path, package: str) -> Path:
     )
     os.chmod(repo, 0o755)
     return repo
-
-
-def _domain_xml(name: str, image: images.VmImage, overlay: Path, seed: Path, console_log: Path, port: int) -> str:
-    assert image.kernel is not None and image.initrd is not None
-    ET.register_namespace("qemu", QEMU_NS)
-    domain = ET.Element("domain", type="qemu")
-    ET.SubElement(domain, "name").text = name
-    ET.SubElement(domain, "memory", unit="KiB").text = str(MEMORY_KIB)
-    ET.SubElement(domain, "currentMemory", unit="KiB").text = str(MEMORY_KIB)
-    ET.SubElement(domain, "vcpu").text = str(VCPUS)
-    os_el = ET.SubElement(domain, "os")
-    ET.SubElement(os_el, "type", arch="x86_64", machine="pc").text = "hvm"
-    ET.SubElement(os_el, "kernel").text = str(image.kernel)
-    ET.SubElement(os_el, "initrd").text = str(image.initrd)
-    ET.SubElement(os_el, "cmdline").text = image.cmdline
-    features = ET.SubElement(domain, "features")
-    ET.SubElement(features, "acpi")
-    ET.SubElement(features, "apic")
-    for event in ("on_poweroff", "on_reboot", "on_crash"):
-        ET.SubElement(domain, event).text = "destroy"
-    devices = ET.SubElement(domain, "devices")
-    for source, fmt, target, readonly in ((overlay, "qcow2", "vda", False), (seed, "raw", "vdb", True)):
-        disk = ET.SubElement(devices, "disk", type="file", device="disk")
-        ET.SubElement(disk, "driver", name="qemu", type=fmt)
-        ET.SubElement(disk, "source", file=str(source))
-        ET.SubElement(disk, "target", dev=target, bus="virtio")
-        if readonly:
-            ET.SubElement(disk, "readonly")
-    serial = ET.SubElement(devices, "serial", type="pty")
-    ET.SubElement(serial, "log", file=str(console_log), append="off")
-    ET.SubElement(serial, "target", port="0")
-    console = ET.SubElement(devices, "console", type="pty")
-    ET.SubElement(console, "target", type="serial", port="0")
-    ET.SubElement(devices, "memballoon", model="virtio")
-    commandline = ET.SubElement(domain, f"{{{QEMU_NS}}}commandline")
-    for arg in (
-        "-netdev", f"user,id=somnus0,hostfwd=tcp:127.0.0.1:{port}-:22",
-        "-device", "virtio-net-pci,netdev=somnus0,bus=pci.0,addr=0x9",
-    ):
-        ET.SubElement(commandline, f"{{{QEMU_NS}}}arg", value=arg)
-    return ET.tostring(domain, encoding="unicode")
 
 
 def _destroy_and_undefine(dom: libvirt.virDomain) -> None:

@@ -19,7 +19,6 @@ import subprocess
 import tempfile
 import time
 import urllib.request
-import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -27,11 +26,12 @@ import libvirt
 import pytest
 
 from somnus_reconciler import images
+from somnus_reconciler.providers import domain_xml
+from tests.integration.conftest import image_domain_xml
 
 pytestmark = pytest.mark.integration
 
 LIBVIRT_URI = os.environ.get("SOMNUS_LIBVIRT_URI", "qemu:///system")
-QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
 MEMORY_KIB = 256 * 1024
 BALLOON_KIB = 192 * 1024
 READY_TIMEOUT_S = 60.0
@@ -130,7 +130,8 @@ def test_tiny_linux_boots_balloons_and_shuts_down_under_libvirt(
     console_log = vm_dir / "console.log"
     port = _free_loopback_port()
 
-    dom = conn.defineXML(_domain_xml(name, tiny_image, overlay, console_log, port))
+    dom = conn.defineXML(image_domain_xml(name, tiny_image, overlay, console_log,
+                                         {"agent": (port, images.GUEST_STATUS_PORT)}, memory_mib=MEMORY_KIB // 1024))
     cleanup.callback(_destroy_and_undefine, dom)
     started = time.monotonic()
     dom.create()
@@ -159,45 +160,6 @@ def test_tiny_linux_boots_balloons_and_shuts_down_under_libvirt(
     print(f"ACPI shutdown took {time.monotonic() - shutdown_started:.1f} s")
 
 
-def _domain_xml(name: str, image: images.VmImage, overlay: Path, console_log: Path, port: int) -> str:
-    assert image.kernel is not None and image.initrd is not None
-    ET.register_namespace("qemu", QEMU_NS)
-    domain = ET.Element("domain", type="qemu")
-    ET.SubElement(domain, "name").text = name
-    ET.SubElement(domain, "memory", unit="KiB").text = str(MEMORY_KIB)
-    ET.SubElement(domain, "currentMemory", unit="KiB").text = str(MEMORY_KIB)
-    ET.SubElement(domain, "vcpu").text = "1"
-    os_el = ET.SubElement(domain, "os")
-    ET.SubElement(os_el, "type", arch="x86_64", machine="pc").text = "hvm"
-    ET.SubElement(os_el, "kernel").text = str(image.kernel)
-    ET.SubElement(os_el, "initrd").text = str(image.initrd)
-    ET.SubElement(os_el, "cmdline").text = image.cmdline
-    ET.SubElement(ET.SubElement(domain, "features"), "acpi")  # the power button needs ACPI
-    for event in ("on_poweroff", "on_reboot", "on_crash"):
-        ET.SubElement(domain, event).text = "destroy"
-    devices = ET.SubElement(domain, "devices")
-    disk = ET.SubElement(devices, "disk", type="file", device="disk")
-    ET.SubElement(disk, "driver", name="qemu", type="qcow2")
-    ET.SubElement(disk, "source", file=str(overlay))
-    ET.SubElement(disk, "target", dev="vda", bus="virtio")
-    serial = ET.SubElement(devices, "serial", type="pty")
-    ET.SubElement(serial, "log", file=str(console_log), append="off")
-    ET.SubElement(serial, "target", port="0")
-    console = ET.SubElement(devices, "console", type="pty")
-    ET.SubElement(console, "target", type="serial", port="0")
-    ET.SubElement(devices, "memballoon", model="virtio")
-    commandline = ET.SubElement(domain, f"{{{QEMU_NS}}}commandline")
-    for arg in (
-        "-netdev",
-        f"user,id=somnus0,hostfwd=tcp:127.0.0.1:{port}-:{images.GUEST_STATUS_PORT}",
-        "-device",
-        # An explicit slot: libvirt's own devices (balloon) take the free ones otherwise.
-        "virtio-net-pci,netdev=somnus0,bus=pci.0,addr=0x9",
-    ):
-        ET.SubElement(commandline, f"{{{QEMU_NS}}}arg", value=arg)
-    return ET.tostring(domain, encoding="unicode")
-
-
 def _destroy_and_undefine(dom: libvirt.virDomain) -> None:
     with contextlib.suppress(libvirt.libvirtError):
         if dom.isActive():
@@ -207,9 +169,7 @@ def _destroy_and_undefine(dom: libvirt.virDomain) -> None:
 
 
 def _live_current_memory_kib(dom: libvirt.virDomain) -> int:
-    element = ET.fromstring(dom.XMLDesc(0)).find("currentMemory")
-    assert element is not None and element.text is not None and element.get("unit", "KiB") == "KiB"
-    return int(element.text)
+    return domain_xml.parse(dom.XMLDesc(0)).memory // 1024
 
 
 def _poll_http(url: str, timeout_s: float) -> str:
