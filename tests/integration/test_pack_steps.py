@@ -92,6 +92,12 @@ def test_packs_go_in_as_guarded_steps_and_a_failed_step_is_rolled_back(
     retry = ws.somnus("diff", str(ws.manifests), check_exit=1).stdout
     assert "pack two-step" in retry and "pack hello" not in retry
 
+    # By hand: a change made out of band is undone by rolling back to the newest snapshot.
+    assert in_box(ws, "touch", "/opt/by-hand") == 0
+    ws.somnus("rollback", f"container/{ws.name('box')}", "-f", str(ws.manifests), check_exit=0)
+    assert in_box(ws, "test", "-e", "/opt/by-hand") != 0 and in_box(ws, "somnus-hello") == 0
+    ws.somnus("rollback", f"container/{ws.name('box')}", check_exit=2)  # needs the manifests
+
 
 def test_an_apply_killed_mid_step_is_rolled_back_by_the_next_run(
         workspace: Workspace, packs: list[dict[str, Any]]) -> None:
@@ -148,3 +154,9 @@ def test_packs_on_a_debian_vm_over_ssh_with_libvirt_snapshots(
     assert in_vm(ws, "test -e /opt/two-step-marker").returncode == 1, "the revert did not undo the first task"
     assert in_vm(ws, "somnus-hello").stdout.strip() == "hello"
     assert "rolled back" in ws.somnus("describe", f"vm/{ws.name('vm')}", check_exit=0).stdout
+
+    assert in_vm(ws, "touch /opt/by-hand").returncode == 0
+    newest = ws.somnus("snapshots", ws.name("vm"), check_exit=0).stdout.splitlines()[-1].split()[0]
+    ws.somnus("rollback", ws.name("vm"), newest, check_exit=0)
+    assert in_vm(ws, "test -e /opt/by-hand").returncode == 1
+    ws.somnus("rollback", ws.name("vm"), "somnus-no-such-snapshot", check_exit=2)
