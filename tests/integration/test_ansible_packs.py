@@ -321,7 +321,7 @@ def test_each_family_runs_its_own_package_manager(os_family: str, action: str,
 def test_a_packs_own_playbook_runs_between_packages_and_verify(make_pack: Callable[..., DesiredPack],
                                                               local_repo_pack: DesiredPack) -> None:
     assert ansible_provider.render_tasks(local_repo_pack, "debian", "install") == [
-        APT_TASK, "Copy the repository into the guest", "Set the network sources aside",
+        "apt: look for package lists", APT_TASK, "Copy the repository into the guest", "Set the network sources aside",
         "Point apt at the local repository", "Refresh the apt cache", VERIFY_TASK]
     # Uninstalling removes packages only: the pack's own playbook does not run.
     assert ansible_provider.render_tasks(local_repo_pack, "debian", "uninstall") == [
