@@ -131,9 +131,9 @@ class Engine:
             hook.step_started(change)
         started = time.monotonic()
         if change.action.is_pack_step:
-            ok, message = self._pack_step(change)
+            ok, message, outcome = self._pack_step(change)
             result = StepResult(change, ok, message, time.monotonic() - started)
-            self._finish(change, result, "ok" if ok else "rolled back")
+            self._finish(change, result, outcome)
             return result
         try:
             if change.kind == "vm":
@@ -157,12 +157,13 @@ class Engine:
     def _snapshots(self, kind: str) -> Snapshots:
         return self._vms if kind == "vm" else self._containers
 
-    def _pack_step(self, change: Change) -> tuple[bool, str]:
+    def _pack_step(self, change: Change) -> tuple[bool, str, str]:
+        """(ok, message, journal outcome: ok | failed | rolled back)."""
         steps = self._packs
         want = change.desired
         assert change.pack is not None and isinstance(want, (DesiredVm, DesiredContainer))
         if steps is None or (change.action is Action.PACK_INSTALL and change.pack not in steps.packs):
-            return False, f"pack {change.pack} is not declared"
+            return False, f"pack {change.pack} is not declared", "failed"
         applied = steps.applied.setdefault(change.address, dict(_applied_packs(change.actual)))
         action = "install" if change.action is Action.PACK_INSTALL else "uninstall"
         pack = steps.packs.get(change.pack) or DesiredPack(change.pack, _EMPTY_PACK_SPEC, want.source)
@@ -174,7 +175,7 @@ class Engine:
             snapshots.snapshot(want.name, snapshot, f"before pack {action} {change.pack}")
         except ProviderError as e:
             self._journal.close_step(step_id, "failed")
-            return False, f"no snapshot, so nothing was done: {e}"
+            return False, f"no snapshot, so nothing was done: {e}", "failed"
         self._journal.step_phase(step_id, "snapshot taken")
 
         def on_event(line: str) -> None:
@@ -199,11 +200,11 @@ class Engine:
         if not ok:
             rolled = self._rollback(change.kind, want, snapshot)
             self._journal.close_step(step_id, "rolled back")
-            return False, f"{message}; {rolled}"
+            return False, f"{message}; {rolled}", "rolled back"
         self._journal.close_step(step_id, "done")
         retain = want.snapshot_retain if isinstance(want, DesiredVm) else _CONTAINER_RETAIN
         self._prune_snapshots(snapshots, want.name, retain)
-        return True, f"done (snapshot {snapshot})"
+        return True, f"done (snapshot {snapshot})", "ok"
 
     def _record_packs(self, kind: str, want: DesiredVm | DesiredContainer, pack: str,
                       applied: dict[str, str]) -> None:

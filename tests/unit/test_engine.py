@@ -137,10 +137,11 @@ def test_a_failed_container_step_restores_the_committed_image_and_keeps_pack_rec
 
 def test_no_snapshot_means_nothing_is_run(tmp_path: Path) -> None:
     rec = Recorder(fail={"snapshot"})
-    eng, _ = engine(tmp_path, rec, Outcome(True))
+    eng, journal = engine(tmp_path, rec, Outcome(True))
     [result] = eng.execute(Plan((pack_change(VM),), (), ()))
     assert not result.ok and "no snapshot" in result.message
     assert [c[0] for c in rec.calls] == ["snapshot"]
+    assert journal.recent("vm/vm1")[0].outcome == "failed"  # nothing to roll back
 
 
 def test_snapshots_are_pruned_to_the_vm_retention(tmp_path: Path) -> None:
