@@ -28,8 +28,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from somnus_reconciler import images
 
@@ -70,6 +68,11 @@ def ensure_keypair(state_dir: Path, vm_name: str) -> GuestKey:
     0700. Concurrent first calls agree on one key: it is published with link(2),
     which never replaces an existing file.
     """
+    # Imported here: every `somnus diff` imports this module (through the libvirt
+    # provider), and only creating a VM or reaching a guest needs a key.
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
     key_dir = _key_dir(state_dir, vm_name)
     for directory in (key_dir.parent, key_dir):
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
