@@ -2,7 +2,7 @@
 the same packs run as one plain `ansible-playbook` with nothing to change; and the
 cost of one snapshot and one rollback, for a VM and for a container.
 
-    python bench/packs.py [--repeat 5]
+    python bench/packs.py [--repeat 3]
 
 The packs are hermetic (a local apt repository built here, see
 tests/integration/apt_repo.py): local-repo, hello (an apt package), marker (its
@@ -130,7 +130,7 @@ def snapshot_costs(state_dir: Path, tree: Path) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="somnus-bench-packs-"))
     state_dir = root / "state"

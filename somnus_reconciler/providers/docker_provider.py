@@ -181,14 +181,17 @@ class DockerProvider:
         with _mapped(address, "start"):
             self._api().start(actual.container_id)
 
-    def delete(self, name: str) -> None:
-        """Stop and remove a managed container and its anonymous volumes.
+    def delete(self, name: str, *, keep_snapshots: bool = False) -> None:
+        """Stop and remove a managed container, its anonymous volumes and (unless
+        `keep_snapshots`, as `restore` needs) its snapshot images.
 
-        Absent already: nothing to do. Unmarked: refused, left as it is.
+        Absent already: only its snapshots go. Unmarked: refused, left as it is.
         """
         address = _address(name)
         actual = self.observe_one(name)
         if actual is None:
+            if not keep_snapshots:
+                self._delete_snapshots(name)
             return
         if not actual.managed:
             raise ProviderError(address, "delete", _unmarked(name, "delete"))
@@ -202,6 +205,12 @@ class DockerProvider:
             except Exception as e:
                 if not _is_not_found(e):  # gone meanwhile: the goal is reached
                     raise
+        if not keep_snapshots:
+            self._delete_snapshots(name)
+
+    def _delete_snapshots(self, name: str) -> None:
+        for snap in self.snapshots(name):
+            self.delete_snapshot(name, snap.name)
 
     # -- snapshots ---------------------------------------------------------
     def snapshot(self, name: str, snapshot: str, description: str) -> str:
@@ -219,7 +228,7 @@ class DockerProvider:
 
     def restore(self, c: DesiredContainer, snapshot: str) -> str:
         """Replace the container by one made from its snapshot, with the same spec; returns the new ID."""
-        self.delete(c.name)
+        self.delete(c.name, keep_snapshots=True)
         return self.create(c, from_image=f"{SNAPSHOT_REPOSITORY}/{c.name}:{snapshot}")
 
     def snapshots(self, name: str) -> list[Snapshot]:
@@ -235,8 +244,10 @@ class DockerProvider:
         return sorted(snapshots, key=lambda s: (s.created, s.name))
 
     def delete_snapshot(self, name: str, snapshot: str) -> None:
+        """Remove the snapshot's tag. A container restored from it keeps running on
+        its layers (docker refuses the untag without force then); they go with it."""
         with _mapped(_address(name), f"delete snapshot {snapshot}"):
-            self._api().remove_image(f"{SNAPSHOT_REPOSITORY}/{name}:{snapshot}", noprune=False)
+            self._api().remove_image(f"{SNAPSHOT_REPOSITORY}/{name}:{snapshot}", force=True, noprune=False)
 
     # -- images ------------------------------------------------------------
 

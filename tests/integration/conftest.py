@@ -149,6 +149,10 @@ def workspace(tmp_path: Path, libvirt_conn: libvirt.virConnect, docker_client: d
     for container in docker_client.containers.list(all=True, sparse=True):
         if container.attrs["Names"][0].lstrip("/").startswith(ws.prefix):
             container.remove(force=True)
+    for image in docker_client.images.list(name="somnus-snapshots/*"):
+        for tag in image.tags:
+            if tag.split("/", 1)[1].startswith(ws.prefix):
+                docker_client.images.remove(tag, force=True)
 
 
 def image_domain_xml(name: str, image: images.VmImage, overlay: Path, console_log: Path,

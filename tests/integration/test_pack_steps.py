@@ -98,6 +98,16 @@ def test_packs_go_in_as_guarded_steps_and_a_failed_step_is_rolled_back(
     assert in_box(ws, "test", "-e", "/opt/by-hand") != 0 and in_box(ws, "somnus-hello") == 0
     ws.somnus("rollback", f"container/{ws.name('box')}", check_exit=2)  # needs the manifests
 
+    # The container now runs on its newest snapshot's image; that snapshot can still go.
+    from somnus_reconciler.providers.docker_provider import DockerProvider
+
+    provider = DockerProvider()
+    newest = provider.snapshots(ws.name("box"))[-1].name
+    provider.delete_snapshot(ws.name("box"), newest)
+    assert newest not in [s.name for s in provider.snapshots(ws.name("box"))]
+    assert in_box(ws, "somnus-hello") == 0
+    provider.close()
+
 
 def test_an_apply_killed_mid_step_is_rolled_back_by_the_next_run(
         workspace: Workspace, packs: list[dict[str, Any]]) -> None:
