@@ -6,8 +6,10 @@ carries a random per-test prefix and is removed at teardown.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import socket
 import subprocess
 import sys
 import uuid
@@ -166,3 +168,25 @@ def image_domain_xml(name: str, image: images.VmImage, overlay: Path, console_lo
     boot = domain_xml.BootSource(overlay, image.kernel, image.initrd, image.cmdline, seed)
     return domain_xml.build(vm, boot, domain_type="qemu", console_log=console_log,
                             forwards=tuple(PortForward(n, host, guest) for n, (host, guest) in forwards.items()))
+
+
+def free_loopback_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def read_or_empty(path: Path) -> str:
+    """A console log that may not exist yet."""
+    try:
+        return path.read_text(errors="replace")
+    except FileNotFoundError:
+        return ""
+
+
+def destroy_and_undefine(dom: libvirt.virDomain) -> None:
+    with contextlib.suppress(libvirt.libvirtError):
+        if dom.isActive():
+            dom.destroy()
+    with contextlib.suppress(libvirt.libvirtError):
+        dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA)

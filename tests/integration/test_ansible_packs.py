@@ -84,18 +84,7 @@ def local_repo_pack(make_pack: Callable[..., DesiredPack]) -> DesiredPack:
 # -- the guest ----------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def sdk() -> Iterator[docker.DockerClient]:
-    try:
-        client = docker.from_env()
-        client.ping()
-    except docker.errors.DockerException as e:
-        pytest.fail(f"dockerd is not reachable: {e}; run scripts/setup-host.sh")
-    yield client
-    client.close()
-
-
-@pytest.fixture(scope="module")
-def base_image(sdk: docker.DockerClient) -> str:
+def base_image(docker_client: docker.DockerClient) -> str:
     provider = DockerProvider()
     try:
         container_images.build_container_image(IMAGE, provider)  # cached by recipe
@@ -107,14 +96,14 @@ def base_image(sdk: docker.DockerClient) -> str:
 
 
 @pytest.fixture(scope="module")
-def new_guest(sdk: docker.DockerClient, base_image: str, local_repo_pack: DesiredPack,
+def new_guest(docker_client: docker.DockerClient, base_image: str, local_repo_pack: DesiredPack,
               tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[str], Any]]:
     """Starts network-less containers with the local repository installed; removes them."""
     made: list[Any] = []
     work_dir = tmp_path_factory.mktemp("ansible-work")
 
     def start(suffix: str) -> Any:
-        container = sdk.containers.run(
+        container = docker_client.containers.run(
             base_image, ["sleep", "infinity"], name=f"somnus-ansible-{RUN_ID}-{suffix}",
             detach=True, network_mode="none", labels={"io.somnus.test": "ansible"})
         made.append(container)

@@ -20,7 +20,6 @@ import json
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -36,7 +35,9 @@ from somnus_reconciler import container_images, guest_access, images, rootfs, se
 from somnus_reconciler.providers import BackendUnavailable
 from somnus_reconciler.providers.docker_provider import DockerProvider
 from somnus_reconciler.providers import domain_xml
-from tests.integration.conftest import image_domain_xml
+from tests.integration.conftest import (
+    destroy_and_undefine, free_loopback_port, image_domain_xml, read_or_empty,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -112,16 +113,16 @@ def guest(
             check=True,
         )
         console_log = vm_dir / "console.log"
-        port = _free_loopback_port()
+        port = free_loopback_port()
         dom = libvirt_conn.defineXML(image_domain_xml(name, debian_image, overlay, console_log, {"ssh": (port, 22)},
                                                       memory_mib=MEMORY_KIB // 1024, vcpus=VCPUS, seed=seed))
-        cleanup.callback(_destroy_and_undefine, dom)
+        cleanup.callback(destroy_and_undefine, dom)
         started = time.monotonic()
         dom.create()
         try:
             guest_access.wait_for_ssh(port, key, SSH_TIMEOUT_S)
         except guest_access.GuestUnreachable as e:
-            pytest.fail(f"{e}\nconsole:\n{_read(console_log)[-4000:]}")
+            pytest.fail(f"{e}\nconsole:\n{read_or_empty(console_log)[-4000:]}")
         boot_to_ssh_s = time.monotonic() - started
         print(f"\ndebian-12 boot to SSH under TCG ({VCPUS} vCPUs, 1 GiB): {boot_to_ssh_s:.1f} s")
         yield Guest(dom, port, key, console_log, boot_to_ssh_s)
@@ -189,9 +190,9 @@ def test_guest_finds_the_hosts_package_mirrors_without_a_nameserver(guest: Guest
 
 def test_guest_prints_the_ready_line_on_the_serial_console(guest: Guest) -> None:
     deadline = time.monotonic() + READY_LINE_TIMEOUT_S
-    while images.GUEST_READY_LINE not in _read(guest.console_log) and time.monotonic() < deadline:
+    while images.GUEST_READY_LINE not in read_or_empty(guest.console_log) and time.monotonic() < deadline:
         time.sleep(0.5)
-    assert images.GUEST_READY_LINE in _read(guest.console_log), _read(guest.console_log)[-4000:]
+    assert images.GUEST_READY_LINE in read_or_empty(guest.console_log), read_or_empty(guest.console_log)[-4000:]
 
 
 def test_internal_snapshot_of_the_running_guest_reverts_its_disk(guest: Guest) -> None:
@@ -273,24 +274,3 @@ def _flat_apt_repo(repo: Path, package: str) -> Path:
     )
     os.chmod(repo, 0o755)
     return repo
-
-
-def _destroy_and_undefine(dom: libvirt.virDomain) -> None:
-    with contextlib.suppress(libvirt.libvirtError):
-        if dom.isActive():
-            dom.destroy()
-    with contextlib.suppress(libvirt.libvirtError):
-        dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA)
-
-
-def _free_loopback_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _read(path: Path) -> str:
-    try:
-        return path.read_text(errors="replace")
-    except FileNotFoundError:
-        return ""

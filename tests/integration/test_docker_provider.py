@@ -33,19 +33,7 @@ RUN_ID = secrets.token_hex(4)
 
 
 @pytest.fixture(scope="module")
-def sdk() -> Iterator[docker.DockerClient]:
-    """A raw docker client, for acting behind the provider's back."""
-    try:
-        client = docker.from_env()
-        client.ping()
-    except docker.errors.DockerException as e:
-        pytest.fail(f"dockerd is not reachable: {e}")
-    yield client
-    client.close()
-
-
-@pytest.fixture(scope="module")
-def provider(sdk: docker.DockerClient) -> Iterator[DockerProvider]:
+def provider(docker_client: docker.DockerClient) -> Iterator[DockerProvider]:
     p = DockerProvider()
     try:
         container_images.build_container_image(IMAGE, p)
@@ -56,7 +44,7 @@ def provider(sdk: docker.DockerClient) -> Iterator[DockerProvider]:
 
 
 @pytest.fixture
-def names(sdk: docker.DockerClient) -> Iterator[Callable[[str], str]]:
+def names(docker_client: docker.DockerClient) -> Iterator[Callable[[str], str]]:
     """Hands out unique container names and removes whatever got them."""
     made: list[str] = []
 
@@ -67,7 +55,7 @@ def names(sdk: docker.DockerClient) -> Iterator[Callable[[str], str]]:
     yield name
     for n in made:
         try:
-            sdk.containers.get(n).remove(force=True, v=True)
+            docker_client.containers.get(n).remove(force=True, v=True)
         except docker.errors.NotFound:
             pass
 
@@ -89,15 +77,15 @@ def desired(name: str, **overrides: Any) -> DesiredContainer:
     return DesiredContainer(**fields)
 
 
-def unmarked(sdk: docker.DockerClient, name: str) -> Any:
-    return sdk.containers.create(IMAGE, ["sleep", "infinity"], name=name, network_mode="none")
+def unmarked(docker_client: docker.DockerClient, name: str) -> Any:
+    return docker_client.containers.create(IMAGE, ["sleep", "infinity"], name=name, network_mode="none")
 
 
-def test_image_build_is_idempotent(provider: DockerProvider, sdk: docker.DockerClient) -> None:
-    before = sdk.images.get(IMAGE).id
+def test_image_build_is_idempotent(provider: DockerProvider, docker_client: docker.DockerClient) -> None:
+    before = docker_client.images.get(IMAGE).id
     lines: list[str] = []
     container_images.build_container_image(IMAGE, provider, log=lines.append)
-    assert sdk.images.get(IMAGE).id == before
+    assert docker_client.images.get(IMAGE).id == before
     assert any("up to date" in line for line in lines), lines
 
 
@@ -107,7 +95,7 @@ def test_unknown_image_recipe_is_refused(provider: DockerProvider) -> None:
 
 
 def test_create_shows_running_and_managed(
-    provider: DockerProvider, sdk: docker.DockerClient, names: Callable[[str], str]
+    provider: DockerProvider, docker_client: docker.DockerClient, names: Callable[[str], str]
 ) -> None:
     c = desired(names("create"))
     provider.create(c)
@@ -117,24 +105,24 @@ def test_create_shows_running_and_managed(
     assert actual.managed
     assert actual.spec_hash == c.spec_hash
     assert actual.image == IMAGE
-    assert actual.container_id == sdk.containers.get(c.name).id
+    assert actual.container_id == docker_client.containers.get(c.name).id
     assert actual.labels[docker_provider.LABEL_OWNER] == "alice"
     assert json.loads(actual.labels[docker_provider.LABEL_PACKS]) == {}
     assert provider.observe_one(c.name) == actual
     # the image's applets work, through docker exec as the tool reaches containers
-    code, out = sdk.containers.get(c.name).exec_run(["sh", "-c", "echo $GREETING; ls /bin/cat"])
+    code, out = docker_client.containers.get(c.name).exec_run(["sh", "-c", "echo $GREETING; ls /bin/cat"])
     assert (code, out.decode().split()) == (0, ["hello", "/bin/cat"])
 
 
 def test_create_sets_limits_env_and_network(
-    provider: DockerProvider, sdk: docker.DockerClient, names: Callable[[str], str]
+    provider: DockerProvider, docker_client: docker.DockerClient, names: Callable[[str], str]
 ) -> None:
     c = desired(names("limits"), cpus=1.5, memory=96 * 1024 * 1024)
     h = desired(names("host"), network="host", owner=None, env=())
     provider.create(c)
     provider.create(h)
 
-    attrs = sdk.api.inspect_container(c.name)
+    attrs = docker_client.api.inspect_container(c.name)
     assert attrs["HostConfig"]["NanoCpus"] == 1_500_000_000
     assert attrs["HostConfig"]["Memory"] == 96 * 1024 * 1024
     assert attrs["HostConfig"]["NetworkMode"] == "none"
@@ -143,7 +131,7 @@ def test_create_sets_limits_env_and_network(
     assert attrs["Config"]["Cmd"] == ["sleep", "infinity"]
     assert list(attrs["NetworkSettings"]["Networks"]) == ["none"]
 
-    host_attrs = sdk.api.inspect_container(h.name)
+    host_attrs = docker_client.api.inspect_container(h.name)
     assert host_attrs["HostConfig"]["NetworkMode"] == "host"
     assert docker_provider.LABEL_OWNER not in host_attrs["Config"]["Labels"]
 
@@ -169,10 +157,10 @@ def test_create_of_missing_image_names_it(
 
 
 def test_create_of_a_taken_name_fails(
-    provider: DockerProvider, sdk: docker.DockerClient, names: Callable[[str], str]
+    provider: DockerProvider, docker_client: docker.DockerClient, names: Callable[[str], str]
 ) -> None:
     name = names("taken")
-    unmarked(sdk, name)
+    unmarked(docker_client, name)
     with pytest.raises(ProviderError) as info:
         provider.create(desired(name))
     assert info.value.address == f"container/{name}"
@@ -189,23 +177,23 @@ def test_limits_the_daemon_rejects_leave_nothing(
 
 
 def test_command_that_cannot_run_shows_as_exited(
-    provider: DockerProvider, sdk: docker.DockerClient, names: Callable[[str], str]
+    provider: DockerProvider, docker_client: docker.DockerClient, names: Callable[[str], str]
 ) -> None:
     # docker-init is PID 1, so a missing program is not a start error: the
     # container exits at once, and the next observe shows it not running.
     c = desired(names("badcmd"), command=("/no/such/program",))
     provider.create(c)
-    sdk.containers.get(c.name).wait(timeout=10)
+    docker_client.containers.get(c.name).wait(timeout=10)
     actual = provider.observe_one(c.name)
     assert actual is not None and actual.managed
     assert actual.state == "exited"
 
 
 def test_unmarked_container_is_observed_without_hash(
-    provider: DockerProvider, sdk: docker.DockerClient, names: Callable[[str], str]
+    provider: DockerProvider, docker_client: docker.DockerClient, names: Callable[[str], str]
 ) -> None:
     name = names("unmarked")
-    made = unmarked(sdk, name)
+    made = unmarked(docker_client, name)
 
     actual = provider.observe()[name]
     assert actual.spec_hash is None
@@ -216,10 +204,10 @@ def test_unmarked_container_is_observed_without_hash(
 
 
 def test_delete_refuses_unmarked_and_leaves_it(
-    provider: DockerProvider, sdk: docker.DockerClient, names: Callable[[str], str]
+    provider: DockerProvider, docker_client: docker.DockerClient, names: Callable[[str], str]
 ) -> None:
     name = names("keep")
-    made = unmarked(sdk, name)
+    made = unmarked(docker_client, name)
     made.start()
 
     with pytest.raises(ProviderError) as info:
@@ -231,10 +219,10 @@ def test_delete_refuses_unmarked_and_leaves_it(
 
 
 def test_start_refuses_unmarked(
-    provider: DockerProvider, sdk: docker.DockerClient, names: Callable[[str], str]
+    provider: DockerProvider, docker_client: docker.DockerClient, names: Callable[[str], str]
 ) -> None:
     name = names("nostart")
-    made = unmarked(sdk, name)
+    made = unmarked(docker_client, name)
 
     with pytest.raises(ProviderError, match="will not start"):
         provider.start(name)
@@ -243,11 +231,11 @@ def test_start_refuses_unmarked(
 
 
 def test_stop_out_of_band_then_start(
-    provider: DockerProvider, sdk: docker.DockerClient, names: Callable[[str], str]
+    provider: DockerProvider, docker_client: docker.DockerClient, names: Callable[[str], str]
 ) -> None:
     c = desired(names("restart"))
     provider.create(c)
-    sdk.containers.get(c.name).stop(timeout=5)
+    docker_client.containers.get(c.name).stop(timeout=5)
 
     stopped = provider.observe_one(c.name)
     assert stopped is not None and not stopped.running and stopped.state == "exited"
@@ -259,7 +247,7 @@ def test_stop_out_of_band_then_start(
 
 
 def test_delete_removes_container_and_volumes(
-    provider: DockerProvider, sdk: docker.DockerClient, names: Callable[[str], str]
+    provider: DockerProvider, docker_client: docker.DockerClient, names: Callable[[str], str]
 ) -> None:
     c = desired(names("delete"))
     provider.create(c)
@@ -269,7 +257,7 @@ def test_delete_removes_container_and_volumes(
     assert provider.observe_one(c.name) is None
     assert c.name not in provider.observe()
     with pytest.raises(docker.errors.NotFound):
-        sdk.containers.get(c.name)
+        docker_client.containers.get(c.name)
     provider.delete(c.name)  # already gone: nothing to do
 
 

@@ -14,7 +14,6 @@ import contextlib
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -27,7 +26,9 @@ import pytest
 
 from somnus_reconciler import images
 from somnus_reconciler.providers import domain_xml
-from tests.integration.conftest import image_domain_xml
+from tests.integration.conftest import (
+    destroy_and_undefine, free_loopback_port, image_domain_xml, read_or_empty,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -128,16 +129,16 @@ def test_tiny_linux_boots_balloons_and_shuts_down_under_libvirt(
         check=True,
     )
     console_log = vm_dir / "console.log"
-    port = _free_loopback_port()
+    port = free_loopback_port()
 
     dom = conn.defineXML(image_domain_xml(name, tiny_image, overlay, console_log,
                                          {"agent": (port, images.GUEST_STATUS_PORT)}, memory_mib=MEMORY_KIB // 1024))
-    cleanup.callback(_destroy_and_undefine, dom)
+    cleanup.callback(destroy_and_undefine, dom)
     started = time.monotonic()
     dom.create()
 
-    assert _wait_until(lambda: images.GUEST_READY_LINE in _read(console_log), READY_TIMEOUT_S), (
-        f"no {images.GUEST_READY_LINE!r} within {READY_TIMEOUT_S} s; console:\n{_read(console_log)}"
+    assert _wait_until(lambda: images.GUEST_READY_LINE in read_or_empty(console_log), READY_TIMEOUT_S), (
+        f"no {images.GUEST_READY_LINE!r} within {READY_TIMEOUT_S} s; console:\n{read_or_empty(console_log)}"
     )
     ready_s = time.monotonic() - started
     body = _poll_http(f"http://127.0.0.1:{port}/status", HTTP_TIMEOUT_S)
@@ -155,17 +156,9 @@ def test_tiny_linux_boots_balloons_and_shuts_down_under_libvirt(
     dom.shutdown()
     shutdown_started = time.monotonic()
     assert _wait_until(lambda: dom.state()[0] == libvirt.VIR_DOMAIN_SHUTOFF, SHUTDOWN_TIMEOUT_S), (
-        f"still {dom.state()} {SHUTDOWN_TIMEOUT_S} s after shutdown(); console:\n{_read(console_log)}"
+        f"still {dom.state()} {SHUTDOWN_TIMEOUT_S} s after shutdown(); console:\n{read_or_empty(console_log)}"
     )
     print(f"ACPI shutdown took {time.monotonic() - shutdown_started:.1f} s")
-
-
-def _destroy_and_undefine(dom: libvirt.virDomain) -> None:
-    with contextlib.suppress(libvirt.libvirtError):
-        if dom.isActive():
-            dom.destroy()
-    with contextlib.suppress(libvirt.libvirtError):
-        dom.undefine()
 
 
 def _live_current_memory_kib(dom: libvirt.virDomain) -> int:
@@ -184,19 +177,6 @@ def _poll_http(url: str, timeout_s: float) -> str:
             if time.monotonic() > deadline:
                 raise AssertionError(f"GET {url} failed for {timeout_s} s: {e}") from e
             time.sleep(0.5)
-
-
-def _free_loopback_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _read(path: Path) -> str:
-    try:
-        return path.read_text(errors="replace")
-    except FileNotFoundError:
-        return ""
 
 
 def _wait_until(predicate: Callable[[], bool], timeout_s: float, interval_s: float = 0.1) -> bool:
