@@ -8,13 +8,17 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
 from somnus_reconciler import __version__, model, views
 from somnus_reconciler.diagnostics import InvalidInput
 from somnus_reconciler.providers import BackendUnavailable, ProviderError
+
+if TYPE_CHECKING:
+    from somnus_reconciler.plan import Plan
+    from somnus_reconciler.reconcile import Backends
 
 EXIT_OK, EXIT_PENDING, EXIT_FAILED, EXIT_INVALID = 0, 1, 1, 2
 _paths = click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
@@ -63,7 +67,7 @@ def validate(paths: Sequence[Path], output: str) -> None:
                    f"{len(desired.packs)} pack")
 
 
-def _plan(paths: Sequence[Path], prune: bool, state_dir: str | None, output: str) -> Any:
+def _plan(paths: Sequence[Path], prune: bool, state_dir: str | None, output: str) -> tuple[Backends, Plan]:
     from somnus_reconciler import reconcile
 
     try:
@@ -76,7 +80,7 @@ def _plan(paths: Sequence[Path], prune: bool, state_dir: str | None, output: str
         _fail(str(e))
 
 
-def _show_plan(plan: Any, output: str) -> None:
+def _show_plan(plan: Plan, output: str) -> None:
     if output == "json":
         views.print_json(views.plan_json(plan))
         return

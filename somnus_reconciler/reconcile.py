@@ -117,4 +117,6 @@ def _still_running(actual: ActualState, address: str) -> tuple[str, int, int, st
     obj: ActualVm | ActualContainer | None = (actual.vms if kind == "vm" else actual.containers).get(name)
     if isinstance(obj, ActualVm) and obj.running:
         return (address, obj.vcpus, obj.memory, obj.mark.owner if obj.mark else None)
-    return None  # containers not declared are counted only while declared
+    # A leftover container is not counted: the one listing call that observe makes
+    # carries no resource limits, and an inspect per container would slow every diff.
+    return None
