@@ -10,6 +10,9 @@ if [ ! -x .venv/bin/python ]; then
 fi
 echo "== installing somnus-reconciler into .venv"
 .venv/bin/pip install --quiet --upgrade pip
+# torch before the project: left to sentence-transformers (for `somnus triage`),
+# pip would pick a torch build with gigabytes of CUDA; this pin is the CPU build.
+.venv/bin/pip install --quiet torch==2.13.0
 .venv/bin/pip install --quiet -e '.[dev]'
 ln -sf "$PWD/.venv/bin/somnus" /usr/local/bin/somnus
 echo "== building base images (cached by recipe)"
