@@ -114,7 +114,7 @@ def apply(paths: Sequence[Path], prune: bool, dry_run: bool, yes: bool, state_di
     One apply at a time per state directory. Steps a killed apply left open are
     rolled back first.
     """
-    from somnus_reconciler import reconcile
+    from somnus_reconciler import reconcile, triage
     from somnus_reconciler.engine import Engine, EngineHook, PackSteps
     from somnus_reconciler.guests import AnsiblePackRunner
     from somnus_reconciler.journal import ApplyLock, Journal
@@ -132,6 +132,7 @@ def apply(paths: Sequence[Path], prune: bool, dry_run: bool, yes: bool, state_di
             backends.vms, backends.containers, journal, hooks,
             pack_steps=PackSteps(AnsiblePackRunner(backends.vms, settings.state_dir),
                                  desired.packs, desired.pack_fingerprints),
+            classifier=triage.default_classifier(),
         )
         try:
             for line in engine.recover(desired):
@@ -248,12 +249,13 @@ def rollback(guest: str, snapshot: str | None, paths: Sequence[Path], state_dir:
 
 
 def _status_rows(kind: str | None, name: str | None, state_dir: str | None,
-                 include_unmanaged: bool) -> list[dict[str, Any]]:
+                 include_unmanaged: bool, recent_errors: bool = False) -> list[dict[str, Any]]:
     from somnus_reconciler import reconcile, status
 
     backends = reconcile.open_backends(None, state_dir=state_dir)
     try:
-        return status.rows(backends, kind=kind, name=name, include_unmanaged=include_unmanaged)
+        return status.rows(backends, kind=kind, name=name, include_unmanaged=include_unmanaged,
+                           recent_errors=recent_errors)
     finally:
         backends.close()
 
@@ -302,12 +304,13 @@ def describe(address: str, state_dir: str | None) -> None:
     kind, name = address.split("/", 1)
     kind = model.SHORT_KIND.get(kind, kind)
     try:
-        rows = _status_rows(kind, name, state_dir, include_unmanaged=True)
+        rows = _status_rows(kind, name, state_dir, include_unmanaged=True, recent_errors=True)
     except (BackendUnavailable, ProviderError) as e:
         _fail(str(e))
     if not rows:
         _fail(f"{kind}/{name} not found")
     row = rows[0]
+    settings = settings_mod.resolve(state_dir=state_dir)
     for key in ("kind", "name", "state", "managed", "vcpus", "maxVcpus", "memory", "maxMemory",
                 "image", "domainId", "forwards", "consoleLog"):
         if row.get(key) not in (None, "", {}):
@@ -321,8 +324,16 @@ def describe(address: str, state_dir: str | None) -> None:
             click.echo(f"{key + ':':<12} {value}")
     click.echo("conditions:")
     for condition in row["conditions"]:
-        click.echo(f"  {condition['type']:<20} {condition['status']:<6} {condition.get('message', '')}".rstrip())
-    settings = settings_mod.resolve(state_dir=state_dir)
+        reason = f"[{condition['reason']}] " if condition.get("reason") else ""
+        click.echo(f"  {condition['type']:<20} {condition['status']:<6} {reason}{condition['message']}".rstrip())
+    if row.get("agent"):
+        from somnus_reconciler import status
+
+        errors = row["agent"].get("recentErrors")
+        if errors:
+            status.categorize_errors(errors, settings.journal_path)
+        for line in views.agent_lines(row["agent"]):
+            click.echo(line)
     click.echo("events:")
     if settings.journal_path.exists():
         import datetime
@@ -330,14 +341,79 @@ def describe(address: str, state_dir: str | None) -> None:
         journal = Journal(settings.journal_path)
         for event in reversed(journal.recent(f"{kind}/{name}", limit=10)):
             at = datetime.datetime.fromtimestamp(event.at).strftime("%Y-%m-%d %H:%M:%S")
-            click.echo(f"  {at}  {event.action:<8} {event.outcome:<7} {event.message}")
+            category = f" [{event.category}]" if event.category else ""
+            click.echo(f"  {at}  {event.action:<8} {event.outcome:<7}{category} {event.message}")
         journal.close()
+
+
+@cli.command("soft-reboot")
+@click.argument("address")
+@click.option("--timeout", "timeout_s", type=float, default=60.0, show_default=True,
+              help="Seconds to wait for every monitored process to come back.")
+@_state_dir
+def soft_reboot(address: str, timeout_s: float, state_dir: str | None) -> None:
+    """Restart the monitored processes in vm/NAME (not the VM) and confirm they are back.
+
+    Exit 0 when confirmed, 1 when not (the SoftRebootConfirmed condition says why).
+    """
+    from somnus_reconciler import agent_client, reconcile, status
+    from somnus_reconciler.journal import Journal
+
+    kind, _, name = address.partition("/")
+    if model.SHORT_KIND.get(kind, kind) != "vm" or not name:
+        _fail("give vm/NAME: only VMs run the agent")
+    backends = reconcile.open_backends(None, state_dir=state_dir)
+    try:
+        vm = backends.vms.observe_one(name)
+    except (BackendUnavailable, ProviderError) as e:
+        _fail(str(e))
+    finally:
+        backends.close()
+    if vm is None or not vm.managed:
+        _fail(f"vm/{name} not found among the VMs somnus manages")
+    if not vm.running:
+        _fail(f"vm/{name} is not running")
+    client = agent_client.for_vm(vm, backends.settings.state_dir)
+    if client is None:
+        _fail(f"vm/{name} has no agent forward or token (made before the agent existed?)")
+    try:
+        outcome = agent_client.confirm_soft_reboot(client, timeout_s)
+    except (agent_client.AgentUnreachable, agent_client.AgentRefused) as e:
+        _fail(f"vm/{name}: {e}")
+    journal = Journal(backends.settings.journal_path)
+    journal.record(f"vm/{name}", status.SOFT_REBOOT_ACTION, "ok" if outcome.confirmed else "timed out",
+                   outcome.message)
+    journal.close()
+    verdict = "confirmed" if outcome.confirmed else "NOT confirmed"
+    click.echo(f"vm/{name}: soft reboot {verdict} in {outcome.duration_s:.1f}s: {outcome.message}")
+    sys.exit(EXIT_OK if outcome.confirmed else EXIT_FAILED)
 
 
 @cli.command()
 def schema() -> None:
     """JSON Schema of all manifest kinds, for editors."""
     views.print_json(model.json_schema())
+
+
+@cli.command("triage")
+@click.argument("text", required=False)
+@click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table")
+def triage_command(text: str | None, output: str) -> None:
+    """Classify a failure text (TEXT, or stdin for - or none) into a category, with a score."""
+    import json
+
+    from somnus_reconciler import triage
+
+    if text is None or text == "-":
+        text = sys.stdin.read()
+    try:
+        result = triage.default_classifier().classify(text)
+    except ImportError as e:
+        _fail(f"the triage model is not installed: {e}")
+    if output == "json":
+        click.echo(json.dumps({"category": result.category.value, "score": result.score}))
+    else:
+        click.echo(f"{result.category.value}  {result.score:.3f}")
 
 
 @cli.group()

@@ -23,7 +23,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from somnus_reconciler import image_build, rootfs
@@ -33,7 +33,9 @@ from somnus_reconciler import image_build, rootfs
 SEED_LABEL = "SOMNUS-SEED"
 ROOT_LABEL = "somnus-root"
 
-_GUEST_FSTAB = f"LABEL={ROOT_LABEL} / ext4 defaults,errors=remount-ro 0 1\n"
+# x-systemd.growfs: the root file system grows to the VM's diskSize at boot
+# (the image's own disk is only `DebianRecipe.disk_size`).
+_GUEST_FSTAB = f"LABEL={ROOT_LABEL} / ext4 defaults,errors=remount-ro,x-systemd.growfs 0 1\n"
 
 _GUEST_SSHD_CONFIG = """\
 # Somnus: root by key only; no passwords anywhere. Read before sshd_config's own
@@ -140,6 +142,49 @@ WantedBy=graphical.target
 """
 
 
+# The in-guest agent (agent/somnus_agent, SPEC section 7) runs on the guest's own
+# python3, from the image, once the seed has put its token in /etc/somnus/.
+AGENT_SOURCE = Path(__file__).resolve().parent.parent / "agent" / "somnus_agent"
+AGENT_GUEST_DIR = "usr/lib/somnus-agent/somnus_agent"
+AGENT_GUEST_PORT = 7465
+AGENT_TOKEN_FILE = "agent-token"  # in /etc/somnus/, from the seed
+AGENT_CONFIG_FILE = "agent.json"  # in /etc/somnus/; the seed may bring its own
+
+_GUEST_AGENT_CONFIG = json.dumps(
+    {"processes": [], "watch_logs": ["/var/log/apt/term.log"]},
+    indent=2,
+) + "\n"
+
+_GUEST_AGENT_UNIT = f"""\
+[Unit]
+Description=Somnus in-guest agent
+After=somnus-seed.service network.target
+Wants=somnus-seed.service
+ConditionPathExists=/etc/somnus/{AGENT_TOKEN_FILE}
+
+[Service]
+Environment=PYTHONPATH=/{AGENT_GUEST_DIR.rsplit("/", 1)[0]} PYTHONDONTWRITEBYTECODE=1
+ExecStart=/usr/bin/python3 -m somnus_agent --listen 0.0.0.0:{AGENT_GUEST_PORT} \\
+    --token-file /etc/somnus/{AGENT_TOKEN_FILE} --config /etc/somnus/{AGENT_CONFIG_FILE} \\
+    --exec-log /var/log/somnus-agent-exec.log
+Restart=always
+RestartSec=1
+# Stop the agent only: monitored processes are its children and go with it.
+KillMode=control-group
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+
+def _agent_files() -> tuple[tuple[str, str, int], ...]:
+    """The agent's modules as image files: their content is part of the recipe hash."""
+    return tuple(
+        (f"{AGENT_GUEST_DIR}/{module.name}", module.read_text(), 0o644)
+        for module in sorted(AGENT_SOURCE.glob("*.py"))
+    )
+
+
 @dataclass(frozen=True)
 class DebianRecipe:
     """Inputs of a debian-12 build; their hash keys the cache.
@@ -155,6 +200,7 @@ class DebianRecipe:
         "openssh-server", "sudo", "ca-certificates",
         "systemd-sysv", "udev", "dbus", "iproute2", "procps",
         "linux-image-cloud-amd64", "initramfs-tools", "zstd", "e2fsprogs",
+        "python3-psutil",  # the agent's /stats/basic
     )
     hostname: str = "somnus-debian"
     cmdline: str = f"root=LABEL={ROOT_LABEL} rw console=ttyS0 net.ifnames=0"
@@ -170,10 +216,13 @@ class DebianRecipe:
         ("usr/local/sbin/somnus-seed", _GUEST_SEED_SCRIPT, 0o755),
         ("etc/initramfs-tools/conf.d/somnus.conf", _GUEST_INITRAMFS_CONF, 0o644),
         ("etc/machine-id", "", 0o444),  # empty: each guest makes its own at first boot
+        ("etc/systemd/system/somnus-agent.service", _GUEST_AGENT_UNIT, 0o644),
+        (f"etc/somnus/{AGENT_CONFIG_FILE}", _GUEST_AGENT_CONFIG, 0o600),
     )
+    agent_files: tuple[tuple[str, str, int], ...] = field(default_factory=_agent_files)
     enable: tuple[str, ...] = (
         "systemd-networkd.service", "somnus-ssh-hostkey.service", "somnus-seed.service",
-        "somnus-ready.service", "serial-getty@ttyS0.service",
+        "somnus-ready.service", "serial-getty@ttyS0.service", "somnus-agent.service",
     )
     # Background apt runs would hold the dpkg lock when Ansible wants it.
     mask: tuple[str, ...] = ("apt-daily.timer", "apt-daily-upgrade.timer")
@@ -187,7 +236,7 @@ class DebianRecipe:
             "hostname": self.hostname,
             "cmdline": self.cmdline,
             "disk_size": self.disk_size,
-            "files": [[path, content, mode] for path, content, mode in self.files],
+            "files": [[path, content, mode] for path, content, mode in self.files + self.agent_files],
             "enable": list(self.enable),
             "mask": list(self.mask),
             "default_target": self.default_target,
@@ -248,7 +297,7 @@ def build(recipe: DebianRecipe, name: str, out: Path, images_dir: Path, log: ima
 def _configure_debian(
     recipe: DebianRecipe, root: Path, sources: Sequence[rootfs.AptSource], hosts_lines: Sequence[str]
 ) -> None:
-    for relative, content, mode in recipe.files:
+    for relative, content, mode in recipe.files + recipe.agent_files:
         _write_guest_file(root, relative, content, mode)
     _write_guest_file(root, "etc/hostname", f"{recipe.hostname}\n", 0o644)
     hosts = [

@@ -7,8 +7,12 @@ and on any failure the guest is rolled back to that snapshot. The step is open
 in the journal from before the snapshot until it is recorded or rolled back, so a
 process killed in between is rolled back by `recover` at the next start.
 
-A step that fails is recorded with its cause and the engine goes on with the
-other resources; the caller turns any failure into exit code 1. The engine
+A step that fails is recorded with its cause and its triage category
+(`triage`: NETWORK_FAILURE, DISK_FULL, ...). A temporary failure (NETWORK_FAILURE)
+is retried with backoff: a pack step from a new snapshot, any other step after
+re-planning its one object from a fresh observation. A permanent one is not.
+Then the engine goes on with the other resources; the caller turns any failure
+into exit code 1. The engine
 talks to backends only through protocols and reports progress only through
 `EngineHook`s (rendering lives in views.py).
 """
@@ -28,6 +32,7 @@ from somnus_reconciler.model import CapabilityPackSpec
 from somnus_reconciler.journal import Journal, OpenStep
 from somnus_reconciler.plan import Action, Change, Disruption, Plan
 from somnus_reconciler.providers import ContainerProvider, ProviderError, VmProvider
+from somnus_reconciler.triage import Category, FailureClassifier
 
 
 @dataclass(frozen=True)
@@ -36,6 +41,20 @@ class StepResult:
     ok: bool
     message: str
     duration_s: float
+    category: Category | None = None  # failures only
+    attempts: int = 1
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often a step that failed temporarily is tried, and how long to wait in between."""
+
+    attempts: int = 3
+    first_delay_s: float = 2.0
+    factor: float = 4.0
+
+    def delay_s(self, failed_attempt: int) -> float:
+        return self.first_delay_s * self.factor ** (failed_attempt - 1)
 
 
 class EngineHook(Protocol):
@@ -101,6 +120,9 @@ class Engine:
         *,
         pack_steps: PackSteps | None = None,
         verify_timeout_s: float = 30.0,
+        classifier: FailureClassifier | None = None,
+        retry: RetryPolicy = RetryPolicy(),
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self._vms = vms
         self._containers = containers
@@ -108,6 +130,9 @@ class Engine:
         self._hooks = hooks
         self._packs = pack_steps
         self._verify_timeout_s = verify_timeout_s
+        self._classifier = classifier
+        self._retry = retry
+        self._sleep = sleep
 
     def execute(self, plan: Plan) -> list[StepResult]:
         failed: set[str] = set()
@@ -130,26 +155,64 @@ class Engine:
         for hook in self._hooks:
             hook.step_started(change)
         started = time.monotonic()
-        if change.action.is_pack_step:
-            ok, message, outcome = self._pack_step(change)
-            result = StepResult(change, ok, message, time.monotonic() - started)
-            self._finish(change, result, outcome)
-            return result
+        attempt = 1
+        current: Change | None = change
+        while True:
+            if current is None:  # re-planned after a failure: nothing left to do
+                ok, message, outcome = True, "done", "ok"
+            elif change.action.is_pack_step:
+                ok, message, outcome = self._pack_step(change)
+            else:
+                ok, message, outcome = self._act_and_verify(current)
+            category = None if ok else self._categorize(message)
+            if category is None or not category.temporary or attempt >= self._retry.attempts:
+                break
+            delay = self._retry.delay_s(attempt)
+            self._journal.record(change.address, _action_label(change), "retrying",
+                                 f"attempt {attempt} of {self._retry.attempts}: {message}; "
+                                 f"retrying in {delay:g}s", category.value)
+            for hook in self._hooks:
+                hook.step_event(change, f"{category.value}: attempt {attempt} failed, retrying in {delay:g}s")
+            self._sleep(delay)
+            attempt += 1
+            if not change.action.is_pack_step:
+                current = self._replan(change)
+        result = StepResult(change, ok, message, time.monotonic() - started, category, attempt)
+        self._finish(change, result, outcome)
+        return result
+
+    def _act_and_verify(self, change: Change) -> tuple[bool, str, str]:
         try:
             if change.kind == "vm":
                 self._act_vm(change)
             else:
                 self._act_container(change)
             self._verify(change)
-            result = StepResult(change, True, "done", time.monotonic() - started)
         except (ProviderError, VerifyFailed) as e:
-            result = StepResult(change, False, str(e), time.monotonic() - started)
-        self._finish(change, result, "ok" if result.ok else "failed")
-        return result
+            return False, str(e), "failed"
+        return True, "done", "ok"
+
+    def _replan(self, change: Change) -> Change | None:
+        """The change still needed for this one object, from a fresh observation."""
+        try:
+            if change.action is Action.DELETE:
+                observe_one = self._vms.observe_one if change.kind == "vm" else self._containers.observe_one
+                return change if observe_one(change.name) is not None else None
+            if isinstance(change.desired, DesiredVm):
+                return plan_mod.vm_change(change.desired, self._vms.observe_one(change.name))
+            assert isinstance(change.desired, DesiredContainer)
+            return plan_mod.container_change(change.desired, self._containers.observe_one(change.name))
+        except ProviderError:
+            return change  # still unreachable: the next attempt says so
+
+    def _categorize(self, message: str) -> Category:
+        if self._classifier is None:
+            return Category.UNKNOWN
+        return self._classifier.classify(message).category
 
     def _finish(self, change: Change, result: StepResult, outcome: str) -> None:
-        action = change.action.value + (f" {change.pack}" if change.pack else "")
-        self._journal.record(change.address, action, outcome, result.message)
+        category = result.category.value if result.category is not None else None
+        self._journal.record(change.address, _action_label(change), outcome, result.message, category)
         for hook in self._hooks:
             hook.step_finished(result)
 
@@ -343,6 +406,10 @@ class Engine:
 
 _CONTAINER_RETAIN = 5  # containers have no snapshot policy in their spec
 _EMPTY_PACK_SPEC = CapabilityPackSpec()  # stands in for a pack removed from the manifests
+
+
+def _action_label(change: Change) -> str:
+    return change.action.value + (f" {change.pack}" if change.pack else "")
 
 
 def _applied_packs(actual: ActualVm | ActualContainer | None) -> tuple[tuple[str, str], ...]:

@@ -1,11 +1,12 @@
-"""How the host gets into a debian-12 guest: a key pair per VM, a seed disk, SSH.
+"""How the host gets into a debian-12 guest: a key pair and an agent token per VM, a seed disk, SSH.
 
 The libvirt provider (and the integration tests) call `ensure_keypair` when a
 VM is defined, put the public half on a seed disk made by `build_seed_disk`,
 attach it read-only, and call `wait_for_ssh` after starting the guest; the
 guest's `somnus-seed.service` (see `debian_image`) installs the seed's
 `authorized_keys` for root before sshd starts. `remove_keypair` goes with the
-VM's deletion.
+VM's deletion. `ensure_agent_token` makes the in-guest agent's bearer token,
+which goes on the same seed disk and which `agent_client` sends.
 
 Private keys live in the state directory, never under the guest directory:
 QEMU does not need them, and nothing here prints or logs them. SSH always goes
@@ -34,6 +35,7 @@ from somnus_reconciler import images
 KEYS_DIR = "keys"
 PRIVATE_KEY_FILE = "id_ed25519"
 PUBLIC_KEY_FILE = "id_ed25519.pub"
+AGENT_TOKEN_FILE = "agent-token"
 # The group QEMU runs in under qemu:///system on Debian (qemu.conf `group`).
 QEMU_GROUP = "libvirt-qemu"
 
@@ -65,37 +67,23 @@ def ensure_keypair(state_dir: Path, vm_name: str) -> GuestKey:
 
     The private key (OpenSSH format, no passphrase) is at
     `state_dir/keys/<vm_name>/id_ed25519`, mode 0600, in directories of mode
-    0700. Concurrent first calls agree on one key: it is published with link(2),
-    which never replaces an existing file.
+    0700 (see `_publish_secret`).
     """
     # Imported here: every `somnus diff` imports this module (through the libvirt
     # provider), and only creating a VM or reaching a guest needs a key.
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ed25519
 
-    key_dir = _key_dir(state_dir, vm_name)
-    for directory in (key_dir.parent, key_dir):
-        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.chmod(directory, 0o700)
+    key_dir = _secret_dir(state_dir, vm_name)
     private_path = key_dir / PRIVATE_KEY_FILE
     comment = f"somnus@{vm_name}"
     if not private_path.exists():
         new_key = ed25519.Ed25519PrivateKey.generate()
-        pem = new_key.private_bytes(
+        _publish_secret(private_path, new_key.private_bytes(
             serialization.Encoding.PEM,
             serialization.PrivateFormat.OpenSSH,
             serialization.NoEncryption(),
-        )
-        fd, temporary = tempfile.mkstemp(prefix=".id_ed25519.", dir=key_dir)  # mode 0600
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(pem)
-                f.flush()
-                os.fsync(f.fileno())
-            with contextlib.suppress(FileExistsError):
-                os.link(temporary, private_path)
-        finally:
-            os.unlink(temporary)
+        ))
     os.chmod(private_path, 0o600)
     key = serialization.load_ssh_private_key(private_path.read_bytes(), password=None)
     if not isinstance(key, ed25519.Ed25519PrivateKey):
@@ -106,8 +94,28 @@ def ensure_keypair(state_dir: Path, vm_name: str) -> GuestKey:
     return GuestKey(private_key=private_path, public_openssh=public_openssh)
 
 
+def ensure_agent_token(state_dir: Path, vm_name: str) -> str:
+    """The bearer token of the VM's agent, made on first call and reused after.
+
+    32 random bytes from cryptography (Fernet's key generator: os.urandom,
+    URL-safe base64), in `state_dir/keys/<vm_name>/agent-token`, mode 0600.
+    The guest gets it on the seed disk; the host sends it with every request.
+    """
+    from cryptography.fernet import Fernet
+
+    path = _secret_dir(state_dir, vm_name) / AGENT_TOKEN_FILE
+    if not path.exists():
+        _publish_secret(path, Fernet.generate_key() + b"\n")
+    return read_agent_token(state_dir, vm_name)
+
+
+def read_agent_token(state_dir: Path, vm_name: str) -> str:
+    """The VM's agent token; FileNotFoundError when the VM was made without one."""
+    return (_key_dir(state_dir, vm_name) / AGENT_TOKEN_FILE).read_text().strip()
+
+
 def remove_keypair(state_dir: Path, vm_name: str) -> None:
-    """Forget the VM's key pair; nothing happens when it has none."""
+    """Forget the VM's key pair and agent token; nothing happens when it has none."""
     shutil.rmtree(_key_dir(state_dir, vm_name), ignore_errors=True)
 
 
@@ -115,6 +123,33 @@ def _key_dir(state_dir: Path, vm_name: str) -> Path:
     if not _SAFE_NAME.fullmatch(vm_name):
         raise ValueError(f"VM name {vm_name!r} cannot name a key directory")
     return state_dir / KEYS_DIR / vm_name
+
+
+def _secret_dir(state_dir: Path, vm_name: str) -> Path:
+    """`state_dir/keys/<vm_name>`, made with mode 0700 (and its parent)."""
+    key_dir = _key_dir(state_dir, vm_name)
+    for directory in (key_dir.parent, key_dir):
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(directory, 0o700)
+    return key_dir
+
+
+def _publish_secret(path: Path, data: bytes) -> None:
+    """Write `data` to `path` with mode 0600 unless it exists.
+
+    Concurrent first calls agree on one secret: it is published with link(2),
+    which never replaces an existing file.
+    """
+    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)  # mode 0600
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        with contextlib.suppress(FileExistsError):
+            os.link(temporary, path)
+    finally:
+        os.unlink(temporary)
 
 
 def _write_public(path: Path, content: str) -> None:

@@ -30,8 +30,9 @@ CREATE TABLE IF NOT EXISTS events (
     at REAL NOT NULL,
     address TEXT NOT NULL,
     action TEXT NOT NULL,
-    outcome TEXT NOT NULL,      -- ok | failed | rolled back
-    message TEXT NOT NULL
+    outcome TEXT NOT NULL,      -- ok | failed | rolled back | retrying
+    message TEXT NOT NULL,
+    category TEXT               -- failures: the triage category (NETWORK_FAILURE, ...)
 );
 CREATE INDEX IF NOT EXISTS events_by_address ON events (address, id);
 CREATE TABLE IF NOT EXISTS steps (
@@ -52,7 +53,17 @@ CREATE TABLE IF NOT EXISTS container_packs (
     fingerprint TEXT NOT NULL,
     PRIMARY KEY (name, pack)
 );
+CREATE TABLE IF NOT EXISTS triage_cache (
+    text_sha256 TEXT PRIMARY KEY,  -- of a failure text, e.g. an error line in a guest log
+    category TEXT NOT NULL,
+    score REAL NOT NULL
+);
 """
+# Columns added after the first release: (table, column, definition).
+_ADDED_COLUMNS = (
+    ("steps", "phase", "TEXT NOT NULL DEFAULT 'started'"),
+    ("events", "category", "TEXT"),
+)
 
 
 @dataclass(frozen=True)
@@ -62,6 +73,7 @@ class Event:
     action: str
     outcome: str
     message: str
+    category: str | None = None
 
 
 @dataclass(frozen=True)
@@ -80,26 +92,39 @@ class Journal:
         self._db = sqlite3.connect(path, isolation_level=None, timeout=30)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.executescript(_SCHEMA)
-        columns = {row[1] for row in self._db.execute("PRAGMA table_info(steps)")}
-        if "phase" not in columns:  # a journal written before steps had phases
-            self._db.execute("ALTER TABLE steps ADD COLUMN phase TEXT NOT NULL DEFAULT 'started'")
+        for table, column, definition in _ADDED_COLUMNS:  # a journal written before them
+            if column not in {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}:
+                self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
 
     # -- events -------------------------------------------------------------------
-    def record(self, address: str, action: str, outcome: str, message: str) -> None:
+    def record(self, address: str, action: str, outcome: str, message: str,
+               category: str | None = None) -> None:
         with self._db:
             self._db.execute(
-                "INSERT INTO events (at, address, action, outcome, message) VALUES (?, ?, ?, ?, ?)",
-                (time.time(), address, action, outcome, message),
+                "INSERT INTO events (at, address, action, outcome, message, category) VALUES (?, ?, ?, ?, ?, ?)",
+                (time.time(), address, action, outcome, message, category),
             )
 
-    def recent(self, address: str | None = None, limit: int = 20) -> list[Event]:
-        query = "SELECT at, address, action, outcome, message FROM events"
-        args: tuple[object, ...] = (limit,)
-        if address is not None:
-            query += " WHERE address = ?"
-            args = (address, limit)
-        rows = self._db.execute(query + " ORDER BY id DESC LIMIT ?", args)
+    def recent(self, address: str | None = None, limit: int = 20, *, action: str | None = None) -> list[Event]:
+        """Newest first; optionally only one object's events, or one action's."""
+        where = [(clause, value) for clause, value in (("address = ?", address), ("action = ?", action))
+                 if value is not None]
+        query = "SELECT at, address, action, outcome, message, category FROM events"
+        if where:
+            query += " WHERE " + " AND ".join(clause for clause, _ in where)
+        rows = self._db.execute(query + " ORDER BY id DESC LIMIT ?", (*[v for _, v in where], limit))
         return [Event(*row) for row in rows]
+
+    # -- triage cache ---------------------------------------------------------------
+    def cached_triage(self, text_sha256: str) -> tuple[str, float] | None:
+        row = self._db.execute("SELECT category, score FROM triage_cache WHERE text_sha256 = ?",
+                               (text_sha256,)).fetchone()
+        return (row[0], row[1]) if row else None
+
+    def cache_triage(self, text_sha256: str, category: str, score: float) -> None:
+        with self._db:
+            self._db.execute("INSERT OR REPLACE INTO triage_cache VALUES (?, ?, ?)",
+                             (text_sha256, category, score))
 
     # -- steps --------------------------------------------------------------------
     def open_step(self, address: str, step: str, snapshot: str | None, detail: str = "") -> int:

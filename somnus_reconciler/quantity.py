@@ -53,6 +53,14 @@ def format_bytes(amount: int) -> str:
     return str(amount)
 
 
+def format_bytes_rounded(amount: int) -> str:
+    """For figures that are measured, not declared: 175992832 -> '167.8Mi'."""
+    for suffix in ("Ei", "Pi", "Ti", "Gi", "Mi", "Ki"):
+        if amount >= _SUFFIXES[suffix]:
+            return f"{amount / _SUFFIXES[suffix]:.1f}{suffix}"
+    return str(amount)
+
+
 Quantity = Annotated[
     int,
     BeforeValidator(parse_quantity),

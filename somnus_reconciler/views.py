@@ -15,7 +15,7 @@ from somnus_reconciler.desired import DesiredContainer, DesiredVm
 from somnus_reconciler.diagnostics import Diagnostic
 from somnus_reconciler.engine import StepResult
 from somnus_reconciler.plan import Action, Change, Plan
-from somnus_reconciler.quantity import format_bytes
+from somnus_reconciler.quantity import format_bytes, format_bytes_rounded
 
 
 # -- plans ---------------------------------------------------------------------
@@ -118,6 +118,14 @@ def print_json(value: object, out: TextIO | None = None) -> None:
 
 
 # -- apply progress ----------------------------------------------------------------
+def _failure_tag(result: StepResult) -> str:
+    """' [NETWORK_FAILURE, 3 attempts]' for a failed step, from what the engine recorded."""
+    parts = [result.category.value] if result.category is not None else []
+    if result.attempts > 1:
+        parts.append(f"{result.attempts} attempts")
+    return f" [{', '.join(parts)}]" if parts else ""
+
+
 class PlainProgress:
     """One line per finished step: for logs, pipes and CI."""
 
@@ -131,7 +139,7 @@ class PlainProgress:
         print(f"    {line}", file=self._out, flush=True)
 
     def step_finished(self, result: StepResult) -> None:
-        outcome = "done" if result.ok else f"FAILED: {result.message}"
+        outcome = "done" if result.ok else f"FAILED{_failure_tag(result)}: {result.message}"
         print(f"{result.change.address}: {outcome} ({result.duration_s:.1f}s)", file=self._out, flush=True)
 
 
@@ -171,13 +179,13 @@ class TerminalProgress:
         mark = "[green]✓[/]" if result.ok else "[red]✗[/]"
         from rich.markup import escape
 
-        detail = "" if result.ok else f": {escape(result.message)}"
+        detail = "" if result.ok else f"{escape(_failure_tag(result))}: {escape(result.message)}"
         self._console.print(f"{mark} {result.change.address}{detail} ({result.duration_s:.1f}s)", highlight=False)
         self._progress.advance(self._task)
 
 
 # -- status ----------------------------------------------------------------------
-STATUS_COLUMNS = ("KIND", "NAME", "STATE", "VCPUS", "MEMORY", "MANAGED", "DETAIL")
+STATUS_COLUMNS = ("KIND", "NAME", "STATE", "READY", "VCPUS", "MEMORY", "MANAGED", "DETAIL")
 
 
 def status_table(rows: Sequence[dict[str, Any]], out: TextIO | None = None) -> None:
@@ -188,9 +196,13 @@ def status_table(rows: Sequence[dict[str, Any]], out: TextIO | None = None) -> N
             return " ".join(f"{name}={address}" for name, address in row["forwards"].items())
         return f"image={row['image']}"
 
+    def ready(row: dict[str, Any]) -> str:
+        conditions: dict[str, str] = {c["type"]: c["status"] for c in row["conditions"]}
+        return conditions.get("Ready", conditions.get("Running", "")).lower()
+
     cells = [STATUS_COLUMNS] + [
         (
-            r["kind"], r["name"], r["state"], str(r.get("vcpus", "")),
+            r["kind"], r["name"], r["state"], ready(r), str(r.get("vcpus", "")),
             format_bytes(r["memory"]) if r.get("memory") else "",
             "yes" if r["managed"] else "no", detail(r),
         )
@@ -199,3 +211,26 @@ def status_table(rows: Sequence[dict[str, Any]], out: TextIO | None = None) -> N
     widths = [max(len(row[i]) for row in cells) for i in range(len(STATUS_COLUMNS))]
     for row in cells:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip(), file=out)
+
+
+def agent_lines(agent: dict[str, Any]) -> list[str]:
+    """`describe`'s agent section: address, processes, stats, recent error lines."""
+    lines = [f"agent:       {agent.get('address') or '-'}"
+             + (f" version {agent.get('version')}" if agent.get("connected") else " (not connected)")]
+    for p in agent.get("processes", []):
+        lines.append(f"  process   {p['name']:<20} pid {p.get('pid')} {'running' if p.get('running') else 'NOT running'}")
+    stats = agent.get("stats")
+    if stats:
+        memory, disk, load = stats["memory"], stats["disk"], stats["load"]
+        lines += [
+            f"  cpu       {stats['cpu_percent']:.1f}%",
+            f"  memory    {format_bytes_rounded(memory['used'])} used of {format_bytes_rounded(memory['total'])}",
+            f"  disk      {format_bytes_rounded(disk['used'])} used of {format_bytes_rounded(disk['total'])}"
+            f" on {disk['path']}",
+            f"  load      {load['1m']:.2f} {load['5m']:.2f} {load['15m']:.2f}",
+            f"  uptime    {stats['uptime_s']:.0f}s",
+        ]
+    for error in agent.get("recentErrors", [])[-5:]:
+        category = error.get("category") or "unclassified"
+        lines.append(f"  error     [{category}] {error['file']}:{error['line']}: {error['text'][:160]}")
+    return lines

@@ -28,6 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--listen", required=True, type=_listen_address, metavar="HOST:PORT")
     parser.add_argument("--token-file", required=True, type=pathlib.Path)
     parser.add_argument("--config", type=pathlib.Path, default=None)
+    parser.add_argument("--exec-log", type=pathlib.Path, default=None,
+                        help="log of every /execute (default: somnus-agent.log next to --config, else stderr)")
     return parser
 
 
@@ -38,7 +40,7 @@ def _raise_exit(signum: int, frame: types.FrameType | None) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        runtime = AgentRuntime(args.token_file, args.config)
+        runtime = AgentRuntime(args.token_file, args.config, args.exec_log)
     except (auth.TokenFileError, config.ConfigError) as e:
         print(f"somnus_agent: refusing to start: {e}", file=sys.stderr)
         return 2

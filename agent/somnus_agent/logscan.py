@@ -10,7 +10,8 @@ import pathlib
 import re
 from typing import Any
 
-ERROR_PATTERN = re.compile(r"ERROR|Error|Traceback|FATAL|failed")
+# Case-insensitive words, and apt's "E: " prefix (dpkg says "error processing").
+ERROR_PATTERN = re.compile(r"(?i)\b(error|errors|fatal|failed|failure|traceback|denied)\b|^E: ")
 TAIL_BYTES = 256 * 1024
 MAX_LINES_PER_FILE = 100
 _COUNT_CHUNK = 1024 * 1024

@@ -16,16 +16,16 @@ from somnus_agent import auth, config, supervisor
 EXEC_LOG_NAME = "somnus-agent.log"
 
 
-def _exec_logger(config_path: pathlib.Path | None) -> logging.Logger:
-    """Execute log next to the config file, or stderr when there is none."""
+def _exec_logger(path: pathlib.Path | None) -> logging.Logger:
+    """The log of every ``/execute`` in ``path``, or on stderr when there is none."""
     logger = logging.getLogger("somnus_agent.execute")
     logger.setLevel(logging.INFO)
     logger.propagate = False
     for h in list(logger.handlers):
         logger.removeHandler(h)
     handler: logging.Handler
-    if config_path is not None:
-        handler = logging.FileHandler(config_path.parent / EXEC_LOG_NAME, encoding="utf-8")
+    if path is not None:
+        handler = logging.FileHandler(path, encoding="utf-8")
     else:
         handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
@@ -36,12 +36,15 @@ def _exec_logger(config_path: pathlib.Path | None) -> logging.Logger:
 class AgentRuntime:
     """Everything a request may need; reload swaps token and config together."""
 
-    def __init__(self, token_path: pathlib.Path, config_path: pathlib.Path | None) -> None:
+    def __init__(self, token_path: pathlib.Path, config_path: pathlib.Path | None,
+                 exec_log_path: pathlib.Path | None = None) -> None:
         self.tokens = auth.TokenStore(token_path)
         self.config_path = config_path
         self.config = config.load(config_path)
         self.supervisor = supervisor.ProcessSupervisor()
-        self.exec_log = _exec_logger(config_path)
+        if exec_log_path is None and config_path is not None:
+            exec_log_path = config_path.parent / EXEC_LOG_NAME
+        self.exec_log = _exec_logger(exec_log_path)
         self._reload_lock = threading.Lock()
 
     def start(self) -> None:

@@ -156,9 +156,11 @@ class LibvirtProvider:
                 check=True, capture_output=True, text=True,
             )
             key = guest_access.ensure_keypair(self._settings.state_dir, vm.name)
-            guest_access.build_seed_disk(
-                vm_dir / "seed.img", {"authorized_keys": (key.public_openssh + "\n").encode()}
-            )
+            token = guest_access.ensure_agent_token(self._settings.state_dir, vm.name)
+            guest_access.build_seed_disk(vm_dir / "seed.img", {
+                "authorized_keys": (key.public_openssh + "\n").encode(),
+                guest_access.AGENT_TOKEN_FILE: (token + "\n").encode(),
+            })
             forwards = tuple(
                 PortForward(name, _free_loopback_port(), port)
                 for name, port in domain_xml.GUEST_PORTS.items()

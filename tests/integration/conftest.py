@@ -142,6 +142,12 @@ def workspace(tmp_path: Path, libvirt_conn: libvirt.virConnect, docker_client: d
               base_images: None) -> Iterator[Workspace]:
     ws = Workspace(tmp_path, f"it-{uuid.uuid4().hex[:6]}", libvirt_conn, docker_client)
     yield ws
+    remove_objects(ws)
+
+
+def remove_objects(ws: Workspace) -> None:
+    """Everything a test made under its prefix: domains with their disks, containers, snapshots."""
+    libvirt_conn, docker_client = ws.conn, ws.docker
     for dom in libvirt_conn.listAllDomains(0):
         if dom.name().startswith(ws.prefix):
             if dom.isActive():

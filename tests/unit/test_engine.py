@@ -12,11 +12,12 @@ import pytest
 from somnus_reconciler.actual import ActualContainer, Snapshot
 from somnus_reconciler.desired import DesiredContainer, DesiredPack, DesiredState, DesiredVm, VmResources
 from somnus_reconciler.diagnostics import Source
-from somnus_reconciler.engine import Engine, PackSteps, snapshot_name
+from somnus_reconciler.engine import Engine, PackSteps, RetryPolicy, snapshot_name
 from somnus_reconciler.journal import Journal
 from somnus_reconciler.model import CapabilityPackSpec, PoolSpec
 from somnus_reconciler.plan import Action, Change, Disruption, Plan
 from somnus_reconciler.providers import ProviderError
+from somnus_reconciler.triage import Category, Triage
 
 SRC = Source(Path("m.yaml"), 1)
 VM = DesiredVm("vm1", VmResources(1, 2**30, 1, 2**30), "debian-12", 2**30, "debian", True,
@@ -176,3 +177,63 @@ def test_recover_rolls_back_steps_left_open_by_a_killed_process(tmp_path: Path, 
         assert rec.calls == [("revert", "vm1", SNAP)] and "rolled back to" in message
     else:
         assert rec.calls == [] and "never taken" in message
+
+
+class Verdicts:
+    """A FailureClassifier double: one fixed category, recording what it was asked."""
+
+    def __init__(self, category: Category) -> None:
+        self.category, self.texts = category, []  # type: list[str]
+
+    def classify(self, text: str) -> Triage:
+        self.texts.append(text)
+        return Triage(self.category, 0.9)
+
+
+def classified_engine(tmp_path: Path, rec: Recorder, outcome: Outcome, category: Category,
+                      slept: list[float]) -> tuple[Engine, Journal, Verdicts]:
+    journal = Journal(tmp_path / "journal.sqlite")
+    steps = PackSteps(Runner(outcome, rec.calls), {"tools": PACK}, {"tools": "fp1"}, clock=lambda: 0.0)
+    verdicts = Verdicts(category)
+    eng = Engine(rec, rec, journal, pack_steps=steps, classifier=verdicts,  # type: ignore[arg-type]
+                 retry=RetryPolicy(attempts=3, first_delay_s=2.0, factor=4.0), sleep=slept.append)
+    return eng, journal, verdicts
+
+
+def test_a_network_failure_is_retried_with_backoff_each_time_from_a_new_snapshot(tmp_path: Path) -> None:
+    rec, slept = Recorder(), []  # type: Recorder, list[float]
+    eng, journal, verdicts = classified_engine(
+        tmp_path, rec, Outcome(False, "apt", "Temporary failure resolving 'deb.debian.org'"),
+        Category.NETWORK_FAILURE, slept)
+    [result] = eng.execute(Plan((pack_change(VM),), (), ()))
+    assert not result.ok and result.attempts == 3 and result.category is Category.NETWORK_FAILURE
+    assert slept == [2.0, 8.0]
+    assert [c[0] for c in rec.calls].count("snapshot") == 3
+    assert [c[0] for c in rec.calls].count("revert") == 3
+    assert "Temporary failure resolving" in verdicts.texts[0]
+    events = journal.recent("vm/vm1")
+    assert [e.outcome for e in events] == ["rolled back", "retrying", "retrying"]
+    assert {e.category for e in events} == {"NETWORK_FAILURE"}
+
+
+def test_a_permanent_failure_is_rolled_back_once_and_not_retried(tmp_path: Path) -> None:
+    rec, slept = Recorder(), []  # type: Recorder, list[float]
+    eng, journal, _ = classified_engine(
+        tmp_path, rec, Outcome(False, "apt", "No package matching 'nope' is available"),
+        Category.DEPENDENCY_MISSING, slept)
+    [result] = eng.execute(Plan((pack_change(VM),), (), ()))
+    assert not result.ok and result.attempts == 1 and result.category is Category.DEPENDENCY_MISSING
+    assert slept == []
+    [event] = journal.recent("vm/vm1")
+    assert (event.outcome, event.category) == ("rolled back", "DEPENDENCY_MISSING")
+
+
+def test_a_temporary_provider_failure_is_replanned_and_stops_once_converged(tmp_path: Path) -> None:
+    rec, slept = Recorder(fail={"create"}), []  # type: Recorder, list[float]
+    eng, journal, _ = classified_engine(tmp_path, rec, Outcome(True), Category.NETWORK_FAILURE, slept)
+    create = Change(BOX.address, Action.CREATE, Disruption.NONE, desired=BOX)
+    [result] = eng.execute(Plan((create,), (), ()))
+    # The first create failed; the re-plan observes the container running with its spec.
+    assert result.ok and result.attempts == 2 and slept == [2.0]
+    assert [c[0] for c in rec.calls] == ["create"]
+    assert [e.outcome for e in journal.recent("container/box1")] == ["ok", "retrying"]

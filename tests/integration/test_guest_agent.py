@@ -1,0 +1,162 @@
+"""The in-guest agent in a real debian-12 guest, through the CLI and the loopback forward.
+
+One VM for the module, made by `somnus apply` under the real libvirtd (TCG).
+The image starts the agent at boot with the token the host put on the seed
+disk; the host reaches it only through the VM's 127.0.0.1 `agent` forward.
+Checked: `Ready` turns true in `somnus get`, `describe` shows the stats,
+`/execute` runs a command (and is logged in the guest without its stdin),
+a wrong or missing token is refused, a soft reboot is confirmed, and the
+token is 0600 on both sides. A missing daemon is a failure, not a skip.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import docker
+import libvirt
+import pytest
+
+from somnus_reconciler import guest_access
+from somnus_reconciler.agent_client import AgentClient, AgentRefused
+from tests.integration.conftest import Workspace, remove_objects
+
+pytestmark = pytest.mark.integration
+
+READY_TIMEOUT_S = 300.0
+DISK_SIZE_GIB = 6
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory: pytest.TempPathFactory, libvirt_conn: libvirt.virConnect,
+       docker_client: docker.DockerClient) -> Iterator[Workspace]:
+    workspace = Workspace(tmp_path_factory.mktemp("agent"), f"it-{uuid.uuid4().hex[:6]}",
+                          libvirt_conn, docker_client)
+    workspace.write("vm.yaml", {
+        "apiVersion": "somnus/v1", "kind": "VirtualMachine", "metadata": {"name": workspace.name("vm")},
+        "spec": {"resources": {"vcpus": 1, "memory": "1Gi"}, "image": "debian-12",
+                 "diskSize": f"{DISK_SIZE_GIB}Gi"},
+    })
+    workspace.somnus("image", "build", "debian-12", check_exit=0)
+    workspace.somnus("apply", str(workspace.manifests), "-y", check_exit=0)
+    yield workspace
+    remove_objects(workspace)
+
+
+def vm_row(ws: Workspace) -> dict[str, Any]:
+    return ws.get_json()[f"vm/{ws.name('vm')}"]
+
+
+def conditions(row: dict[str, Any]) -> dict[str, str]:
+    return {c["type"]: c["status"] for c in row["conditions"]}
+
+
+@pytest.fixture(scope="module")
+def ready_row(ws: Workspace) -> dict[str, Any]:
+    """`somnus get` polled until the VM's Ready condition is True."""
+    started = time.monotonic()
+    while True:
+        row = vm_row(ws)
+        if conditions(row).get("Ready") == "True":
+            print(f"\nagent Ready {time.monotonic() - started:.1f} s after apply returned")
+            return row
+        assert time.monotonic() - started < READY_TIMEOUT_S, f"not Ready after {READY_TIMEOUT_S:.0f} s: {row}"
+        time.sleep(2)
+
+
+@pytest.fixture(scope="module")
+def client(ws: Workspace, ready_row: dict[str, Any]) -> AgentClient:
+    host, port = ready_row["forwards"]["agent"].rsplit(":", 1)
+    assert host == "127.0.0.1"
+    return AgentClient(int(port), guest_access.read_agent_token(ws.state_dir, ws.name("vm")))
+
+
+def test_the_agent_starts_at_boot_and_the_vm_turns_ready(ws: Workspace, ready_row: dict[str, Any],
+                                                          client: AgentClient) -> None:
+    assert conditions(ready_row)["AgentConnected"] == "True"
+    agent = ready_row["agent"]
+    assert agent["connected"] and agent["ok"] and agent["stats"]["uptime_s"] > 0
+    assert agent["stats"]["source"] == "psutil"  # Debian's python3-psutil, from the image
+    enabled = client.execute(["systemctl", "is-enabled", "somnus-agent.service"])
+    assert enabled["stdout"].strip() == "enabled"
+
+
+def test_execute_runs_a_command_and_the_guest_logs_it_without_its_stdin(client: AgentClient) -> None:
+    result = client.execute(["sh", "-c", "cat >/dev/null; id -u; hostname"], stdin="a-secret-in-stdin")
+    assert result["exit_code"] == 0 and result["stdout"].split() == ["0", "somnus-debian"]
+    slow = client.execute(["sleep", "30"], timeout_s=1)
+    assert slow["timed_out"] and slow["duration_s"] < 10
+    log = client.execute(["cat", "/var/log/somnus-agent-exec.log"])["stdout"]
+    assert "argv0='sh' exit_code=0" in log and "a-secret-in-stdin" not in log
+
+
+def test_a_wrong_or_missing_token_is_refused(client: AgentClient) -> None:
+    for token in ("wrong-token", ""):
+        with pytest.raises(AgentRefused) as refused:
+            AgentClient(client.port, token).execute(["touch", "/tmp/must-not-exist"])
+        assert refused.value.status == 401
+    assert client.execute(["test", "-e", "/tmp/must-not-exist"])["exit_code"] == 1
+
+
+def test_the_token_is_0600_on_the_host_and_in_the_guest(ws: Workspace, client: AgentClient) -> None:
+    host_file = ws.state_dir / "keys" / ws.name("vm") / guest_access.AGENT_TOKEN_FILE
+    assert host_file.stat().st_mode & 0o777 == 0o600
+    guest_mode = client.execute(["stat", "-c", "%a %U", "/etc/somnus/agent-token"])["stdout"].split()
+    assert guest_mode == ["600", "root"]
+
+
+def configure(client: AgentClient, processes: list[dict[str, Any]], watch_logs: list[str]) -> dict[str, Any]:
+    """Write the guest's agent.json through /execute and have the agent reload it."""
+    config = {"processes": processes, "watch_logs": watch_logs}
+    written = client.execute(["sh", "-c", "umask 077; cat >/etc/somnus/agent.json"], stdin=json.dumps(config))
+    assert written["exit_code"] == 0, written
+    return client.reload_config()
+
+
+def test_a_soft_reboot_restarts_the_monitored_processes_and_is_confirmed(
+        ws: Workspace, client: AgentClient) -> None:
+    [before] = configure(client, [{"name": "notebook", "argv": ["sleep", "infinity"]}], [])["processes"]
+    assert before["running"]
+
+    rebooted = ws.somnus("soft-reboot", f"vm/{ws.name('vm')}", check_exit=0)
+    assert "soft reboot confirmed" in rebooted.stdout
+    [after] = client.status()["processes"]
+    assert after["running"] and after["pid"] != before["pid"]
+    row = vm_row(ws)
+    assert conditions(row)["SoftRebootConfirmed"] == "True" and conditions(row)["Ready"] == "True"
+
+    # A process that cannot stay up: the soft reboot is not confirmed, and Ready says why.
+    configure(client, [{"name": "crasher", "argv": ["false"]}], [])
+    timed_out = ws.somnus("soft-reboot", f"vm/{ws.name('vm')}", "--timeout", "3", check_exit=1)
+    assert "NOT confirmed" in timed_out.stdout and "crasher" in timed_out.stdout
+    row = vm_row(ws)
+    assert conditions(row)["SoftRebootConfirmed"] == "False" and conditions(row)["Ready"] == "False"
+
+
+def test_describe_shows_health_stats_and_classified_error_lines(ws: Workspace, client: AgentClient) -> None:
+    configure(client, [], ["/var/log/notebook.log"])
+    line = "E: Unable to locate package python3-nonexistent-thing"
+    assert client.execute(["sh", "-c", f"echo '{line}' >> /var/log/notebook.log"])["exit_code"] == 0
+    out = ws.somnus("describe", f"vm/{ws.name('vm')}", check_exit=0).stdout
+    assert "AgentConnected       True" in out
+    for figure in ("cpu ", "memory ", "disk ", "load ", "uptime "):
+        assert f"  {figure}" in out, out
+    assert f"[DEPENDENCY_MISSING] /var/log/notebook.log:1: {line}" in out
+
+
+def test_the_root_file_system_grew_to_the_declared_disk_size(client: AgentClient) -> None:
+    total = client.stats_basic()["disk"]["total"]
+    assert total > (DISK_SIZE_GIB - 1) * 2**30, f"/ is {total} bytes on a {DISK_SIZE_GIB}Gi disk"
+
+
+def test_no_token_reaches_the_cli_output_or_the_journal(ws: Workspace, client: AgentClient) -> None:
+    token = client.token
+    for args in (("get", "-o", "json"), ("describe", f"vm/{ws.name('vm')}")):
+        result = ws.somnus(*args, check_exit=0)
+        assert token not in result.stdout + result.stderr
+    for journal_file in ws.state_dir.glob("journal.sqlite*"):  # with its WAL, if any
+        assert token.encode() not in journal_file.read_bytes()
