@@ -10,3 +10,5 @@ echo "== somnus get"
 somnus get
 echo "== somnus diff manifests/quickstart capability_packs (in sync: exit 0)"
 somnus diff manifests/quickstart capability_packs
+echo "== somnus describe vm/quickstart-vm (the in-guest agent: health and stats)"
+somnus describe vm/quickstart-vm

@@ -114,53 +114,59 @@ def apply(paths: Sequence[Path], prune: bool, dry_run: bool, yes: bool, state_di
     One apply at a time per state directory. Steps a killed apply left open are
     rolled back first.
     """
-    from somnus_reconciler import reconcile, triage
-    from somnus_reconciler.engine import Engine, EngineHook, PackSteps
-    from somnus_reconciler.guests import AnsiblePackRunner
-    from somnus_reconciler.journal import ApplyLock, Journal
+    import signal
+    import threading
+
+    from somnus_reconciler import converge, reconcile, triage
 
     try:
         desired = reconcile.load_desired(paths)
         backends = reconcile.open_backends(desired, state_dir=state_dir)
     except InvalidInput as e:
         _report_invalid(e)
-    settings = backends.settings
-    with ApplyLock(settings.state_dir, on_wait=lambda message: click.echo(message, err=True)):
-        journal = Journal(settings.journal_path)
-        hooks: list[EngineHook] = []
-        engine = Engine(
-            backends.vms, backends.containers, journal, hooks,
-            pack_steps=PackSteps(AnsiblePackRunner(backends.vms, settings.state_dir),
-                                 desired.packs, desired.pack_fingerprints),
-            classifier=triage.default_classifier(),
-        )
-        try:
-            for line in engine.recover(desired):
-                click.echo(f"recovered: {line}")
-            plan = reconcile.prepare(desired, backends, prune=prune)
-        except InvalidInput as e:
-            _report_invalid(e)
-        except (BackendUnavailable, ProviderError) as e:
-            _fail(str(e))
+    terminal = sys.stdout.isatty()
+    progress: views.TerminalProgress | views.PlainProgress = (
+        views.TerminalProgress() if terminal else views.PlainProgress())
+    interrupted = threading.Event()
+
+    def on_plan(plan: Plan) -> bool:
         _show_plan(plan, "text")
         if dry_run or not plan.changes:
-            sys.exit(EXIT_OK if plan.in_sync or not dry_run else EXIT_PENDING)
-        interactive = sys.stdin.isatty() and sys.stdout.isatty()
-        if interactive and not yes and not click.confirm("Apply these changes?", default=False):
+            return False
+        if terminal and sys.stdin.isatty() and not yes and not click.confirm("Apply these changes?", default=False):
             _fail("cancelled; nothing was changed")
-        if sys.stdout.isatty():
-            progress = views.TerminalProgress(len(plan.changes))
-            hooks.append(progress)
-            with progress:
-                results = engine.execute(plan)
-        else:
-            hooks.append(views.PlainProgress())
-            results = engine.execute(plan)
-        journal.close()
-    backends.close()
-    failed = [r for r in results if not r.ok]
-    click.echo(f"Apply finished: {len(results) - len(failed)} step(s) done, {len(failed)} failed.")
-    sys.exit(EXIT_FAILED if failed else EXIT_OK)
+        # From here on, Ctrl-C or SIGTERM lets the current step finish or roll back, then stops.
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, lambda _signum, _frame: interrupted.set())
+        if isinstance(progress, views.TerminalProgress):
+            progress.start(len(plan.changes))
+        return True
+
+    options = converge.PassOptions(
+        prune=prune, hooks=[progress], on_plan=on_plan, classifier=triage.default_classifier(),
+        on_lock_wait=lambda message: click.echo(message, err=True), should_stop=interrupted.is_set,
+    )
+    try:
+        report = converge.run_pass(desired, backends, options)
+    except InvalidInput as e:
+        _report_invalid(e)
+    except (BackendUnavailable, ProviderError) as e:
+        _fail(str(e))
+    finally:
+        if isinstance(progress, views.TerminalProgress):
+            progress.stop()
+        backends.close()
+    for line in report.recovered:
+        click.echo(f"recovered: {line}")
+    for change in report.reported_drift:
+        click.echo(f"drift (driftPolicy: warn, left alone): {change.address}: {views.describe_change(change)}")
+    if report.declined:
+        sys.exit(EXIT_OK if report.plan.in_sync or not dry_run else EXIT_PENDING)
+    failed = report.failed
+    if report.stopped:
+        click.echo(f"Interrupted: {len(report.plan.changes) - len(report.results)} step(s) not started.")
+    click.echo(f"Apply finished: {len(report.results) - len(failed)} step(s) done, {len(failed)} failed.")
+    sys.exit(EXIT_FAILED if failed or report.stopped else EXIT_OK)
 
 
 def _guest(address: str) -> tuple[str, str]:
@@ -387,6 +393,163 @@ def soft_reboot(address: str, timeout_s: float, state_dir: str | None) -> None:
     verdict = "confirmed" if outcome.confirmed else "NOT confirmed"
     click.echo(f"vm/{name}: soft reboot {verdict} in {outcome.duration_s:.1f}s: {outcome.message}")
     sys.exit(EXIT_OK if outcome.confirmed else EXIT_FAILED)
+
+
+@cli.command()
+@click.option("--object", "address", metavar="KIND/NAME", help="Only this object's events (vm/NAME, container/NAME).")
+@click.option("--since", metavar="WHEN", help="Only events since a duration ago (30m, 2h, 7d) or an ISO date/time.")
+@click.option("--outcome", help="Only events with this outcome (ok, failed, rolled back, retrying, corrected, ...).")
+@click.option("--limit", type=click.IntRange(min=1), default=None,
+              help="The newest N events, shown oldest first [50]; with --search the N best matches [5].")
+@click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table")
+@click.option("--search", "search_text", metavar="TEXT",
+              help="Events nearest in meaning to TEXT, most similar first, with a score.")
+@click.option("--rebuild-index", is_flag=True, help="Index every event anew for --search and say how many.")
+@_state_dir
+def history(address: str | None, since: str | None, outcome: str | None, limit: int | None, output: str,
+            search_text: str | None, rebuild_index: bool, state_dir: str | None) -> None:
+    """Past operations from the journal: steps, failures, drift; --search finds them by meaning."""
+    import datetime
+    import time
+
+    from somnus_reconciler import history as history_mod, settings as settings_mod
+    from somnus_reconciler.journal import Event, Journal
+
+    if address is not None:
+        kind, _, name = address.partition("/")
+        kind = model.SHORT_KIND.get(kind, kind)
+        if kind not in ("vm", "container") or not name:
+            _fail(f"--object {address!r}: give vm/NAME or container/NAME")
+        address = f"{kind}/{name}"
+    try:
+        since_at = None if since is None else history_mod.parse_since(since, time.time())
+    except ValueError as e:
+        _fail(f"--since: {e}")
+    settings = settings_mod.resolve(state_dir=state_dir)
+    entries: list[Event] = []
+    scores: list[float] | None = None
+    if settings.journal_path.exists():  # none yet: no history, and none is made by reading
+        journal = Journal(settings.journal_path)
+        try:
+            if search_text is None and not rebuild_index:
+                entries = journal.history(address=address, since=since_at, outcome=outcome, limit=limit or 50)
+            else:
+                index = history_mod.HistoryIndex(settings.state_dir)
+                if rebuild_index:
+                    click.echo(f"indexed {index.rebuild(journal)} event(s)", err=search_text is not None)
+                else:
+                    index.sync(journal)
+                if search_text is not None:
+                    hits = index.search(search_text, limit=limit or 5, address=address, outcome=outcome,
+                                        since=since_at)
+                    entries, scores = [hit.entry for hit in hits], [hit.score for hit in hits]
+        except history_mod.HistoryIndexError as e:
+            _fail(str(e))
+        finally:
+            journal.close()
+    elif rebuild_index:
+        click.echo("indexed 0 event(s)", err=search_text is not None)
+    if rebuild_index and search_text is None:
+        return
+    if output == "json":
+        views.print_json({"items": [
+            {"id": e.id,
+             "at": datetime.datetime.fromtimestamp(e.at, datetime.timezone.utc).isoformat(timespec="seconds"),
+             "address": e.address, "action": e.action, "outcome": e.outcome, "category": e.category,
+             "message": e.message, **({"score": scores[i]} if scores is not None else {})}
+            for i, e in enumerate(entries)
+        ]})
+    else:
+        views.history_table(entries, scores)
+
+
+def _duration(value: str, option: str) -> float:
+    from somnus_reconciler.quantity import parse_duration
+
+    try:
+        seconds = parse_duration(value)
+    except ValueError as e:
+        _fail(f"{option}: {e}")
+    if seconds <= 0:
+        _fail(f"{option}: must be more than 0")
+    return seconds
+
+
+def _loop(output: str, prune: bool, state_dir: str | None) -> Any:
+    """A reconcile loop writing its events as text lines or JSON lines, stopped by SIGINT/SIGTERM."""
+    from somnus_reconciler import triage
+    from somnus_reconciler.loop import Loop
+
+    def emit(event: dict[str, Any]) -> None:
+        if output == "json":
+            views.print_json(event, compact=True)
+        elif (line := views.loop_event_line(event)) is not None:
+            click.echo(line)
+
+    loop = Loop(emit, prune=prune, state_dir=state_dir, classifier=triage.default_classifier())
+    loop.install_signal_handlers()
+    return loop
+
+
+_loop_options = [
+    click.option("--interval", default="60s", show_default=True,
+                 help="Resync interval: drift is found and corrected even without a change."),
+    click.option("--prune", is_flag=True, help="Delete owned objects that are no longer declared."),
+    click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text",
+                 help="text: one line per reconcile; json: one event per line."),
+    _state_dir,
+]
+
+
+def _with_loop_options(command: Any) -> Any:
+    for option in reversed(_loop_options):
+        command = option(command)
+    return command
+
+
+@cli.command()
+@_paths
+@_with_loop_options
+def watch(paths: Sequence[Path], interval: str, prune: bool, output: str, state_dir: str | None) -> None:
+    """Reconcile PATHS on every change and every --interval, until SIGINT or SIGTERM."""
+    from somnus_reconciler import watch as watch_mod
+
+    interval_s = _duration(interval, "--interval")
+    loop = _loop(output, prune, state_dir)
+    try:
+        watch_mod.watch(paths, loop, interval_s=interval_s)
+    finally:
+        loop.close()
+
+
+@cli.command()
+@click.argument("repo")
+@click.option("--branch", default="main", show_default=True)
+@click.option("--path", "subpath", default=".", show_default=True, help="Manifests directory in the repository.")
+@_with_loop_options
+def gitops(repo: str, branch: str, subpath: str, interval: str, prune: bool, output: str,
+           state_dir: str | None) -> None:
+    """Follow BRANCH of REPO (any URL git takes): apply each new revision, quarantine bad ones.
+
+    Fetches every --interval and at once on SIGHUP. The clone and the journal live
+    in the state directory given here (--state-dir, SOMNUS_STATE_DIR or the default),
+    whatever the manifests' Pool says.
+    """
+    import signal
+    import threading
+
+    from somnus_reconciler import gitops as gitops_mod, settings as settings_mod
+
+    interval_s = _duration(interval, "--interval")
+    resolved = settings_mod.resolve(state_dir=state_dir).state_dir
+    loop = _loop(output, prune, str(resolved))
+    fetch_now = threading.Event()
+    signal.signal(signal.SIGHUP, lambda _signum, _frame: fetch_now.set())
+    try:
+        gitops_mod.follow(gitops_mod.GitSource(repo, branch, subpath), loop, state_dir=resolved,
+                          interval_s=interval_s, fetch_now=fetch_now)
+    finally:
+        loop.close()
 
 
 @cli.command()

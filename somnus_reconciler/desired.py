@@ -47,6 +47,7 @@ class DesiredVm:
     profile: str | None
     source: Source = field(compare=False)
     pool: str = DEFAULT_POOL
+    drift_policy: str = "correct"  # correct | warn
 
     @property
     def address(self) -> str:
@@ -70,6 +71,7 @@ class DesiredContainer:
     owner: str | None
     source: Source = field(compare=False)
     pool: str = DEFAULT_POOL
+    drift_policy: str = "correct"  # correct | warn
 
     @property
     def address(self) -> str:
@@ -82,10 +84,12 @@ class DesiredContainer:
 
 def _spec_hash(obj: DesiredVm | DesiredContainer) -> str:
     """Hash of what the object is, without its packs: those are tracked one by one
-    with their fingerprints, so adding a pack never recreates anything."""
+    with their fingerprints, so adding a pack never recreates anything. Nor does
+    the drift policy count: it says what a resync does, not what the object is."""
     data = asdict(obj)
     data.pop("source")
     data.pop("packs")
+    data.pop("drift_policy")
     return _hash(data)
 
 

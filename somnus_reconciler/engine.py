@@ -120,6 +120,7 @@ class Engine:
         *,
         pack_steps: PackSteps | None = None,
         verify_timeout_s: float = 30.0,
+        boot_timeout_s: float = 300.0,
         classifier: FailureClassifier | None = None,
         retry: RetryPolicy = RetryPolicy(),
         sleep: Callable[[float], None] = time.sleep,
@@ -130,14 +131,25 @@ class Engine:
         self._hooks = hooks
         self._packs = pack_steps
         self._verify_timeout_s = verify_timeout_s
+        self._boot_timeout_s = boot_timeout_s
         self._classifier = classifier
         self._retry = retry
         self._sleep = sleep
 
-    def execute(self, plan: Plan) -> list[StepResult]:
+    def execute(self, plan: Plan, *, revision: str | None = None,
+                should_stop: Callable[[], bool] = lambda: False) -> list[StepResult]:
+        """Run the plan's steps in order; `should_stop` is asked before each one (a
+        watcher told to stop lets the current step finish or roll back, then returns).
+
+        Each object a step converged is recorded in the journal as applied, with its
+        spec hash and `revision` (gitops); that is how a later resync tells drift
+        from intent for an object that has gone.
+        """
         failed: set[str] = set()
         results = []
         for change in plan.changes:
+            if should_stop():
+                break
             if change.action.is_pack_step and change.address in failed:
                 # The guest's own change failed: its packs wait for the next run.
                 for hook in self._hooks:
@@ -146,10 +158,24 @@ class Engine:
                 self._finish(change, result, "skipped")
             else:
                 result = self._step(change)
+                self._record_applied(result, revision)
             if not result.ok:
                 failed.add(change.address)
             results.append(result)
         return results
+
+    def _record_applied(self, result: StepResult, revision: str | None) -> None:
+        change = result.change
+        if change.drift:
+            what = ", ".join(str(f) for f in change.fields) or describe_action(change)
+            self._journal.record(change.address, "drift", "corrected" if result.ok else "failed",
+                                 f"{what}: {result.message}", result.category.value if result.category else None)
+        if not result.ok:
+            return
+        if change.action is Action.DELETE:
+            self._journal.forget_applied(change.address)
+        elif change.desired is not None:
+            self._journal.set_applied(change.address, change.desired.spec_hash, revision)
 
     def _step(self, change: Change) -> StepResult:
         for hook in self._hooks:
@@ -397,7 +423,11 @@ class Engine:
             check = lambda: _remaining(  # noqa: E731
                 plan_mod.container_change(want_c, self._containers.observe_one(want_c.name))
             )
-        deadline = time.monotonic() + self._verify_timeout_s
+        # A guest that (re)boots reaches its declared memory only once its balloon
+        # driver has loaded, which under TCG can take minutes on a busy host.
+        boots = change.kind == "vm" and (change.action in (Action.CREATE, Action.REPLACE, Action.START)
+                                         or change.disruption is Disruption.RESTART)
+        deadline = time.monotonic() + (self._boot_timeout_s if boots else self._verify_timeout_s)
         while (problem := check()) is not None:
             if time.monotonic() >= deadline:
                 raise VerifyFailed(f"{change.address}: not converged after {change.action.value}: {problem}")
@@ -410,6 +440,11 @@ _EMPTY_PACK_SPEC = CapabilityPackSpec()  # stands in for a pack removed from the
 
 def _action_label(change: Change) -> str:
     return change.action.value + (f" {change.pack}" if change.pack else "")
+
+
+def describe_action(change: Change) -> str:
+    """'start', 'pack install web-development (verify failed)': for journal messages."""
+    return _action_label(change) + (f" ({change.reason})" if change.reason else "")
 
 
 def _applied_packs(actual: ActualVm | ActualContainer | None) -> tuple[tuple[str, str], ...]:

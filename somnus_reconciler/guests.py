@@ -19,7 +19,8 @@ from somnus_reconciler.providers import ansible_provider
 
 class AnsiblePackRunner:
     def __init__(self, vms: VmProvider, state_dir: Path, *, ssh_timeout_s: float = 300.0,
-                 run_timeout_s: float = 1800.0) -> None:
+                 run_timeout_s: float = 1800.0, cancel: Callable[[], bool] = lambda: False) -> None:
+        self._cancel = cancel  # asked while a playbook runs: True cancels it (then rolled back)
         self._vms = vms
         self._state_dir = state_dir
         self._ssh_timeout_s = ssh_timeout_s
@@ -38,7 +39,7 @@ class AnsiblePackRunner:
         work_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         return ansible_provider.run_pack(
             target, pack, os_family=os_family, action=action, work_dir=work_dir,
-            timeout_s=self._run_timeout_s, on_event=on_event,
+            timeout_s=self._run_timeout_s, on_event=on_event, cancel=self._cancel,
         )
 
     def _ssh_target(self, vm: DesiredVm) -> ansible_provider.SshTarget:

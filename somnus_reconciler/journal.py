@@ -53,6 +53,20 @@ CREATE TABLE IF NOT EXISTS container_packs (
     fingerprint TEXT NOT NULL,
     PRIMARY KEY (name, pack)
 );
+CREATE TABLE IF NOT EXISTS applied (
+    address TEXT PRIMARY KEY,
+    spec_hash TEXT NOT NULL,       -- of the declaration last applied to it
+    revision TEXT,                 -- the git revision it came from (gitops), else NULL
+    at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS revisions (
+    source TEXT NOT NULL,          -- a gitops source: URL, branch and path
+    revision TEXT NOT NULL,
+    state TEXT NOT NULL,           -- good | quarantined
+    reason TEXT NOT NULL,
+    at REAL NOT NULL,
+    PRIMARY KEY (source, revision)
+);
 CREATE TABLE IF NOT EXISTS triage_cache (
     text_sha256 TEXT PRIMARY KEY,  -- of a failure text, e.g. an error line in a guest log
     category TEXT NOT NULL,
@@ -68,6 +82,9 @@ _ADDED_COLUMNS = (
 
 @dataclass(frozen=True)
 class Event:
+    """One row of `events`: what `describe` shows, `somnus history` lists and its index holds."""
+
+    id: int
     at: float
     address: str
     action: str
@@ -109,10 +126,27 @@ class Journal:
         """Newest first; optionally only one object's events, or one action's."""
         where = [(clause, value) for clause, value in (("address = ?", address), ("action = ?", action))
                  if value is not None]
-        query = "SELECT at, address, action, outcome, message, category FROM events"
+        query = "SELECT id, at, address, action, outcome, message, category FROM events"
         if where:
             query += " WHERE " + " AND ".join(clause for clause, _ in where)
         rows = self._db.execute(query + " ORDER BY id DESC LIMIT ?", (*[v for _, v in where], limit))
+        return [Event(*row) for row in rows]
+
+    def history(self, *, address: str | None = None, since: float | None = None,
+                outcome: str | None = None, after_id: int = 0,
+                limit: int | None = None) -> list[Event]:
+        """Events oldest first: of one object, at or after `since` (unix time), with one
+        outcome, with an id above `after_id`; with `limit`, the newest `limit` of them."""
+        where = [(clause, value) for clause, value in (
+            ("address = ?", address), ("at >= ?", since), ("outcome = ?", outcome), ("id > ?", after_id),
+        ) if value is not None]
+        query = ("SELECT id, at, address, action, outcome, message, category FROM events WHERE "
+                 + " AND ".join(clause for clause, _ in where))
+        parameters = [value for _, value in where]
+        if limit is None:
+            rows = list(self._db.execute(query + " ORDER BY id", parameters))
+        else:
+            rows = list(self._db.execute(query + " ORDER BY id DESC LIMIT ?", (*parameters, limit)))[::-1]
         return [Event(*row) for row in rows]
 
     # -- triage cache ---------------------------------------------------------------
@@ -179,6 +213,36 @@ class Journal:
             else:
                 self._db.execute("UPDATE container_packs SET container_id = ? WHERE name = ?",
                                  (container_id, name))
+
+    # -- applied declarations and revisions ---------------------------------------
+    def set_applied(self, address: str, spec_hash: str, revision: str | None) -> None:
+        with self._db:
+            self._db.execute("INSERT OR REPLACE INTO applied VALUES (?, ?, ?, ?)",
+                             (address, spec_hash, revision, time.time()))
+
+    def forget_applied(self, address: str) -> None:
+        with self._db:
+            self._db.execute("DELETE FROM applied WHERE address = ?", (address,))
+
+    def applied(self) -> dict[str, tuple[str, str | None]]:
+        """address -> (spec hash, revision) of what was last applied to it."""
+        return {row[0]: (row[1], row[2]) for row in
+                self._db.execute("SELECT address, spec_hash, revision FROM applied")}
+
+    def mark_revision(self, source: str, revision: str, state: str, reason: str) -> None:
+        with self._db:
+            self._db.execute("INSERT OR REPLACE INTO revisions VALUES (?, ?, ?, ?, ?)",
+                             (source, revision, state, reason, time.time()))
+
+    def revision_state(self, source: str, revision: str) -> str | None:
+        row = self._db.execute("SELECT state FROM revisions WHERE source = ? AND revision = ?",
+                               (source, revision)).fetchone()
+        return str(row[0]) if row else None
+
+    def last_good_revision(self, source: str) -> str | None:
+        row = self._db.execute("SELECT revision FROM revisions WHERE source = ? AND state = 'good' "
+                               "ORDER BY at DESC LIMIT 1", (source,)).fetchone()
+        return str(row[0]) if row else None
 
     def close(self) -> None:
         self._db.close()

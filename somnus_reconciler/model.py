@@ -67,6 +67,11 @@ class CapabilityPackSpec(Strict):
     verify: list[str] = Field(default_factory=list)
 
 
+# What a resync does with an out-of-band change (resized, stopped, removed, a pack's
+# verify failing): put it back, or only report it.
+DriftPolicy = Literal["correct", "warn"]
+
+
 class SnapshotPolicy(Strict):
     retain: Annotated[int, Field(ge=1, le=100)] = 5
 
@@ -80,6 +85,7 @@ class VirtualMachineSpec(Strict):
     running: bool = True
     packs: list[Name] = Field(default_factory=list)
     snapshots: SnapshotPolicy = Field(default_factory=SnapshotPolicy)
+    drift_policy: DriftPolicy = "correct"
 
     @model_validator(mode="after")
     def _one_source_of_resources(self) -> VirtualMachineSpec:
@@ -100,6 +106,7 @@ class ContainerSpec(Strict):
     packs: list[Name] = Field(default_factory=list)
     network: Literal["none", "host"] = "none"
     env: dict[str, str] = Field(default_factory=dict)
+    drift_policy: DriftPolicy = "correct"
 
 
 class Reserved(Strict):

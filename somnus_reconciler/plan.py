@@ -7,7 +7,9 @@ admission checks it (admission.py), the engine executes it (engine.py).
 
 from __future__ import annotations
 
+import dataclasses
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from somnus_reconciler.actual import ActualContainer, ActualState, ActualVm
@@ -69,6 +71,8 @@ class Change:
     actual: ActualVm | ActualContainer | None = field(default=None, compare=False)
     reason: str = ""  # why (prune, spec changed, ...), for the plan line
     pack: str | None = None  # for pack steps: which pack
+    # Out-of-band: the declaration did not change since it was applied, the object did.
+    drift: bool = False
 
     @property
     def kind(self) -> str:
@@ -96,7 +100,16 @@ def _show(name: str, value: object) -> str:
     return str(value)
 
 
-def compute(desired: DesiredState, actual: ActualState, *, prune: bool) -> Plan:
+def compute(desired: DesiredState, actual: ActualState, *, prune: bool,
+            applied: Mapping[str, str] | None = None,
+            failing_packs: frozenset[tuple[str, str]] = frozenset()) -> Plan:
+    """The changes from `actual` to `desired`.
+
+    `applied` (address -> spec hash last applied, from the journal) tells drift from
+    intent for objects that are gone; `failing_packs` ((address, pack) whose verify
+    commands failed in the guest at a resync) plans those packs again as drift.
+    """
+    applied = applied or {}
     changes: list[Change] = []
     conflicts: list[Diagnostic] = []
     leftovers: list[str] = []
@@ -110,12 +123,13 @@ def compute(desired: DesiredState, actual: ActualState, *, prune: bool) -> Plan:
         if have is not None and have.mark is not None and have.mark.pool != scope:
             conflicts.append(_other_pool(want, have.mark.pool))
             continue
-        change = vm_change(want, have)
+        change = _with_drift(vm_change(want, have), have.mark.spec_hash if have and have.mark else None,
+                             applied.get(want.address), want.spec_hash)
         if change is not None:
             changes.append(change)
         if want.running:  # a stopped guest gets its packs when it runs
             changes += pack_changes(want, _packs_kept(change, have.mark.packs if have and have.mark else ()),
-                                    desired.pack_fingerprints, have)
+                                    desired.pack_fingerprints, have, failing_packs)
 
     for name, want_c in sorted(desired.containers.items()):
         have_c = actual.containers.get(name)
@@ -125,11 +139,12 @@ def compute(desired: DesiredState, actual: ActualState, *, prune: bool) -> Plan:
         if have_c is not None and have_c.pool != scope:
             conflicts.append(_other_pool(want_c, have_c.pool))
             continue
-        change = container_change(want_c, have_c)
+        change = _with_drift(container_change(want_c, have_c), have_c.spec_hash if have_c else None,
+                             applied.get(want_c.address), want_c.spec_hash)
         if change is not None:
             changes.append(change)
         changes += pack_changes(want_c, _packs_kept(change, have_c.packs if have_c else ()),
-                                desired.pack_fingerprints, have_c)
+                                desired.pack_fingerprints, have_c, failing_packs)
 
     # Only objects applied under the same Pool are ours to list or prune.
     undeclared: list[ActualVm | ActualContainer] = [
@@ -152,6 +167,26 @@ def compute(desired: DesiredState, actual: ActualState, *, prune: bool) -> Plan:
     return Plan(tuple(changes), tuple(leftovers), tuple(conflicts))
 
 
+def _with_drift(change: Change | None, marked: str | None, applied: str | None, wanted: str) -> Change | None:
+    """Flag `change` as drift when the declaration is the one last applied: the
+    object's mark says so, or, for an object that is gone, the journal does."""
+    if change is None or change.action is Action.REPLACE:
+        return change
+    if (marked if marked is not None else applied) == wanted:
+        return dataclasses.replace(change, drift=True)
+    return change
+
+
+def split_drift(plan: Plan) -> tuple[Plan, tuple[Change, ...]]:
+    """(the plan to run, drift only reported): drift on objects with `driftPolicy: warn`
+    is left alone, and so are their pack steps; everything else runs."""
+    held = {c.address for c in plan.changes
+            if c.drift and c.desired is not None and c.desired.drift_policy == "warn"}
+    reported = tuple(c for c in plan.changes if c.address in held and c.drift)
+    kept = tuple(c for c in plan.changes if not (c.address in held and (c.drift or c.action.is_pack_step)))
+    return dataclasses.replace(plan, changes=kept), reported
+
+
 def _packs_kept(change: Change | None, applied: tuple[tuple[str, str], ...]) -> dict[str, str]:
     """Packs the object will still have after its own change: none once made anew."""
     if change is not None and change.action in (Action.CREATE, Action.REPLACE):
@@ -160,8 +195,10 @@ def _packs_kept(change: Change | None, applied: tuple[tuple[str, str], ...]) -> 
 
 
 def pack_changes(want: DesiredVm | DesiredContainer, applied: dict[str, str],
-                 fingerprints: dict[str, str], have: ActualVm | ActualContainer | None) -> list[Change]:
-    """Install what is missing or changed (in `requires` order), remove what is no longer declared."""
+                 fingerprints: dict[str, str], have: ActualVm | ActualContainer | None,
+                 failing: frozenset[tuple[str, str]] = frozenset()) -> list[Change]:
+    """Install what is missing, changed or failing its verify commands (in `requires`
+    order), remove what is no longer declared."""
     changes = []
     for pack in want.packs:
         fingerprint = fingerprints.get(pack, "")
@@ -169,6 +206,9 @@ def pack_changes(want: DesiredVm | DesiredContainer, applied: dict[str, str],
             reason = "changed" if pack in applied else ""
             changes.append(Change(want.address, Action.PACK_INSTALL, Disruption.NONE,
                                   desired=want, actual=have, reason=reason, pack=pack))
+        elif (want.address, pack) in failing:
+            changes.append(Change(want.address, Action.PACK_INSTALL, Disruption.NONE, desired=want,
+                                  actual=have, reason="verify failed", pack=pack, drift=True))
     for pack in reversed(list(applied)):
         if pack not in want.packs:
             changes.append(Change(want.address, Action.PACK_REMOVE, Disruption.NONE,

@@ -75,3 +75,15 @@ Quantity = Annotated[
         }
     ),
 ]
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?")
+_DURATION_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_duration(text: str) -> float:
+    """'60s', '5m', '1.5h', '7d', '500ms' or plain seconds -> seconds; ValueError otherwise."""
+    match = _DURATION.fullmatch(text.strip().lower())
+    if match is None:
+        raise ValueError(f"{text!r} is not a duration (e.g. 30s, 5m, 2h, 7d)")
+    return float(match[1]) * _DURATION_SECONDS[match[2] or "s"]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import psutil
 
-from somnus_reconciler import admission, images, loader, references, settings as settings_mod
+from somnus_reconciler import admission, images, loader, pack_health, references, settings as settings_mod
 from somnus_reconciler import plan as plan_mod
 from somnus_reconciler.actual import ActualContainer, ActualState, ActualVm
 from somnus_reconciler.desired import DesiredState, DesiredVm
@@ -85,10 +85,27 @@ def observe(backends: Backends) -> ActualState:
     return ActualState(vms=backends.vms.observe(), containers=containers)
 
 
-def prepare(desired: DesiredState, backends: Backends, *, prune: bool) -> Plan:
-    """Observe and plan; raise InvalidInput when the plan must not run."""
+def applied_hashes(settings: Settings) -> dict[str, str]:
+    """address -> spec hash last applied, from the journal (none yet: empty)."""
+    if not settings.journal_path.exists():
+        return {}
+    journal = Journal(settings.journal_path)
+    try:
+        return {address: spec_hash for address, (spec_hash, _) in journal.applied().items()}
+    finally:
+        journal.close()
+
+
+def prepare(desired: DesiredState, backends: Backends, *, prune: bool, check_packs: bool = False) -> Plan:
+    """Observe and plan; raise InvalidInput when the plan must not run.
+
+    With `check_packs` (a resync), the applied packs' verify commands are run in
+    their guests first, and those that fail are planned again as drift.
+    """
     actual = observe(backends)
-    plan = plan_mod.compute(desired, actual, prune=prune)
+    failing = pack_health.failing_packs(desired, actual, backends) if check_packs else frozenset()
+    plan = plan_mod.compute(desired, actual, prune=prune, applied=applied_hashes(backends.settings),
+                            failing_packs=failing)
     problems = Diagnostics(list(plan.conflicts))
 
     kept_running = [_still_running(actual, address) for address in plan.leftovers]

@@ -190,6 +190,7 @@ def _desired_vm(
         profile=spec.profile,
         source=d.source,
         pool=pool,
+        drift_policy=spec.drift_policy,
     )
 
 
@@ -209,4 +210,5 @@ def _desired_container(
         owner=container.metadata.labels.get("owner"),
         source=d.source,
         pool=pool,
+        drift_policy=spec.drift_policy,
     )

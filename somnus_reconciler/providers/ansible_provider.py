@@ -174,6 +174,7 @@ def run_pack(
     work_dir: Path,
     timeout_s: float = 1800,
     on_event: Callable[[str], None] = lambda line: None,
+    cancel: Callable[[], bool] = lambda: False,
 ) -> PackRunResult:
     """Install (or uninstall) one pack on one guest; blocks until done or `timeout_s`.
 
@@ -209,6 +210,9 @@ def run_pack(
             quiet=True,
             suppress_env_files=True,
             event_handler=events.handle,
+            # Given, so that ansible-runner does not install its own SIGINT/SIGTERM
+            # handlers over the caller's (the watch loop's stop, apply's).
+            cancel_callback=cancel,
             timeout=max(1, math.ceil(timeout_s)),
         )
         status = str(runner.status)

@@ -181,6 +181,14 @@ class DockerProvider:
         with _mapped(address, "start"):
             self._api().start(actual.container_id)
 
+    def run(self, name: str, argv: list[str]) -> int:
+        """Exit code of `argv` run in the running container `name` (as `docker exec`)."""
+        with _mapped(_address(name), "exec"):
+            api = self._api()
+            exec_id = api.exec_create(name, argv, stdout=False, stderr=False)["Id"]
+            api.exec_start(exec_id)
+            return int(api.exec_inspect(exec_id)["ExitCode"])
+
     def delete(self, name: str, *, keep_snapshots: bool = False) -> None:
         """Stop and remove a managed container, its anonymous volumes and (unless
         `keep_snapshots`, as `restore` needs) its snapshot images.

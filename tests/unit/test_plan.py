@@ -320,3 +320,59 @@ def test_a_replaced_container_gets_its_packs_again_and_adding_a_pack_does_not_re
     replaced = dataclasses.replace(box, image="other:1")
     result = plan.compute(_with_packs(desired_of(boxes=[replaced])), actual_of(boxes=[have]), prune=False)
     assert _steps(result) == [("container/box", "-/+", None, "spec changed"), ("container/box", "+", "web", "")]
+
+
+# --- drift: the declaration is the one applied, the object changed -----------------------
+
+
+def test_an_out_of_band_resize_or_stop_of_a_vm_is_drift() -> None:
+    want = want_vm()
+    resized = plan.compute(desired_of([want]), actual_of([have_vm(want, memory=2 * GiB)]),
+                           prune=False)
+    stopped = plan.compute(desired_of([want]), actual_of([have_vm(want, running=False)]),
+                           prune=False)
+    assert [c.drift for c in resized.changes + stopped.changes] == [True, True]
+
+
+def test_a_changed_declaration_is_intent_not_drift() -> None:
+    want = want_vm(memory=6 * GiB)
+    have = have_vm(want_vm(), memory=4 * GiB)  # marked with the old declaration's hash
+    [change] = plan.compute(desired_of([want]), actual_of([have]), prune=False).changes
+    assert not change.drift
+
+
+def test_a_removed_object_is_drift_only_when_the_journal_applied_this_very_declaration() -> None:
+    box = want_box()
+    desired = desired_of(boxes=[box])
+    empty = actual_of()
+    [gone] = plan.compute(desired, empty, prune=False, applied={box.address: box.spec_hash}).changes
+    [new] = plan.compute(desired, empty, prune=False).changes
+    [changed] = plan.compute(desired, empty, prune=False, applied={box.address: "older"}).changes
+    assert (gone.action, gone.drift, new.drift, changed.drift) == (Action.CREATE, True, False, False)
+
+
+def test_a_pack_whose_verify_fails_is_planned_again_as_drift() -> None:
+    want = want_vm(packs=("tools",))
+    plain = have_vm(want)
+    assert plain.mark is not None
+    have = dataclasses.replace(plain, mark=dataclasses.replace(plain.mark, packs=(("tools", "fp"),)))
+    desired = dataclasses.replace(desired_of([want]), pack_fingerprints={"tools": "fp"})
+    assert plan.compute(desired, actual_of([have]), prune=False).changes == ()
+    [again] = plan.compute(desired, actual_of([have]), prune=False,
+                           failing_packs=frozenset({(want.address, "tools")})).changes
+    assert (again.action, again.pack, again.reason, again.drift) == (Action.PACK_INSTALL, "tools", "verify failed", True)
+
+
+def test_warn_policy_sets_drift_aside_but_runs_intended_changes() -> None:
+    warned = dataclasses.replace(want_vm("warned"), drift_policy="warn")
+    corrected = want_vm("corrected")
+    changed = dataclasses.replace(want_vm("changed", memory=6 * GiB), drift_policy="warn")
+    actual = actual_of([have_vm(warned, running=False), have_vm(corrected, running=False),
+                        have_vm(want_vm("changed"), memory=4 * GiB)])
+    to_run, reported = plan.split_drift(plan.compute(desired_of([warned, corrected, changed]), actual, prune=False))
+    assert [c.address for c in to_run.changes] == ["vm/changed", "vm/corrected"]
+    assert [c.address for c in reported] == ["vm/warned"]
+
+
+def test_the_drift_policy_is_not_part_of_the_spec_hash() -> None:
+    assert dataclasses.replace(want_vm(), drift_policy="warn").spec_hash == want_vm().spec_hash

@@ -1,0 +1,77 @@
+"""A `somnus watch` / `somnus gitops` process run by a test, and its `-o json` events.
+
+A reader thread collects the JSON lines; `wait_for` blocks until an event
+matches. `stop` sends SIGTERM and returns the exit code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+Event = dict[str, Any]
+
+
+class EventStream:
+    def __init__(self, args: Sequence[str], state_dir: Path) -> None:
+        env = dict(os.environ, SOMNUS_STATE_DIR=str(state_dir), SOMNUS_SHUTDOWN_TIMEOUT="15")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "somnus_reconciler", *args, "-o", "json"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        )
+        self.events: list[Event] = []
+        self._seen = threading.Condition()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            with self._seen:
+                self.events.append(json.loads(line))
+                self._seen.notify_all()
+
+    def wait_for(self, matches: Callable[[Event], bool], timeout_s: float = 120.0, *, after: int = 0) -> Event:
+        """The first event at index >= `after` that `matches`; AssertionError after `timeout_s`."""
+        deadline = time.monotonic() + timeout_s
+        with self._seen:
+            while True:
+                for event in self.events[after:]:
+                    if matches(event):
+                        return event
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self.proc.poll() is not None:
+                    stderr = self.proc.stderr.read() if self.proc.poll() is not None and self.proc.stderr else ""
+                    raise AssertionError(
+                        f"no matching event within {timeout_s:.0f}s (exit code {self.proc.poll()}); "
+                        f"events: {json.dumps(self.events[after:], indent=1)[-3000:]}\nstderr: {stderr[-3000:]}"
+                    )
+                self._seen.wait(min(remaining, 1.0))
+
+    def reconciled(self, timeout_s: float = 120.0, *, after: int = 0, **fields: Any) -> Event:
+        """The next "reconciled" event with these field values."""
+        return self.wait_for(lambda e: e["event"] == "reconciled" and all(e.get(k) == v for k, v in fields.items()),
+                             timeout_s, after=after)
+
+    def mark(self) -> int:
+        """An index for `after=`: only events from now on."""
+        with self._seen:
+            return len(self.events)
+
+    def stop(self, timeout_s: float = 120.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=timeout_s)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+            self._reader.join(timeout=5)
