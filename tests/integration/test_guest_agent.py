@@ -5,8 +5,10 @@ The image starts the agent at boot with the token the host put on the seed
 disk; the host reaches it only through the VM's 127.0.0.1 `agent` forward.
 Checked: `Ready` turns true in `somnus get`, `describe` shows the stats,
 `/execute` runs a command (and is logged in the guest without its stdin),
-a wrong or missing token is refused, a soft reboot is confirmed, and the
-token is 0600 on both sides. A missing daemon is a failure, not a skip.
+a wrong or missing token is refused, a soft reboot is confirmed, the token
+is 0600 on both sides, and a resync of `somnus watch` runs the VM's pack's
+verify command through the agent and puts the pack back when it fails. A
+missing daemon is a failure, not a skip.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ import pytest
 from somnus_reconciler import guest_access
 from somnus_reconciler.agent_client import AgentClient, AgentRefused
 from tests.integration.conftest import Workspace, remove_objects
+from tests.integration.event_stream import EventStream
+from tests.integration.test_pack_steps import pack_doc, playbook
 
 pytestmark = pytest.mark.integration
 
@@ -36,10 +40,14 @@ def ws(tmp_path_factory: pytest.TempPathFactory, libvirt_conn: libvirt.virConnec
        docker_client: docker.DockerClient) -> Iterator[Workspace]:
     workspace = Workspace(tmp_path_factory.mktemp("agent"), f"it-{uuid.uuid4().hex[:6]}",
                           libvirt_conn, docker_client)
-    workspace.write("vm.yaml", {
+    (workspace.manifests / "playbooks").mkdir()
+    playbook(workspace.manifests / "playbooks" / "marker.yml", [
+        {"name": "write a marker", "ansible.builtin.copy": {"dest": "/opt/marker", "content": "x"}},
+    ])
+    workspace.write("vm.yaml", pack_doc("marker", playbook="playbooks/marker.yml", verify=["test -e /opt/marker"]), {
         "apiVersion": "somnus/v1", "kind": "VirtualMachine", "metadata": {"name": workspace.name("vm")},
         "spec": {"resources": {"vcpus": 1, "memory": "1Gi"}, "image": "debian-12",
-                 "diskSize": f"{DISK_SIZE_GIB}Gi"},
+                 "diskSize": f"{DISK_SIZE_GIB}Gi", "packs": ["marker"]},
     })
     workspace.somnus("image", "build", "debian-12", check_exit=0)
     workspace.somnus("apply", str(workspace.manifests), "-y", check_exit=0)
@@ -151,6 +159,20 @@ def test_describe_shows_health_stats_and_classified_error_lines(ws: Workspace, c
 def test_the_root_file_system_grew_to_the_declared_disk_size(client: AgentClient) -> None:
     total = client.stats_basic()["disk"]["total"]
     assert total > (DISK_SIZE_GIB - 1) * 2**30, f"/ is {total} bytes on a {DISK_SIZE_GIB}Gi disk"
+
+
+def test_a_resync_finds_a_pack_whose_verify_fails_through_the_agent_and_reinstalls_it(
+        ws: Workspace, client: AgentClient) -> None:
+    assert client.execute(["rm", "/opt/marker"])["exit_code"] == 0
+    stream = EventStream(["watch", str(ws.manifests), "--interval", "1h"], ws.state_dir)
+    try:
+        done = stream.reconciled(trigger="start", timeout_s=300)
+    finally:
+        assert stream.stop() == 0
+    assert (done["outcome"], done["driftCorrected"]) == ("converged", 1), done
+    [step] = [e for e in stream.events if e["event"] == "step"]
+    assert (step["action"], step["pack"], step["drift"]) == ("pack install", "marker", True)
+    assert client.execute(["test", "-e", "/opt/marker"])["exit_code"] == 0
 
 
 def test_no_token_reaches_the_cli_output_or_the_journal(ws: Workspace, client: AgentClient) -> None:
