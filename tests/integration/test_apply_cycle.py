@@ -64,7 +64,7 @@ def test_out_of_band_changes_are_detected_and_restored(workspace: Workspace) -> 
     subprocess.run(["docker", "stop", "-t", "1", ws.name("box")], check=True, capture_output=True)
 
     drift = ws.somnus("diff", str(ws.manifests), check_exit=1)
-    assert "vcpus 2 -> 1" in drift.stdout and "(restart required)" in drift.stdout
+    assert "vcpus 2 -> 1" in drift.stdout and "(drift, restart required)" in drift.stdout
     assert f"container/{ws.name('box')}" in drift.stdout and "start" in drift.stdout
 
     ws.somnus("apply", str(ws.manifests), "-y", check_exit=0)
@@ -76,7 +76,7 @@ def test_out_of_band_changes_are_detected_and_restored(workspace: Workspace) -> 
     dom.setMemoryFlags(192 * 1024, libvirt.VIR_DOMAIN_AFFECT_LIVE | libvirt.VIR_DOMAIN_AFFECT_CONFIG)
     assert _wait_memory(ws, "vm", 192 * MiB) == 192 * MiB
     drift = ws.somnus("diff", str(ws.manifests), check_exit=1)
-    assert "memory 192Mi -> 256Mi" in drift.stdout and "(live)" in drift.stdout
+    assert "memory 192Mi -> 256Mi" in drift.stdout and "(drift, live)" in drift.stdout
     ws.somnus("apply", str(ws.manifests), "-y", check_exit=0)
     ws.somnus("diff", str(ws.manifests), check_exit=0)
 
