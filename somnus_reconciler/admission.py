@@ -3,24 +3,41 @@
 A pure function of the desired state and host figures the caller measures
 (`reconcile` fills `HostCapacity` from psutil). Counted is what runs once the
 plan is applied: VMs declared `running: true`, every declared container, and
-owned leftovers that stay running because `--prune` was not given. A refusal
-is a `Diagnostic` with the numbers; the caller raises them as `InvalidInput`.
+owned leftovers that stay running because `--prune` was not given. Disk is
+counted whether a VM runs or not: no VM's disk may exceed the file system of
+the guest directory, and the disks a plan creates must fit in its free space
+(their full size: qcow2 grows up to it). A refusal is a `Diagnostic` with the
+numbers; the caller raises them as `InvalidInput`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
 
 from somnus_reconciler import quantity
 from somnus_reconciler.desired import DesiredState
 from somnus_reconciler.diagnostics import Diagnostic, Source
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class DiskCapacity:
+    """The file system that holds the guest directory (VM disks)."""
+
+    path: Path
+    total: int  # bytes
+    free: int  # bytes
 
 
 @dataclass(frozen=True)
 class HostCapacity:
     cpus: int
     memory: int  # bytes
+    disk: DiskCapacity | None = None  # None: not measured, disk is not checked
 
 
 @dataclass(frozen=True)
@@ -41,7 +58,9 @@ def check(
     host: HostCapacity,
     *,
     also_running: Sequence[tuple[str, int, int, str | None]] = (),
+    new_disks: Collection[str] = (),
 ) -> list[Diagnostic]:
+    """`new_disks`: names of the VMs whose disks the plan creates (create or replace)."""
     pool = desired.pool
     # Leftovers first: they run already, so a declared guest is the one that tips the scale.
     guests = [_Guest(address, vcpus, memory, owner, None)
@@ -99,16 +118,38 @@ def check(
                 f"owner {owner!r} would have {len(owned)} running VMs but the pool allows at most "
                 f"{pool.max_vms_per_owner} per owner (maxVmsPerOwner)"
             ))
+    if host.disk is not None:
+        problems += _check_disks(desired, host.disk, new_disks)
     return problems
 
 
-def _first_over(guests: Sequence[_Guest], amount: Callable[[_Guest], float], limit: float) -> _Guest | None:
-    """The guest whose addition takes the running total past `limit`."""
-    total = 0.0
-    for guest in guests:
-        total += amount(guest)
+def _check_disks(desired: DesiredState, disk: DiskCapacity, new_disks: Collection[str]) -> list[Diagnostic]:
+    """Disks are the VMs' own: a refusal names the VM, not the Pool."""
+    problems: list[Diagnostic] = []
+    vms = sorted(desired.vms.items())
+    for _, vm in vms:
+        if vm.disk_size > disk.total:
+            problems.append(Diagnostic(vm.source, vm.address, (
+                f"spec.diskSize: {_size(vm.disk_size)} is more than the whole file system of "
+                f"{disk.path} ({_size(disk.total)})"
+            )))
+    created = [vm for name, vm in vms if name in new_disks]
+    needed = sum(vm.disk_size for vm in created)
+    over = _first_over(created, lambda vm: vm.disk_size, disk.free)
+    if over is not None:
+        problems.append(Diagnostic(over.source, over.address, (
+            f"new VM disks need {_size(needed)} but {disk.path} has {_size(disk.free)} free"
+        )))
+    return problems
+
+
+def _first_over(items: Sequence[T], amount: Callable[[T], float], limit: float) -> T | None:
+    """The item (guest, disk) whose addition takes the running total past `limit`."""
+    total: float = 0
+    for item in items:
+        total += amount(item)
         if total > limit:
-            return guest
+            return item
     return None
 
 

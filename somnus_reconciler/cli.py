@@ -99,7 +99,16 @@ def diff(paths: Sequence[Path], prune: bool, output: str, state_dir: str | None)
     backends, plan = _plan(paths, prune, state_dir, output)
     backends.close()
     _show_plan(plan, output)
+    _exit_if_unreachable(plan)
     sys.exit(EXIT_OK if plan.in_sync else EXIT_PENDING)
+
+
+def _exit_if_unreachable(plan: Plan) -> None:
+    """A daemon could not be reached: its half was left out of the plan, which is an error."""
+    if plan.unreachable:
+        for message in plan.unreachable:
+            click.echo(f"error: {message}; its objects were left out (retried with backoff)", err=True)
+        sys.exit(EXIT_INVALID)
 
 
 @cli.command()
@@ -161,11 +170,13 @@ def apply(paths: Sequence[Path], prune: bool, dry_run: bool, yes: bool, state_di
     for change in report.reported_drift:
         click.echo(f"drift (driftPolicy: warn, left alone): {change.address}: {views.describe_change(change)}")
     if report.declined:
+        _exit_if_unreachable(report.plan)
         sys.exit(EXIT_OK if report.plan.in_sync or not dry_run else EXIT_PENDING)
     failed = report.failed
     if report.stopped:
         click.echo(f"Interrupted: {len(report.plan.changes) - len(report.results)} step(s) not started.")
     click.echo(f"Apply finished: {len(report.results) - len(failed)} step(s) done, {len(failed)} failed.")
+    _exit_if_unreachable(report.plan)
     sys.exit(EXIT_FAILED if failed or report.stopped else EXIT_OK)
 
 

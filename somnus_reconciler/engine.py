@@ -185,12 +185,14 @@ class Engine:
         current: Change | None = change
         while True:
             if current is None:  # re-planned after a failure: nothing left to do
-                ok, message, outcome = True, "done", "ok"
+                ok, message, outcome, unreachable = True, "done", "ok", False
             elif change.action.is_pack_step:
                 ok, message, outcome = self._pack_step(change)
+                unreachable = False
             else:
-                ok, message, outcome = self._act_and_verify(current)
-            category = None if ok else self._categorize(message)
+                ok, message, outcome, unreachable = self._act_and_verify(current)
+            # A daemon that went away is a temporary failure whatever the words say.
+            category = None if ok else Category.NETWORK_FAILURE if unreachable else self._categorize(message)
             if category is None or not category.temporary or attempt >= self._retry.attempts:
                 break
             delay = self._retry.delay_s(attempt)
@@ -207,7 +209,8 @@ class Engine:
         self._finish(change, result, outcome)
         return result
 
-    def _act_and_verify(self, change: Change) -> tuple[bool, str, str]:
+    def _act_and_verify(self, change: Change) -> tuple[bool, str, str, bool]:
+        """(ok, message, journal outcome, the backend was unreachable)."""
         try:
             if change.kind == "vm":
                 self._act_vm(change)
@@ -215,8 +218,8 @@ class Engine:
                 self._act_container(change)
             self._verify(change)
         except (ProviderError, VerifyFailed) as e:
-            return False, str(e), "failed"
-        return True, "done", "ok"
+            return False, str(e), "failed", isinstance(e, ProviderError) and e.temporary
+        return True, "done", "ok", False
 
     def _replan(self, change: Change) -> Change | None:
         """The change still needed for this one object, from a fresh observation."""

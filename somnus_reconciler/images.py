@@ -11,6 +11,12 @@ and a busybox initramfs, the guest lives in RAM) and "debian-12"
 This module only finds built images and dispatches builds; what every build
 shares (staging, locks, publishing, the file names) is in `image_build`.
 
+A VM's image may also be the path of a qcow2 file of its own. `path_problem`
+(called by `references` when manifests are loaded) keeps such paths inside the
+allowed roots, symbolic links and `..` resolved first; `find_vm_image` accepts
+only a standalone qcow2, without a backing file or an external data file, since
+either would make QEMU open a second path that no root check has seen.
+
 A built image is the directory `images_dir/<name>-<recipe hash>/` holding
 disk.qcow2, vmlinuz, initrd.img and recipe.json. recipe.json carries the hash
 of the recipe it was built from; an image is found only when that hash
@@ -28,6 +34,7 @@ import json
 import shutil
 import stat
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,6 +55,10 @@ ROOT_LABEL = debian_image.ROOT_LABEL
 
 _BUILD_HINT = "run: somnus image build {name}"
 _QCOW2_MAGIC = b"QFI\xfb"
+# qcow2 header (docs/interop/qcow2.txt): version at 4, backing file offset at 8,
+# incompatible feature bits at 72 (version 3); bit 2 is "external data file".
+_QCOW2_HEADER_BYTES = 80
+_QCOW2_EXTERNAL_DATA_FILE = 1 << 2
 
 
 @dataclass(frozen=True)
@@ -74,6 +85,28 @@ def find_vm_image(image: str, images_dir: Path) -> VmImage:
     if image in _RECIPES:
         return _find_built(image, images_dir)
     return _find_qcow2_file(image)
+
+
+def is_image_path(image: str) -> bool:
+    """Whether the VM `image` names a qcow2 file rather than a base image built here."""
+    return image not in _RECIPES and ("/" in image or image.endswith(".qcow2"))
+
+
+def path_problem(image: str, allowed_roots: Sequence[Path]) -> str | None:
+    """Why the VM image path `image` is outside `allowed_roots` (None: inside, or not a path).
+
+    Both sides are resolved first (`~`, `..`, symbolic links), so neither a link
+    placed inside a root nor a root that is itself a link lets a path out.
+    """
+    if not is_image_path(image):
+        return None
+    resolved = Path(image).expanduser().resolve()
+    roots = [root.expanduser().resolve() for root in allowed_roots]
+    if any(resolved.is_relative_to(root) for root in roots):
+        return None
+    via = f" (it resolves to {resolved})" if str(resolved) != image else ""
+    return (f"{image!r} is outside the allowed image roots{via}: "
+            f"{', '.join(str(root) for root in roots)}; a Pool may allow more with allowedImageRoots")
 
 
 def is_vm_image_available(image: str, images_dir: Path) -> bool:
@@ -116,8 +149,7 @@ def _find_built(name: str, images_dir: Path) -> VmImage:
 
 def _find_qcow2_file(image: str) -> VmImage:
     path = Path(image).expanduser()
-    looks_like_path = "/" in image or image.endswith(".qcow2")
-    if not looks_like_path:
+    if not is_image_path(image):
         known = ", ".join(VM_IMAGE_NAMES)
         raise ImageError(f"unknown VM image {image!r}: give one of {known} or a path to a .qcow2 file")
     if not path.is_file():
@@ -126,11 +158,18 @@ def _find_qcow2_file(image: str) -> VmImage:
         raise ImageError(f"VM image file {str(path)!r} is not a .qcow2 file")
     try:
         with path.open("rb") as f:
-            magic = f.read(len(_QCOW2_MAGIC))
+            header = f.read(_QCOW2_HEADER_BYTES)
     except OSError as e:
         raise ImageError(f"VM image file {str(path)!r} cannot be read: {e}") from e
-    if magic != _QCOW2_MAGIC:
+    if header[:4] != _QCOW2_MAGIC:
         raise ImageError(f"VM image file {str(path)!r} is not in qcow2 format")
+    version = int.from_bytes(header[4:8], "big")
+    if int.from_bytes(header[8:16], "big") != 0:
+        raise ImageError(f"VM image file {str(path)!r} has a backing file; give a standalone "
+                         "qcow2 (qemu-img convert -O qcow2 makes one)")
+    if version >= 3 and int.from_bytes(header[72:80], "big") & _QCOW2_EXTERNAL_DATA_FILE:
+        raise ImageError(f"VM image file {str(path)!r} keeps its data in an external file; "
+                         "give a standalone qcow2 (qemu-img convert -O qcow2 makes one)")
     resolved = path.resolve()
     return VmImage(name=str(resolved), disk=resolved, kernel=None, initrd=None, cmdline="")
 

@@ -127,6 +127,7 @@ class Loop:
             return PassOutcome("error", message=str(e))
         failed = report.failed
         outcome = ("stopped" if report.stopped else "failed" if failed
+                   else "error" if report.plan.unreachable  # the reachable half went on
                    else "converged" if report.results else "in sync")
         self.emit({
             "event": "reconciled", "at": time.time(), **base, "outcome": outcome,
@@ -134,7 +135,7 @@ class Loop:
             "driftCorrected": sum(1 for r in report.results if r.change.drift and r.ok),
             "driftReported": len(report.reported_drift),
             "recovered": list(report.recovered), "durationS": round(time.time() - started, 3),
-            "errors": [f"{r.change.address}: {r.message}" for r in failed],
+            "errors": [f"{r.change.address}: {r.message}" for r in failed] + list(report.plan.unreachable),
         })
         if report.results or report.reported_drift or report.recovered:
             self._index_history(self._open(desired).settings.state_dir)

@@ -88,10 +88,12 @@ class Plan:
     changes: tuple[Change, ...]
     leftovers: tuple[str, ...]  # owned, not declared, kept because --prune was not given
     conflicts: tuple[Diagnostic, ...]  # declared names held by objects somnus does not own
+    # Why a half was left out: its daemon (libvirtd, dockerd) could not be reached.
+    unreachable: tuple[str, ...] = ()
 
     @property
     def in_sync(self) -> bool:
-        return not self.changes and not self.conflicts
+        return not self.changes and not self.conflicts and not self.unreachable
 
 
 def _show(name: str, value: object) -> str:

@@ -9,9 +9,12 @@ change is made.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+import shutil
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import psutil
 
@@ -22,10 +25,15 @@ from somnus_reconciler.desired import DesiredState, DesiredVm
 from somnus_reconciler.diagnostics import Diagnostic, Diagnostics, InvalidInput
 from somnus_reconciler.journal import Journal
 from somnus_reconciler.plan import Action, Plan
-from somnus_reconciler.providers import ansible_provider
+from somnus_reconciler.providers import BackendUnavailable, ansible_provider
 from somnus_reconciler.providers.docker_provider import DockerProvider
 from somnus_reconciler.providers.libvirt_provider import LibvirtProvider
 from somnus_reconciler.settings import Settings
+
+
+_Observed = TypeVar("_Observed", ActualVm, ActualContainer)
+# Waits between attempts to reach a daemon that does not answer, before its half is left out.
+UNREACHABLE_RETRY_DELAYS_S = (1.0, 3.0)
 
 
 @dataclass
@@ -53,13 +61,22 @@ def load_desired(paths: Sequence[Path]) -> DesiredState:
     return dataclasses.replace(desired, pack_fingerprints=fingerprints)
 
 
-def host_capacity() -> admission.HostCapacity:
-    return admission.HostCapacity(cpus=psutil.cpu_count() or 1, memory=psutil.virtual_memory().total)
+def host_capacity(guest_dir: Path | None = None) -> admission.HostCapacity:
+    """CPUs and memory; with `guest_dir`, also the file system VM disks go to."""
+    disk = None
+    if guest_dir is not None:
+        # The guest directory is made on first use: measure its nearest existing ancestor.
+        measured = next(p for p in (guest_dir, *guest_dir.parents) if p.exists())
+        usage = shutil.disk_usage(measured)
+        disk = admission.DiskCapacity(guest_dir, usage.total, usage.free)
+    return admission.HostCapacity(cpus=psutil.cpu_count() or 1, memory=psutil.virtual_memory().total,
+                                  disk=disk)
 
 
 def static_check(desired: DesiredState) -> None:
     """Admission without observing: what `validate` can say on its own."""
-    problems = admission.check(desired, host_capacity())
+    guest_dir = settings_mod.resolve(desired.pool).guest_dir
+    problems = admission.check(desired, host_capacity(guest_dir))
     if problems:
         raise InvalidInput(tuple(problems))
 
@@ -71,7 +88,35 @@ def open_backends(desired: DesiredState | None, *, state_dir: str | None = None)
 
 def observe(backends: Backends) -> ActualState:
     """libvirt and Docker, plus the containers' pack records from the journal
-    (a container's labels cannot change, so that part of its mark lives there)."""
+    (a container's labels cannot change, so that part of its mark lives there).
+    BackendUnavailable when either daemon cannot be reached."""
+    return ActualState(vms=backends.vms.observe(), containers=_observe_containers(backends))
+
+
+def observe_reachable(backends: Backends, *, retry_delays_s: Sequence[float] = UNREACHABLE_RETRY_DELAYS_S,
+                      sleep: Callable[[float], None] = time.sleep) -> tuple[ActualState, dict[str, str]]:
+    """Like `observe`, but a daemon that stays unreachable after retries with backoff
+    is left out: (what could be observed, kind -> why the other half could not)."""
+    unreachable: dict[str, str] = {}
+
+    def attempt(kind: str, read: Callable[[], dict[str, _Observed]]) -> dict[str, _Observed]:
+        for delay in retry_delays_s:
+            try:
+                return read()
+            except BackendUnavailable:
+                sleep(delay)
+        try:
+            return read()
+        except BackendUnavailable as e:
+            unreachable[kind] = str(e)
+            return {}
+
+    vms = attempt("vm", backends.vms.observe)
+    containers = attempt("container", lambda: _observe_containers(backends))
+    return ActualState(vms=vms, containers=containers), unreachable
+
+
+def _observe_containers(backends: Backends) -> dict[str, ActualContainer]:
     containers = backends.containers.observe()
     journal_path = backends.settings.journal_path
     if journal_path.exists() and containers:
@@ -82,7 +127,7 @@ def observe(backends: Backends) -> ActualState:
             current = containers.get(name)
             if current is not None and current.container_id == container_id:
                 containers[name] = dataclasses.replace(current, packs=packs)
-    return ActualState(vms=backends.vms.observe(), containers=containers)
+    return containers
 
 
 def applied_hashes(settings: Settings) -> dict[str, str]:
@@ -102,26 +147,38 @@ def prepare(desired: DesiredState, backends: Backends, *, prune: bool, check_pac
     With `check_packs` (a resync), the applied packs' verify commands are run in
     their guests first, and those that fail are planned again as drift.
     """
-    actual = observe(backends)
+    actual, unreachable = observe_reachable(backends)
+    # A daemon that cannot be reached: its half is neither planned nor pruned; the rest goes on.
+    desired = dataclasses.replace(
+        desired,
+        vms={} if "vm" in unreachable else desired.vms,
+        containers={} if "container" in unreachable else desired.containers,
+    )
     failing = pack_health.failing_packs(desired, actual, backends) if check_packs else frozenset()
     plan = plan_mod.compute(desired, actual, prune=prune, applied=applied_hashes(backends.settings),
                             failing_packs=failing)
+    plan = dataclasses.replace(plan, unreachable=tuple(unreachable.values()))
     problems = Diagnostics(list(plan.conflicts))
 
+    created = [change.desired for change in plan.changes
+               if change.action in (Action.CREATE, Action.REPLACE) and change.desired is not None]
     kept_running = [_still_running(actual, address) for address in plan.leftovers]
     for diagnostic in admission.check(
-        desired, host_capacity(), also_running=[k for k in kept_running if k is not None]
+        desired, host_capacity(backends.settings.guest_dir),
+        also_running=[k for k in kept_running if k is not None],
+        new_disks={want.name for want in created if isinstance(want, DesiredVm)},
     ):
         problems.items.append(diagnostic)
 
-    for change in plan.changes:
-        want = change.desired
-        if change.action not in (Action.CREATE, Action.REPLACE) or want is None:
-            continue
+    for want in created:
         if isinstance(want, DesiredVm):
-            if not images.is_vm_image_available(want.image, backends.settings.images_dir):
-                problems.add(want.source, want.address,
-                             f"base image {want.image!r} is not built; run: somnus image build {want.image}")
+            try:
+                images.find_vm_image(want.image, backends.settings.images_dir)
+            except images.ImageError as e:
+                problems.add(want.source, want.address, (
+                    f"spec.image: {e}" if images.is_image_path(want.image) else
+                    f"base image {want.image!r} is not built; run: somnus image build {want.image}"
+                ))
         elif not backends.containers.image_present(want.image):
             problems.add(want.source, want.address,
                          f"image {want.image!r} is not present locally; run: somnus image build {want.image}")

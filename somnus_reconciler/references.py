@@ -2,7 +2,9 @@
 
 Called on the result of `loader.load`. Checks what no single document can:
 unique names per kind, at most one Pool, VM -> profile, VM/Container -> packs,
-pack -> requires (without cycles) and pack playbooks on disk. Every problem is
+pack -> requires (without cycles), pack playbooks on disk (inside the directory of
+the manifest that names them), VM image paths inside the allowed roots (the
+guest directory's images/ and the Pool's allowedImageRoots). Every problem is
 collected and raised together as `InvalidInput`; only a consistent set of
 manifests is folded into desired values (profiles into VM resources, packs
 expanded into install order).
@@ -11,11 +13,11 @@ expanded into install order).
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import ParamSpec, TypeVar
 
-from somnus_reconciler import model
+from somnus_reconciler import images, model, settings as settings_mod
 from somnus_reconciler.desired import (
     DEFAULT_POOL,
     DesiredContainer, DesiredPack, DesiredState, DesiredVm, VmResources,
@@ -27,9 +29,16 @@ M = TypeVar(
     "M", model.ResourceProfile, model.CapabilityPack, model.VirtualMachine, model.Container,
     model.Pool,
 )
+P = ParamSpec("P")
 
 
-def resolve(declared: Sequence[Declared]) -> DesiredState:
+# Image roots that would open the host's devices or configuration to guests.
+_FORBIDDEN_IMAGE_ROOTS = tuple(Path(p) for p in ("/dev", "/proc", "/sys", "/etc", "/boot", "/run"))
+
+
+def resolve(declared: Sequence[Declared], *, images_dir: Path | None = None) -> DesiredState:
+    """`images_dir`: the guest directory's images/, always an allowed image root
+    (default: where the environment puts it, `settings.resolve`)."""
     diagnostics = Diagnostics()
     unique = _unique(declared, diagnostics)
     profiles = _of_kind(unique, model.ResourceProfile)
@@ -42,9 +51,15 @@ def resolve(declared: Sequence[Declared]) -> DesiredState:
         first = pools[0][0]
         diagnostics.add(extra.source, extra.address,
                         f"only one Pool may be declared; {first.address} is declared at {first.source}")
+    image_roots = [images_dir if images_dir is not None else settings_mod.resolve().images_dir]
+    if pools:
+        image_roots += _check_image_roots(*pools[0], diagnostics)
     for d, vm in vms.values():
         if vm.spec.profile is not None:
             _check_reference(d, "spec.profile", [vm.spec.profile], "profile", profiles, diagnostics)
+        problem = _unresolvable(images.path_problem, vm.spec.image, image_roots)
+        if problem is not None:
+            diagnostics.add(d.source_of("spec.image"), d.address, f"spec.image: {problem}")
     wanted = [(d, vm.spec.packs) for d, vm in vms.values()]
     wanted += [(d, c.spec.packs) for d, c in containers.values()]
     for d, names in wanted:
@@ -108,59 +123,118 @@ def _check_playbook(d: Declared, playbook: str | None, diagnostics: Diagnostics)
     if playbook is None:
         return
     where = d.source_of("spec.playbook")
+    problem = _unresolvable(_playbook_problem, d, playbook)
+    if problem is not None:
+        diagnostics.add(where, d.address, f"spec.playbook: {playbook!r} {problem}")
+
+
+def _playbook_problem(d: Declared, playbook: str) -> str | None:
     base = d.source.file.parent.resolve()
     target = (base / playbook).resolve()
     if Path(playbook).is_absolute():
-        problem = "must be a path relative to this manifest's directory"
-    elif not target.is_relative_to(base):
-        problem = f"leads outside {d.source.file.parent}, the directory of this manifest"
-    elif not target.is_file():
-        problem = f"does not exist (looked for {target})"
-    else:
-        return
-    diagnostics.add(where, d.address, f"spec.playbook: {playbook!r} {problem}")
+        return "must be a path relative to this manifest's directory"
+    if not target.is_relative_to(base):
+        return f"leads outside {d.source.file.parent}, the directory of this manifest"
+    if not target.is_file():
+        return f"does not exist (looked for {target})"
+    if any(marker in str(target) for marker in model.TEMPLATE_MARKERS):
+        # Ansible gets the absolute path and templates it on the host.
+        return f"resolves to {target}, whose directories hold a template marker Ansible would evaluate"
+    return None
+
+
+def _unresolvable(check: Callable[P, str | None], *args: P.args, **kwargs: P.kwargs) -> str | None:
+    """`check`'s problem with a path from a manifest, or why the path cannot even be
+    looked at: a name too long for the file system (OSError), a symbolic link loop or
+    `~user` of no such user (RuntimeError)."""
+    try:
+        return check(*args, **kwargs)
+    except (OSError, RuntimeError, ValueError) as e:
+        return f"cannot be resolved: {e}"
+
+
+def _check_image_roots(d: Declared, pool: model.Pool, diagnostics: Diagnostics) -> list[Path]:
+    """The Pool's allowedImageRoots that may be used; the root of the file system and
+    system directories (after resolving links) are refused."""
+    allowed: list[Path] = []
+    for index, root in enumerate(pool.spec.allowed_image_roots):
+        try:
+            resolved = Path(root).expanduser().resolve()
+        except (OSError, RuntimeError, ValueError) as e:  # as in _unresolvable
+            diagnostics.add(d.source_of(f"spec.allowedImageRoots[{index}]"), d.address,
+                            f"spec.allowedImageRoots[{index}]: {root!r} cannot be resolved: {e}")
+            continue
+        if resolved == Path("/") or any(resolved.is_relative_to(p) for p in _FORBIDDEN_IMAGE_ROOTS):
+            via = f" (it resolves to {resolved})" if str(resolved) != root else ""
+            diagnostics.add(d.source_of(f"spec.allowedImageRoots[{index}]"), d.address,
+                            f"spec.allowedImageRoots[{index}]: {root!r}{via} would open the host's "
+                            f"system files to guests; name a directory that holds images only")
+        else:
+            allowed.append(resolved)
+    return allowed
 
 
 def _check_cycles(
     packs: dict[str, tuple[Declared, model.CapabilityPack]], diagnostics: Diagnostics
 ) -> None:
-    """Report every cycle in `requires` once, at the pack where the search meets it."""
+    """Report every cycle in `requires` once, at the pack where the search meets it.
+
+    Depth-first with an explicit stack: a chain of a few thousand packs would
+    overflow Python's recursion limit."""
     done: set[str] = set()
     reported: set[frozenset[str]] = set()
+    for root in packs:
+        if root in done:
+            continue
+        chain = [root]  # the packs being searched, each requiring the next
+        position = {root: 0}  # pack -> its index in chain
+        pending = [iter(packs[root][1].spec.requires)]
+        while pending:
+            required = next(pending[-1], None)
+            if required is None:
+                finished = chain.pop()
+                del position[finished]
+                done.add(finished)
+                pending.pop()
+                continue
+            if required in position:
+                _report_cycle(chain[position[required]:] + [required], packs, reported, diagnostics)
+            elif required not in done and required in packs:
+                position[required] = len(chain)
+                chain.append(required)
+                pending.append(iter(packs[required][1].spec.requires))
 
-    def visit(name: str, stack: list[str]) -> None:
-        if name in stack:
-            cycle = stack[stack.index(name):] + [name]
-            if frozenset(cycle) not in reported:
-                reported.add(frozenset(cycle))
-                d, pack = packs[cycle[0]]
-                line = d.source_of(f"spec.requires[{pack.spec.requires.index(cycle[1])}]")
-                chain = " -> ".join(f"pack/{n}" for n in cycle)
-                diagnostics.add(line, d.address, f"spec.requires: requirements form a cycle: {chain}")
-            return
-        if name in done or name not in packs:
-            return
-        for required in packs[name][1].spec.requires:
-            visit(required, [*stack, name])
-        done.add(name)
 
-    for name in packs:
-        visit(name, [])
+def _report_cycle(
+    cycle: list[str], packs: dict[str, tuple[Declared, model.CapabilityPack]],
+    reported: set[frozenset[str]], diagnostics: Diagnostics,
+) -> None:
+    if frozenset(cycle) in reported:
+        return
+    reported.add(frozenset(cycle))
+    d, pack = packs[cycle[0]]
+    line = d.source_of(f"spec.requires[{pack.spec.requires.index(cycle[1])}]")
+    chain = " -> ".join(f"pack/{n}" for n in cycle)
+    diagnostics.add(line, d.address, f"spec.requires: requirements form a cycle: {chain}")
 
 
 def _install_order(names: Iterable[str], requires: dict[str, list[str]]) -> tuple[str, ...]:
-    """Depth-first in declared order, requirements before the packs needing them, each once."""
-    order: list[str] = []
+    """Depth-first in declared order, requirements before the packs needing them, each once.
 
-    def visit(name: str) -> None:
-        if name in order:
-            return
-        for required in requires.get(name, []):
-            visit(required)
-        order.append(name)
-
+    With an explicit stack, as in _check_cycles; cycles were refused before."""
+    order: dict[str, None] = {}  # an ordered set
     for name in names:
-        visit(name)
+        entered = {name}
+        stack = [(name, iter(requires.get(name, [])))]
+        while stack:
+            current, pending = stack[-1]
+            required = next(pending, None)
+            if required is None:
+                stack.pop()
+                order.setdefault(current)
+            elif required not in order and required not in entered:
+                entered.add(required)
+                stack.append((required, iter(requires.get(required, []))))
     return tuple(order)
 
 

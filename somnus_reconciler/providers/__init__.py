@@ -23,8 +23,20 @@ class ProviderError(Exception):
         super().__init__(f"{address}: {action} failed: {cause}")
 
 
-class BackendUnavailable(Exception):
-    """The daemon itself cannot be reached (libvirtd or dockerd down)."""
+class BackendUnavailable(ProviderError):
+    """The daemon itself cannot be reached (libvirtd or dockerd down): always temporary.
+
+    `kind` is "vm" (libvirtd) or "container" (dockerd): the half of the desired
+    state that cannot be converged until the daemon is back.
+    """
+
+    def __init__(self, message: str, *, kind: str) -> None:
+        super().__init__(f"{kind}/*", "reach the daemon", message, temporary=True)
+        self.kind = kind
+        self.args = (message,)
+
+    def __str__(self) -> str:
+        return str(self.args[0])
 
 
 class VmProvider(Protocol):

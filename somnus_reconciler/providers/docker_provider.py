@@ -74,7 +74,7 @@ class DockerProvider:
                 else:
                     client = docker.DockerClient(base_url=self._base_url, version="auto")
             except docker.errors.DockerException as e:
-                raise BackendUnavailable(f"dockerd ({where}) cannot be reached: {e}") from e
+                raise BackendUnavailable(f"dockerd ({where}) cannot be reached: {e}", kind="container") from e
             self._client = client.api
         return self._client
 
@@ -391,7 +391,7 @@ def _translate(e: Exception, address: str, action: str) -> Exception | None:
     import requests.exceptions
 
     if isinstance(e, requests.exceptions.ConnectionError):
-        return BackendUnavailable(f"dockerd cannot be reached ({address}: {action}): {e}")
+        return BackendUnavailable(f"dockerd cannot be reached ({address}: {action}): {e}", kind="container")
     if isinstance(e, requests.exceptions.Timeout):
         return ProviderError(address, action, f"dockerd did not answer in time: {e}", temporary=True)
     if isinstance(e, docker.errors.APIError):

@@ -37,6 +37,8 @@ _UNDEFINE_FLAGS = (
     | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM
     | libvirt.VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA
 )
+# Error codes of a connection that broke (libvirtd stopped or restarted).
+_LOST_CONNECTION = (libvirt.VIR_ERR_NO_CONNECT, libvirt.VIR_ERR_INVALID_CONN)
 _LIVE_AND_CONFIG = libvirt.VIR_DOMAIN_AFFECT_LIVE | libvirt.VIR_DOMAIN_AFFECT_CONFIG
 _POWER = {
     libvirt.VIR_DOMAIN_RUNNING: PowerState.RUNNING,
@@ -64,26 +66,52 @@ class LibvirtProvider:
     # -- connection -------------------------------------------------------
     @property
     def conn(self) -> libvirt.virConnect:
+        """The connection, opened again when libvirtd went away (restarted) since the last call."""
+        if self._conn is not None and not self._alive(self._conn):
+            self.close()
         if self._conn is None:
             try:
                 self._conn = libvirt.open(self._settings.libvirt_uri)
             except libvirt.libvirtError as e:
                 raise BackendUnavailable(
-                    f"cannot connect to libvirt at {self._settings.libvirt_uri}: {e.get_error_message()}"
+                    f"cannot connect to libvirt at {self._settings.libvirt_uri}: {e.get_error_message()}",
+                    kind="vm",
                 ) from e
         return self._conn
 
+    @staticmethod
+    def _alive(conn: libvirt.virConnect) -> bool:
+        try:
+            return bool(conn.isAlive())
+        except libvirt.libvirtError:
+            return False
+
     def close(self) -> None:
         if self._conn is not None:
-            self._conn.close()
+            try:
+                self._conn.close()
+            except libvirt.libvirtError:
+                pass  # already broken: the daemon went away
             self._conn = None
+
+    def _unavailable(self, e: libvirt.libvirtError) -> BackendUnavailable | None:
+        """The connection broke under a call (libvirtd stopped): forget it, say so."""
+        lost = e.get_error_domain() == libvirt.VIR_FROM_RPC or e.get_error_code() in _LOST_CONNECTION or (
+            # a system call error may be the guest's own (a disk file): only if the connection is gone
+            e.get_error_code() == libvirt.VIR_ERR_SYSTEM_ERROR
+            and (self._conn is None or not self._alive(self._conn)))
+        if not lost:
+            return None
+        self.close()
+        return BackendUnavailable(f"libvirtd ({self._settings.libvirt_uri}) went away: "
+                                  f"{e.get_error_message()}", kind="vm")
 
     @contextmanager
     def _mapped(self, name: str, action: str) -> Iterator[None]:
         try:
             yield
         except libvirt.libvirtError as e:
-            raise ProviderError(f"vm/{name}", action, e.get_error_message() or str(e)) from e
+            raise self._unavailable(e) or ProviderError(f"vm/{name}", action, e.get_error_message() or str(e)) from e
         except (OSError, subprocess.CalledProcessError, images.ImageError) as e:
             raise ProviderError(f"vm/{name}", action, str(e)) from e
 
@@ -96,7 +124,8 @@ class LibvirtProvider:
         try:
             domains = self.conn.listAllDomains(0)
         except libvirt.libvirtError as e:
-            raise BackendUnavailable(f"cannot list libvirt domains: {e.get_error_message()}") from e
+            raise self._unavailable(e) or BackendUnavailable(
+                f"cannot list libvirt domains: {e.get_error_message()}", kind="vm") from e
         found: dict[str, ActualVm] = {}
         for dom in domains:
             try:
@@ -104,7 +133,8 @@ class LibvirtProvider:
             except libvirt.libvirtError as e:
                 if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
                     continue  # undefined between the listing and this call
-                raise ProviderError(f"vm/{dom.name()}", "read XML", e.get_error_message()) from e
+                raise self._unavailable(e) or ProviderError(f"vm/{dom.name()}", "read XML",
+                                                            e.get_error_message()) from e
             found[vm.name] = vm
         return found
 
@@ -116,7 +146,7 @@ class LibvirtProvider:
         except libvirt.libvirtError as e:
             if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
                 return None
-            raise ProviderError(f"vm/{name}", "observe", e.get_error_message()) from e
+            raise self._unavailable(e) or ProviderError(f"vm/{name}", "observe", e.get_error_message()) from e
 
     def _console_log(self, name: str) -> Path:
         return self._settings.console_dir / f"{name}.log"

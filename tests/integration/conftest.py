@@ -2,6 +2,10 @@
 
 They fail, never skip, when a daemon is missing. Every object a test creates
 carries a random per-test prefix and is removed at teardown.
+
+`no_secret_leaks` (session, autouse) fails the session when an agent token or a
+private key made through any `Workspace` shows up in a `somnus` output or in a
+file of a state directory other than its own 0600 file (see secret_scan.py).
 """
 
 from __future__ import annotations
@@ -29,14 +33,49 @@ from somnus_reconciler.desired import DesiredVm, VmResources
 from somnus_reconciler.diagnostics import Source
 from somnus_reconciler.providers import domain_xml
 from somnus_reconciler.providers.docker_provider import DockerProvider
+from tests.integration import secret_scan
 
 LIBVIRT_URI = "qemu:///system"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_secret_leaks() -> Iterator[None]:
+    """Set up first, so torn down last: after every Workspace of the session is done."""
+    yield
+    findings = secret_scan.SESSION.scan()
+    if findings:
+        pytest.fail("secrets outside their 0600 files:\n" + "\n".join(findings), pytrace=False)
+
+
+class ReconnectingConnection:
+    """A libvirt connection that opens itself again once libvirtd was restarted
+    (tests/integration/test_daemon_faults.py restarts it)."""
+
+    def __init__(self, uri: str) -> None:
+        self._uri = uri
+        self._conn = libvirt.open(uri)
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self._conn, name)
+        if not callable(attribute):
+            return attribute
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return getattr(self._conn, name)(*args, **kwargs)
+            except libvirt.libvirtError as e:
+                if e.get_error_domain() != libvirt.VIR_FROM_RPC:
+                    raise
+                self._conn = libvirt.open(self._uri)  # libvirtd went away and is back
+                return getattr(self._conn, name)(*args, **kwargs)
+
+        return call
 
 
 @pytest.fixture(scope="session")
 def libvirt_conn() -> Iterator[libvirt.virConnect]:
     try:
-        conn = libvirt.open(LIBVIRT_URI)
+        conn: Any = ReconnectingConnection(LIBVIRT_URI)
     except libvirt.libvirtError as e:
         pytest.fail(f"libvirtd is not reachable at {LIBVIRT_URI}: {e}; run scripts/setup-host.sh")
     yield conn
@@ -78,6 +117,7 @@ class Workspace:
         self.manifests = self.root / "manifests"
         self.manifests.mkdir()
         self.state_dir = self.root / "state"
+        secret_scan.SESSION.register(self.state_dir)  # scanned for leaked secrets at session end
 
     def name(self, suffix: str) -> str:
         return f"{self.prefix}-{suffix}"
@@ -98,6 +138,10 @@ class Workspace:
             [sys.executable, "-m", "somnus_reconciler", *args],
             capture_output=True, text=True, env=env, timeout=600,
         )
+        # For the session's secret scan: what was printed, and the keys while they exist.
+        secret_scan.SESSION.record_output(f"stdout of somnus {' '.join(args)}", result.stdout)
+        secret_scan.SESSION.record_output(f"stderr of somnus {' '.join(args)}", result.stderr)
+        secret_scan.SESSION.harvest()
         if check_exit is not None:
             assert result.returncode == check_exit, (
                 f"somnus {' '.join(args)} exited {result.returncode}, expected {check_exit}\n"

@@ -1,0 +1,118 @@
+"""Do the secrets made during a test session stay in their 0600 files?
+
+conftest.py registers every `Workspace`'s state directory (`SESSION.register`), records
+the output of every `somnus` call it makes (`SESSION.record_output`) and harvests the
+secrets after each call (`SESSION.harvest`: a delete or prune removes a VM's keys, so
+they are read while they exist). At the end of the session `SESSION.scan()` looks for
+each secret (an agent token; the base64 body lines of an ed25519 private key) in every
+recorded output and in every other file under every registered state directory: the
+journal and its WAL, console logs, `runs/` (Ansible artifacts), `history-index/`,
+`gitops/`. A finding names the secret by its file and where it was found, never the
+secret itself.
+
+Tests that make keys outside a Workspace (test_debian_image.py makes its own in a
+temporary directory) are not covered.
+"""
+
+from __future__ import annotations
+
+import stat
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+KEY_FILE = "id_ed25519"
+TOKEN_FILE = "agent-token"
+PRIVATE_KEY_BEGIN = b"-----BEGIN OPENSSH PRIVATE KEY-----"
+# The first body line of every unencrypted ed25519 key is the same header; short lines
+# (the comment and padding at the end) are not secret either.
+_MIN_KEY_LINE = 40
+
+
+@dataclass(frozen=True)
+class Secret:
+    source: Path  # the 0600 file it lives in
+    needles: tuple[bytes, ...]  # any of them found elsewhere is a leak
+
+
+def read_secret(path: Path) -> Secret | None:
+    """The secret in a key or token file (None when it is gone or empty)."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    if path.name == TOKEN_FILE:
+        token = data.strip()
+        return Secret(path, (token,)) if token else None
+    body = [line.strip() for line in data.splitlines()[1:] if not line.startswith(b"-----")]
+    needles = tuple(line for line in body[1:] if len(line) >= _MIN_KEY_LINE)
+    return Secret(path, needles) if needles else None
+
+
+def secret_files(state_dir: Path) -> Iterator[Path]:
+    keys = state_dir / "keys"
+    if keys.is_dir():
+        for name in (KEY_FILE, TOKEN_FILE):
+            yield from sorted(keys.glob(f"*/{name}"))
+
+
+@dataclass
+class SecretScan:
+    state_dirs: list[Path] = field(default_factory=list)
+    outputs: list[tuple[str, str]] = field(default_factory=list)  # (what, text)
+    secrets: dict[Path, Secret] = field(default_factory=dict)
+    loose: dict[Path, str] = field(default_factory=dict)  # secret files not 0600
+
+    def register(self, state_dir: Path) -> None:
+        if state_dir not in self.state_dirs:
+            self.state_dirs.append(state_dir)
+
+    def record_output(self, what: str, text: str) -> None:
+        if text:
+            self.outputs.append((what, text))
+
+    def harvest(self) -> None:
+        for state_dir in self.state_dirs:
+            for path in secret_files(state_dir):
+                secret = read_secret(path)
+                if secret is None:
+                    continue
+                self.secrets.setdefault(path, secret)
+                try:
+                    mode = stat.S_IMODE(path.stat().st_mode)
+                except FileNotFoundError:
+                    continue
+                if mode != 0o600:
+                    self.loose.setdefault(path, f"{path} has mode {mode:o}, not 600")
+
+    def scan(self) -> list[str]:
+        """One line per leak: which secret (by its file), and where it was found."""
+        self.harvest()
+        findings = list(self.loose.values())
+        places = [(what, text.encode()) for what, text in self.outputs]
+        places += [(str(path), data) for path, data in self._other_files()]
+        for where, data in places:
+            if PRIVATE_KEY_BEGIN in data:
+                findings.append(f"a private key block is in {where}")
+            for secret in self.secrets.values():
+                if any(needle in data for needle in secret.needles):
+                    findings.append(f"the secret of {secret.source} is in {where}")
+        return findings
+
+    def _other_files(self) -> Iterator[tuple[Path, bytes]]:
+        own = set(self.secrets)
+        for state_dir in self.state_dirs:
+            if not state_dir.is_dir():
+                continue  # removed with its temporary directory
+            for path in sorted(state_dir.rglob("*")):
+                if path in own or (path.parent.parent.name == "keys" and path.name in (KEY_FILE, TOKEN_FILE)):
+                    continue
+                try:
+                    if not path.is_symlink() and path.is_file():
+                        yield path, path.read_bytes()
+                except OSError:
+                    continue  # gone meanwhile, or a socket
+
+
+# The one registry of the session; conftest.py feeds it.
+SESSION = SecretScan()

@@ -1,0 +1,117 @@
+"""Secrets stay in their 0600 files: the agent client never shows its token, guest_access
+never logs or prints a key, and the integration session's leak scan finds what it must.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from somnus_reconciler import agent_client, guest_access
+from somnus_reconciler.agent_client import AgentClient, AgentRefused, AgentUnreachable
+from tests.integration import secret_scan
+from tests.unit.test_agent import TOKEN, _free_port, running_agent
+
+
+def _key_body_lines(private_key: Path) -> list[str]:
+    return [line for line in private_key.read_text().splitlines()[1:-1] if len(line) >= 40]
+
+
+# --- agent_client ---------------------------------------------------------------------
+
+
+def test_the_token_is_in_no_repr_str_or_error_of_the_client(tmp_path: Path) -> None:
+    token = guest_access.ensure_agent_token(tmp_path, "vm-a")
+    client = AgentClient(_free_port(), token, timeout_s=1.0)
+    assert token not in repr(client) and token not in str(client)
+    with pytest.raises(AgentUnreachable) as unreachable:
+        client.status()
+    assert token not in str(unreachable.value) and token not in repr(unreachable.value)
+    with pytest.raises(AgentUnreachable) as waited:
+        agent_client.wait_until_connected(client, timeout_s=0.5)
+    assert token not in str(waited.value)
+
+
+def test_the_token_is_in_no_refusal_even_when_the_agent_answers(tmp_path: Path) -> None:
+    with running_agent(tmp_path) as agent:
+        wrong = "a-wrong-token-that-must-not-be-echoed"
+        with pytest.raises(AgentRefused) as refused:
+            AgentClient(agent.port, wrong).execute(["true"])
+        assert wrong not in str(refused.value)
+        answer = AgentClient(agent.port, TOKEN).status()
+        assert TOKEN not in str(answer)
+
+
+# --- guest_access -----------------------------------------------------------------------
+
+
+def test_making_keys_tokens_and_seed_disks_logs_and_prints_nothing_secret(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]) -> None:
+    caplog.set_level(logging.DEBUG)
+    key = guest_access.ensure_keypair(tmp_path, "vm-a")
+    token = guest_access.ensure_agent_token(tmp_path, "vm-a")
+    guest_access.build_seed_disk(tmp_path / "seed.img", {
+        "authorized_keys": (key.public_openssh + "\n").encode(), "agent-token": (token + "\n").encode(),
+    }, group=None)
+    with pytest.raises(guest_access.GuestUnreachable) as unreachable:
+        guest_access.wait_for_ssh(_free_port(), key, timeout_s=1.0)
+
+    captured = capfd.readouterr()
+    shown = captured.out + captured.err + caplog.text + str(unreachable.value) + repr(key)
+    assert token not in shown
+    assert all(line not in shown for line in _key_body_lines(key.private_key))
+    assert "PRIVATE KEY" not in shown
+
+
+# --- the integration session's scan -------------------------------------------------------
+
+
+def _scan_of(state_dir: Path) -> secret_scan.SecretScan:
+    scan = secret_scan.SecretScan()
+    scan.register(state_dir)
+    return scan
+
+
+def test_the_scan_is_clean_when_secrets_stay_in_their_files(tmp_path: Path) -> None:
+    guest_access.ensure_keypair(tmp_path, "vm-a")
+    guest_access.ensure_agent_token(tmp_path, "vm-a")
+    (tmp_path / "journal.sqlite").write_bytes(b"vm/vm-a create ok")
+    scan = _scan_of(tmp_path)
+    scan.record_output("stdout of somnus get", "vm/vm-a running")
+    assert scan.scan() == []
+    assert len(scan.secrets) == 2
+
+
+def test_the_scan_finds_a_token_in_a_file_and_a_key_line_in_an_output_without_showing_them(
+        tmp_path: Path) -> None:
+    key = guest_access.ensure_keypair(tmp_path, "vm-a")
+    token = guest_access.ensure_agent_token(tmp_path, "vm-a")
+    (tmp_path / "runs" / "x").mkdir(parents=True)
+    (tmp_path / "runs" / "x" / "stdout").write_text(f"header: Bearer {token}\n")
+    scan = _scan_of(tmp_path)
+    scan.record_output("stderr of somnus apply", f"oops {_key_body_lines(key.private_key)[1]}")
+
+    findings = scan.scan()
+
+    assert sorted(findings) == sorted([
+        f"the secret of {tmp_path}/keys/vm-a/agent-token is in {tmp_path}/runs/x/stdout",
+        f"the secret of {tmp_path}/keys/vm-a/id_ed25519 is in stderr of somnus apply",
+    ])
+    assert token not in "".join(findings)
+
+
+def test_the_scan_remembers_secrets_deleted_before_the_end_and_flags_loose_modes(tmp_path: Path) -> None:
+    scan = _scan_of(tmp_path)
+    token = guest_access.ensure_agent_token(tmp_path, "vm-a")
+    scan.harvest()
+    guest_access.remove_keypair(tmp_path, "vm-a")  # as `apply --prune` does
+    scan.record_output("stdout of somnus describe vm/vm-a", token)
+    key = guest_access.ensure_keypair(tmp_path, "vm-b")
+    key.private_key.chmod(0o644)
+
+    assert sorted(scan.scan()) == sorted([
+        f"the secret of {tmp_path}/keys/vm-a/agent-token is in stdout of somnus describe vm/vm-a",
+        f"{key.private_key} has mode 644, not 600",
+    ])
