@@ -1,6 +1,6 @@
 """Reliability report: what was tried, and what was lost. The goal is zero in every "lost" cell.
 
-    python bench/reliability.py [--fuzz 10000] [--crashes 20] [--seed N] [--skip-faults]
+    python bench/reliability.py [--fuzz 10000] [--crashes 20] [--seed N] [--skip-faults] [--quick]
 
 Rows (each runs for real, against the running libvirtd and dockerd):
   * fuzzed manifests (tests/fuzz_manifests.py): generated files loaded as `validate` does;
@@ -14,7 +14,8 @@ Rows (each runs for real, against the running libvirtd and dockerd):
   * concurrent appliers (tests/integration/test_concurrent_applies.py): lost = both acted;
   * hostile inputs (tests/hostile_cases.py) through `somnus validate` / `apply`: lost =
     cases not refused with their message at their line, or that created anything.
-The daemon-fault row stops and starts the daemons: never run it beside another test run.
+The daemon-fault row stops and starts the daemons: never run it beside another test run
+(--skip-faults leaves it out; --quick runs only the fuzz and hostile rows).
 """
 
 from __future__ import annotations
@@ -108,13 +109,16 @@ def main() -> None:
     parser.add_argument("--crashes", type=int, default=20, help="SIGKILL trials")
     parser.add_argument("--seed", type=int, default=random.randrange(1, 10**6))
     parser.add_argument("--skip-faults", action="store_true", help="do not stop and start the daemons")
+    parser.add_argument("--quick", action="store_true", help="only the fuzz and hostile rows")
     args = parser.parse_args()
     print(f"seed {args.seed}", flush=True)
 
-    rows = [fuzz_row(args.fuzz, args.seed), crash_row(args.crashes, args.seed)]
-    if not args.skip_faults:
-        rows.append(pytest_row("daemon faults injected", "tests/integration/test_daemon_faults.py"))
-    rows.append(pytest_row("concurrent appliers", "tests/integration/test_concurrent_applies.py"))
+    rows = [fuzz_row(args.fuzz, args.seed)]
+    if not args.quick:
+        rows.append(crash_row(args.crashes, args.seed))
+        if not args.skip_faults:
+            rows.append(pytest_row("daemon faults injected", "tests/integration/test_daemon_faults.py"))
+        rows.append(pytest_row("concurrent appliers", "tests/integration/test_concurrent_applies.py"))
     rows.append(hostile_row())
 
     widths = [max(len(r[i]) for r in rows + [("check", "tried", "detail", 0)]) for i in range(3)]

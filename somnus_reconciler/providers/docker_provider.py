@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -181,13 +182,22 @@ class DockerProvider:
         with _mapped(address, "start"):
             self._api().start(actual.container_id)
 
-    def run(self, name: str, argv: list[str]) -> int:
-        """Exit code of `argv` run in the running container `name` (as `docker exec`)."""
+    def run(self, name: str, argv: list[str], timeout_s: float = 60.0) -> int:
+        """Exit code of `argv` run in the running container `name` (as `docker exec`).
+
+        The output is attached (and dropped) so that exec_start returns when the
+        command ends; the exit code is read once dockerd has recorded it.
+        """
         with _mapped(_address(name), "exec"):
             api = self._api()
-            exec_id = api.exec_create(name, argv, stdout=False, stderr=False)["Id"]
+            exec_id = api.exec_create(name, argv, stdout=True, stderr=True)["Id"]
             api.exec_start(exec_id)
-            return int(api.exec_inspect(exec_id)["ExitCode"])
+            deadline = time.monotonic() + timeout_s
+            while (code := api.exec_inspect(exec_id)["ExitCode"]) is None:
+                if time.monotonic() > deadline:
+                    raise ProviderError(_address(name), "exec", f"{argv[0]} did not finish in {timeout_s:g}s")
+                time.sleep(0.05)
+            return int(code)
 
     def delete(self, name: str, *, keep_snapshots: bool = False) -> None:
         """Stop and remove a managed container, its anonymous volumes and (unless
