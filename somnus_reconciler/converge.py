@@ -1,9 +1,10 @@
 """One apply pass as a function, shared by `somnus apply`, `watch` and `gitops`.
 
-Under the apply lock: roll back what a killed apply left open (`Engine.recover`),
-observe and plan (`reconcile.prepare`, which raises `InvalidInput` when the plan
-must not run), set aside drift on objects with `driftPolicy: warn` (recorded as
-"drift reported", not acted on), then execute. The caller renders: it sees the
+Under the apply lock: end the playbooks a killed apply left running and roll back
+the steps it left open (`Engine.recover`), observe and plan (`reconcile.prepare`,
+which raises `InvalidInput` when the plan must not run), set aside drift on
+objects with `driftPolicy: warn` (recorded as "drift reported", not acted on),
+then execute. The caller renders: it sees the
 plan through `on_plan` (which may decline, as a "no" at the prompt or --dry-run
 does) and the steps through engine hooks.
 """
@@ -55,14 +56,14 @@ def run_pass(desired: DesiredState, backends: reconcile.Backends, options: PassO
     with ApplyLock(settings.state_dir, on_wait=options.on_lock_wait):
         journal = Journal(settings.journal_path)
         try:
+            runner = AnsiblePackRunner(backends.vms, settings.state_dir, cancel=options.should_stop)
             engine = Engine(
                 backends.vms, backends.containers, journal, options.hooks,
-                pack_steps=PackSteps(AnsiblePackRunner(backends.vms, settings.state_dir,
-                                                       cancel=options.should_stop),
-                                     desired.packs, desired.pack_fingerprints),
+                pack_steps=PackSteps(runner, desired.packs, desired.pack_fingerprints),
                 classifier=options.classifier,
             )
-            recovered = tuple(engine.recover(desired))
+            # A killed apply's playbook may still run: end it before its step is rolled back.
+            recovered = (*runner.end_interrupted_runs(), *engine.recover(desired))
             plan, reported = plan_mod.split_drift(
                 reconcile.prepare(desired, backends, prune=options.prune, check_packs=options.check_packs)
             )

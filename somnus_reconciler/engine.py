@@ -292,10 +292,10 @@ class Engine:
         if not ok:
             rolled = self._rollback(change.kind, want, snapshot)
             self._journal.close_step(step_id, "rolled back")
+            self._prune_snapshots(change.kind, want.name, want)
             return False, f"{message}; {rolled}", "rolled back"
         self._journal.close_step(step_id, "done")
-        retain = want.snapshot_retain if isinstance(want, DesiredVm) else _CONTAINER_RETAIN
-        self._prune_snapshots(snapshots, want.name, retain)
+        self._prune_snapshots(change.kind, want.name, want)
         return True, f"done (snapshot {snapshot})", "ok"
 
     def _record_packs(self, kind: str, want: DesiredVm | DesiredContainer, pack: str,
@@ -320,7 +320,10 @@ class Engine:
             return f"ROLLBACK FAILED ({e}); the snapshot {snapshot} is kept"
         return f"rolled back to {snapshot}"
 
-    def _prune_snapshots(self, snapshots: Snapshots, name: str, retain: int) -> None:
+    def _prune_snapshots(self, kind: str, name: str, want: DesiredVm | DesiredContainer | None) -> None:
+        """Keep the newest `retain` snapshots, after a step whether it succeeded or was rolled back."""
+        retain = want.snapshot_retain if isinstance(want, DesiredVm) else _DEFAULT_RETAIN
+        snapshots = self._snapshots(kind)
         try:
             for old in snapshots.snapshots(name)[:-retain]:
                 snapshots.delete_snapshot(name, old.name)
@@ -352,6 +355,7 @@ class Engine:
                 else:
                     raise ProviderError(step.address, "rollback", "no longer declared; use somnus rollback")
                 self._journal.close_step(step.id, "rolled back")
+                self._prune_snapshots(kind, name, desired.vms.get(name) if kind == "vm" else None)
                 outcome = f"{message}; rolled back to {step.snapshot}"
             except ProviderError as e:
                 outcome = f"{message}; rollback failed: {e}"
@@ -437,7 +441,7 @@ class Engine:
             time.sleep(0.5)
 
 
-_CONTAINER_RETAIN = 5  # containers have no snapshot policy in their spec
+_DEFAULT_RETAIN = 5  # containers have no snapshot policy in their spec, nor has an undeclared VM
 _EMPTY_PACK_SPEC = CapabilityPackSpec()  # stands in for a pack removed from the manifests
 
 

@@ -7,8 +7,9 @@ apply has work: a tiny-linux VM resized live or restarted, a container recreated
 verify). The apply's process group is killed after a random delay (seeded: the
 seed is printed, a trial is reproducible). Then a plain `somnus apply` must exit
 0, `somnus diff` must exit 0, and nothing may be lost or left over: no step open in
-the journal, no libvirt snapshot or committed image beyond retention or of an
-object that is gone, no object with the prefix that lacks its ownership mark.
+the journal, no playbook of a killed apply still running, no libvirt snapshot or
+committed image beyond retention or of an object that is gone, no object with the
+prefix that lacks its ownership mark.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import Any
 
 import docker
 import libvirt
+import psutil
 import yaml
 
 PACK_PLAYBOOK = [{"name": "marker", "hosts": "all", "gather_facts": False, "tasks": [
@@ -105,6 +107,11 @@ class Trials:
             open_steps = db.execute("SELECT address, step FROM steps WHERE state = 'open'").fetchall()
         if open_steps:
             problems.append(f"steps still open in the journal: {open_steps}")
+        runs = f"{self.state_dir / 'runs'}{os.sep}"
+        playbooks = [p.pid for p in psutil.process_iter(["cmdline"])
+                     if any(arg.startswith(runs) for arg in p.info["cmdline"] or ())]
+        if playbooks:
+            problems.append(f"playbooks of a killed apply still running: pids {playbooks}")
         for dom in conn.listAllDomains(0):
             if not dom.name().startswith(self.prefix):
                 continue
@@ -139,8 +146,12 @@ class Trials:
         self.somnus("apply", str(self.manifests), "--prune", "-y")
 
 
+GIVE_UP_AFTER = 3  # trials in a row that do not converge end the run early
+
+
 def run_trials(root: Path, prefix: str, count: int, seed: int) -> list[TrialResult]:
-    """`count` trials from `seed`; prints one line per trial (with its seed)."""
+    """`count` trials from `seed` (fewer when GIVE_UP_AFTER in a row fail); prints one
+    line per trial (with its seed)."""
     conn = libvirt.open("qemu:///system")
     client = docker.from_env()
     trials = Trials(root, prefix)
@@ -159,6 +170,9 @@ def run_trials(root: Path, prefix: str, count: int, seed: int) -> list[TrialResu
                   f"{'converged' if result.converged else 'NOT converged'}"
                   + (f"; problems: {list(result.problems)}" if result.problems else ""), flush=True)
             results.append(result)
+            if len(results) >= GIVE_UP_AFTER and not any(r.converged for r in results[-GIVE_UP_AFTER:]):
+                print(f"{GIVE_UP_AFTER} trials in a row did not converge: the rest would not either", flush=True)
+                break
         return results
     finally:
         trials.clean_up(conn, client)

@@ -172,13 +172,17 @@ class DockerProvider:
         return str(container_id)
 
     def start(self, name: str) -> None:
-        """Start a managed container; unmarked ones are refused (SPEC section 3)."""
+        """Start a managed container (unpause a paused one); unmarked ones are refused (SPEC section 3)."""
         address = _address(name)
         actual = self.observe_one(name)
         if actual is None:
             raise ProviderError(address, "start", f"no container named {name}")
         if not actual.managed:
             raise ProviderError(address, "start", _unmarked(name, "start"))
+        if actual.state == "paused":  # docker refuses to start a paused container
+            with _mapped(address, "unpause"):
+                self._api().unpause(actual.container_id)
+            return
         with _mapped(address, "start"):
             self._api().start(actual.container_id)
 

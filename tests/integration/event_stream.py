@@ -1,7 +1,8 @@
 """A `somnus watch` / `somnus gitops` process run by a test, and its `-o json` events.
 
 A reader thread collects the JSON lines; `wait_for` blocks until an event
-matches. `stop` sends SIGTERM and returns the exit code.
+matches. `stop` sends SIGTERM and returns the exit code, and hands the events and
+stderr to the session's secret scan (secret_scan.py).
 """
 
 from __future__ import annotations
@@ -17,11 +18,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from tests.integration import secret_scan
+
 Event = dict[str, Any]
 
 
 class EventStream:
     def __init__(self, args: Sequence[str], state_dir: Path) -> None:
+        self.args = tuple(args)
         env = dict(os.environ, SOMNUS_STATE_DIR=str(state_dir), SOMNUS_SHUTDOWN_TIMEOUT="15")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "somnus_reconciler", *args, "-o", "json"],
@@ -67,6 +71,7 @@ class EventStream:
             return len(self.events)
 
     def stop(self, timeout_s: float = 120.0) -> int:
+        """SIGTERM, then the exit code; what it printed goes to the session's secret scan."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
         try:
@@ -75,3 +80,8 @@ class EventStream:
             if self.proc.poll() is None:
                 self.proc.kill()
             self._reader.join(timeout=5)
+            command = " ".join(self.args)
+            secret_scan.SESSION.record_output(f"events of somnus {command}",
+                                              "\n".join(json.dumps(e) for e in self.events))
+            if self.proc.stderr is not None and not self.proc.stderr.closed:
+                secret_scan.SESSION.record_output(f"stderr of somnus {command}", self.proc.stderr.read())

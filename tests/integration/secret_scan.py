@@ -1,7 +1,8 @@
 """Do the secrets made during a test session stay in their 0600 files?
 
 conftest.py registers every `Workspace`'s state directory (`SESSION.register`), records
-the output of every `somnus` call it makes (`SESSION.record_output`) and harvests the
+the output of every `somnus` call it makes (`SESSION.record_output`; event_stream.py
+adds the JSON events and stderr of every `watch` and `gitops`) and harvests the
 secrets after each call (`SESSION.harvest`: a delete or prune removes a VM's keys, so
 they are read while they exist). At the end of the session `SESSION.scan()` looks for
 each secret (an agent token; the base64 body lines of an ed25519 private key) in every

@@ -21,7 +21,7 @@ def test_every_killed_apply_is_recovered_and_nothing_is_lost(workspace: Workspac
     seed = int(os.environ.get("SOMNUS_CRASH_SEED", str(random.randrange(1, 10**6))))
     print(f"\ncrash trials: {count}, seed {seed} (SOMNUS_CRASH_SEED={seed} replays them)")
     results = run_trials(tmp_path / "trials", workspace.prefix, count, seed)
-    assert len(results) == count
-    assert sum(r.killed_mid_run for r in results) >= count // 2, "most kills should land mid-apply"
     failures = [r for r in results if r.problems or not r.converged]
     assert not failures, "\n".join(f"seed {r.seed}: {list(r.problems)}" for r in failures)
+    assert len(results) == count
+    assert sum(r.killed_mid_run for r in results) >= count // 2, "most kills should land mid-apply"

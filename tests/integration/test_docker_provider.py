@@ -246,6 +246,20 @@ def test_stop_out_of_band_then_start(
     assert restarted.spec_hash == c.spec_hash
 
 
+def test_start_of_a_paused_container_unpauses_it(
+    provider: DockerProvider, docker_client: docker.DockerClient, names: Callable[[str], str]
+) -> None:
+    c = desired(names("paused"))
+    provider.create(c)
+    docker_client.containers.get(c.name).pause()
+    paused = provider.observe_one(c.name)
+    assert paused is not None and paused.state == "paused"
+
+    provider.start(c.name)
+    resumed = provider.observe_one(c.name)
+    assert resumed is not None and resumed.running and resumed.container_id == paused.container_id
+
+
 def test_delete_removes_container_and_volumes(
     provider: DockerProvider, docker_client: docker.DockerClient, names: Callable[[str], str]
 ) -> None:

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 import yaml
 
@@ -125,14 +126,25 @@ def test_an_apply_killed_mid_step_is_rolled_back_by_the_next_run(
             assert time.monotonic() < deadline and apply.poll() is None, "the slow step never started"
             time.sleep(0.5)
     finally:
-        os.killpg(apply.pid, signal.SIGKILL)  # the apply and the ansible-runner it started
+        os.killpg(apply.pid, signal.SIGKILL)  # the apply and ansible-runner, not ansible-playbook
         apply.wait()
+    # ansible-playbook runs in a session of its own: the kill did not reach it.
+    assert playbooks_running_in(ws.state_dir / "runs"), "the playbook should have outlived the apply"
 
     ws.write("ws.yaml", *packs, box_doc(ws.name("box"), []))
     recovered = ws.somnus("apply", str(ws.manifests), "-y", check_exit=0)
     assert "recovered:" in recovered.stdout and "rolled back to somnus-pack-slow-" in recovered.stdout
+    assert "a playbook left running by an interrupted pack step" in recovered.stdout
+    assert not playbooks_running_in(ws.state_dir / "runs")
+    assert not list((ws.state_dir / "runs").glob("pack-*")), "the killed run's data directory is left"
     assert in_box(ws, "test", "-e", "/opt/slow-marker") != 0
     ws.somnus("diff", str(ws.manifests), check_exit=0)
+
+
+def playbooks_running_in(work_dir: Path) -> list[int]:
+    prefix = f"{work_dir}{os.sep}"
+    return [p.pid for p in psutil.process_iter(["cmdline"])
+            if any(arg.startswith(prefix) for arg in p.info["cmdline"] or ())]
 
 
 def in_vm(ws: Workspace, command: str) -> subprocess.CompletedProcess[str]:

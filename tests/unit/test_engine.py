@@ -153,6 +153,15 @@ def test_snapshots_are_pruned_to_the_vm_retention(tmp_path: Path) -> None:
     assert rec.snaps["vm1"] == ["somnus-b", SNAP]  # retain: 2
 
 
+def test_a_rolled_back_step_prunes_too_so_failures_cannot_pile_up_snapshots(tmp_path: Path) -> None:
+    rec = Recorder()
+    rec.snaps["vm1"] = ["somnus-a", "somnus-b"]
+    eng, _ = engine(tmp_path, rec, Outcome(False, "apt", "boom"))
+    [result] = eng.execute(Plan((pack_change(VM),), (), ()))
+    assert not result.ok and ("revert", "vm1", SNAP) in rec.calls
+    assert rec.snaps["vm1"] == ["somnus-b", SNAP]  # retain: 2; the one rolled back to stays
+
+
 def test_pack_steps_of_a_guest_whose_own_change_failed_are_skipped(tmp_path: Path) -> None:
     rec = Recorder(fail={"create"})
     eng, _ = engine(tmp_path, rec, Outcome(True))
@@ -175,6 +184,10 @@ def test_recover_rolls_back_steps_left_open_by_a_killed_process(tmp_path: Path, 
     assert journal.open_steps() == []
     if snapshot_exists:
         assert rec.calls == [("revert", "vm1", SNAP)] and "rolled back to" in message
+        rec.snaps["vm1"] = ["somnus-a", "somnus-b", SNAP]
+        journal.open_step("vm/vm1", "pack install tools", SNAP, '{"kind": "vm", "name": "vm1"}')
+        eng.recover(desired)
+        assert rec.snaps["vm1"] == ["somnus-b", SNAP]  # pruned to the VM's retention (2)
     else:
         assert rec.calls == [] and "never taken" in message
 
