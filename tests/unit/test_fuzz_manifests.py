@@ -22,7 +22,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from somnus_reconciler import loader, reconcile
+from somnus_reconciler import guarded_yaml, reconcile
 from somnus_reconciler.diagnostics import Diagnostic, InvalidInput
 from tests import fuzz_manifests as fuzz
 
@@ -163,9 +163,9 @@ def test_an_alias_inside_its_own_anchor_is_refused(manifest: Path, text: str, li
 def parser(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Both parsers: libyaml first, PyYAML's again for the message of a syntax error."""
     if request.param == "pure-python":
-        monkeypatch.setattr(loader, "_Loader", loader._PureLoader)
+        monkeypatch.setattr(guarded_yaml, "Loader", guarded_yaml.PureLoader)
     else:  # PyYAML from PyPI ships libyaml; without it the guarded C path would go untested
-        assert loader._Loader is not loader._PureLoader, "PyYAML was built without libyaml"
+        assert guarded_yaml.Loader is not guarded_yaml.PureLoader, "PyYAML was built without libyaml"
     return str(request.param)
 
 
