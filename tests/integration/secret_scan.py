@@ -11,8 +11,8 @@ journal and its WAL, console logs, `runs/` (Ansible artifacts), `history-index/`
 `gitops/`. A finding names the secret by its file and where it was found, never the
 secret itself.
 
-Tests that make keys outside a Workspace (test_debian_image.py makes its own in a
-temporary directory) are not covered.
+test_debian_image.py, which makes its key outside a Workspace, registers its state
+directory and its guest's console log itself.
 """
 
 from __future__ import annotations

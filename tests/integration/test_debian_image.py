@@ -35,6 +35,7 @@ from somnus_reconciler import container_images, guest_access, images, rootfs, se
 from somnus_reconciler.providers import BackendUnavailable
 from somnus_reconciler.providers.docker_provider import DockerProvider
 from somnus_reconciler.providers import domain_xml
+from tests.integration import secret_scan
 from tests.integration.conftest import (
     destroy_and_undefine, free_loopback_port, image_domain_xml, read_or_empty,
 )
@@ -103,6 +104,8 @@ def guest(
     with contextlib.ExitStack() as cleanup:
         cleanup.callback(guest_access.remove_keypair, state_dir, name)
         key = guest_access.ensure_keypair(state_dir, name)
+        secret_scan.SESSION.register(state_dir)  # this key, too, must not leak (secret_scan.py)
+        secret_scan.SESSION.harvest()
         seed = vm_dir / "seed.img"
         guest_access.build_seed_disk(
             seed, {"authorized_keys": f"{key.public_openssh}\n".encode(), "agent-token": AGENT_TOKEN}
@@ -126,6 +129,7 @@ def guest(
         boot_to_ssh_s = time.monotonic() - started
         print(f"\ndebian-12 boot to SSH under TCG ({VCPUS} vCPUs, 1 GiB): {boot_to_ssh_s:.1f} s")
         yield Guest(dom, port, key, console_log, boot_to_ssh_s)
+        secret_scan.SESSION.record_output(f"console log of {name}", read_or_empty(console_log))
 
 
 def test_image_files_are_readable_by_qemu(debian_image: images.VmImage, images_dir: Path) -> None:
