@@ -4,9 +4,9 @@ Under the apply lock: end the playbooks a killed apply left running and roll bac
 the steps it left open (`Engine.recover`), observe and plan (`reconcile.prepare`,
 which raises `InvalidInput` when the plan must not run), set aside drift on
 objects with `driftPolicy: warn` (recorded as "drift reported", not acted on),
-then execute. The caller renders: it sees the
-plan through `on_plan` (which may decline, as a "no" at the prompt or --dry-run
-does) and the steps through engine hooks.
+then execute. The caller renders: it sees the plan through `on_plan` (which may
+decline, as a "no" at the prompt or --dry-run does) and the steps through engine
+hooks.
 """
 
 from __future__ import annotations

@@ -23,6 +23,7 @@ class AnsiblePackRunner:
         self._cancel = cancel  # asked while a playbook runs: True cancels it (then rolled back)
         self._vms = vms
         self._state_dir = state_dir
+        self._work_dir = state_dir / "runs"  # each run's private data directory lives here
         self._ssh_timeout_s = ssh_timeout_s
         self._run_timeout_s = run_timeout_s
 
@@ -35,20 +36,15 @@ class AnsiblePackRunner:
         else:
             target = self._ssh_target(guest)
             os_family = guest.os_family
-        work_dir = self._work_dir
-        work_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._work_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         return ansible_provider.run_pack(
-            target, pack, os_family=os_family, action=action, work_dir=work_dir,
+            target, pack, os_family=os_family, action=action, work_dir=self._work_dir,
             timeout_s=self._run_timeout_s, on_event=on_event, cancel=self._cancel,
         )
 
     def end_interrupted_runs(self) -> list[str]:
         """End playbooks a killed apply left running (see ansible_provider); under the apply lock."""
         return ansible_provider.end_interrupted_runs(self._work_dir)
-
-    @property
-    def _work_dir(self) -> Path:
-        return self._state_dir / "runs"
 
     def _ssh_target(self, vm: DesiredVm) -> ansible_provider.SshTarget:
         actual = self._vms.observe_one(vm.name)
