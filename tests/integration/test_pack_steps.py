@@ -120,11 +120,12 @@ def test_an_apply_killed_mid_step_is_rolled_back_by_the_next_run(
     apply = subprocess.Popen([sys.executable, "-m", "somnus_reconciler", "apply", str(ws.manifests), "-y"],
                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                              start_new_session=True)
-    try:
+    try:  # killed in its long task: killed between tasks, the orphan can end by itself (its pty is gone)
         deadline = time.monotonic() + 120
-        while in_box(ws, "test", "-e", "/opt/slow-marker") != 0:
+        while not sleeping_in_box(ws):
             assert time.monotonic() < deadline and apply.poll() is None, "the slow step never started"
             time.sleep(0.5)
+        assert in_box(ws, "test", "-e", "/opt/slow-marker") == 0
     finally:
         os.killpg(apply.pid, signal.SIGKILL)  # the apply and ansible-runner, not ansible-playbook
         apply.wait()
@@ -139,6 +140,12 @@ def test_an_apply_killed_mid_step_is_rolled_back_by_the_next_run(
     assert not list((ws.state_dir / "runs").glob("pack-*")), "the killed run's data directory is left"
     assert in_box(ws, "test", "-e", "/opt/slow-marker") != 0
     ws.somnus("diff", str(ws.manifests), check_exit=0)
+
+
+def sleeping_in_box(ws: Workspace) -> bool:
+    """Is the slow pack's `sleep 120` running in the container (seen from the host)?"""
+    top = subprocess.run(["docker", "top", ws.name("box"), "-o", "pid,args"], capture_output=True, text=True)
+    return "sleep 120" in top.stdout
 
 
 def playbooks_running_in(work_dir: Path) -> list[int]:
