@@ -141,9 +141,14 @@ class Trials:
         return problems
 
     def clean_up(self, conn: libvirt.virConnect, client: docker.DockerClient) -> None:
+        """Only the Pool stays declared: `apply --prune` deletes the rest."""
         (self.manifests / "ws.yaml").write_text(yaml.safe_dump(
-            {"apiVersion": "somnus/v1", "kind": "Pool", "metadata": {"name": self.prefix}}))
-        self.somnus("apply", str(self.manifests), "--prune", "-y")
+            {"apiVersion": "somnus/v1", "kind": "Pool", "metadata": {"name": self.prefix},
+             "spec": {"domainType": "qemu"}}))
+        result = self.somnus("apply", str(self.manifests), "--prune", "-y")
+        if result.returncode != 0:
+            print(f"clean-up apply --prune exited {result.returncode}: {result.stdout[-2000:]}{result.stderr[-2000:]}",
+                  file=sys.stderr, flush=True)
 
 
 GIVE_UP_AFTER = 3  # trials in a row that do not converge end the run early

@@ -236,7 +236,14 @@ class DockerProvider:
 
     # -- snapshots ---------------------------------------------------------
     def snapshot(self, name: str, snapshot: str, description: str) -> str:
-        """`docker commit` of the container as somnus-snapshots/<name>:<snapshot>; returns the image ID."""
+        """`docker commit` of the container as somnus-snapshots/<name>:<snapshot>; returns the image ID.
+
+        Not paused: with the cgroup v1 freezer, a `docker exec` that starts while the
+        commit pauses the container (anyone's: a user's shell, a health check) is
+        frozen half-way into it, and dockerd 20.10 then does not unpause: the container
+        stays paused and every later call on it times out. Taken before a pack step, the
+        snapshot holds what the container's own processes had written by then.
+        """
         address = _address(name)
         actual = self.observe_one(name)
         if actual is None or not actual.managed:
@@ -244,7 +251,7 @@ class DockerProvider:
         with _mapped(address, f"snapshot {snapshot}"):
             result = self._api().commit(
                 actual.container_id, repository=f"{SNAPSHOT_REPOSITORY}/{name}", tag=snapshot,
-                message=description, changes=[f"LABEL {LABEL_SNAPSHOT_OF}={name}"], pause=True,
+                message=description, changes=[f"LABEL {LABEL_SNAPSHOT_OF}={name}"], pause=False,
             )
         return str(result["Id"])
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import secrets
+import subprocess
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Callable
@@ -258,6 +260,35 @@ def test_start_of_a_paused_container_unpauses_it(
     provider.start(c.name)
     resumed = provider.observe_one(c.name)
     assert resumed is not None and resumed.running and resumed.container_id == paused.container_id
+
+
+def test_snapshots_beside_running_execs_leave_the_container_running(
+    provider: DockerProvider, docker_client: docker.DockerClient, names: Callable[[str], str]
+) -> None:
+    """A paused commit froze a `docker exec` that started beside it, and the container
+    with it (cgroup v1): snapshots no longer pause."""
+    c = desired(names("busy"))
+    provider.create(c)
+    stop = threading.Event()
+    execs: list[int] = []
+
+    def exec_in_a_loop() -> None:
+        while not stop.is_set():
+            execs.append(subprocess.run(["docker", "exec", c.name, "true"], capture_output=True,
+                                        timeout=60).returncode)
+
+    beside = threading.Thread(target=exec_in_a_loop)
+    beside.start()
+    try:
+        for number in range(5):
+            provider.snapshot(c.name, f"somnus-test-{number}", "beside execs")
+    finally:
+        stop.set()
+        beside.join(timeout=120)
+    assert not beside.is_alive() and execs and set(execs) == {0}
+    assert docker_client.api.inspect_container(c.name)["State"]["Status"] == "running"
+    assert len(provider.snapshots(c.name)) == 5
+    provider.delete(c.name)
 
 
 def test_delete_removes_container_and_volumes(

@@ -63,7 +63,7 @@ def packs(workspace: Workspace, tmp_path: Path) -> list[dict[str, Any]]:
 
 
 def in_box(ws: Workspace, *argv: str) -> int:
-    return subprocess.run(["docker", "exec", ws.name("box"), *argv], capture_output=True).returncode
+    return subprocess.run(["docker", "exec", ws.name("box"), *argv], capture_output=True, timeout=60).returncode
 
 
 def test_packs_go_in_as_guarded_steps_and_a_failed_step_is_rolled_back(
@@ -144,7 +144,8 @@ def test_an_apply_killed_mid_step_is_rolled_back_by_the_next_run(
 
 def sleeping_in_box(ws: Workspace) -> bool:
     """Is the slow pack's `sleep 120` running in the container (seen from the host)?"""
-    top = subprocess.run(["docker", "top", ws.name("box"), "-o", "pid,args"], capture_output=True, text=True)
+    top = subprocess.run(["docker", "top", ws.name("box"), "-o", "pid,args"], capture_output=True, text=True,
+                         timeout=60)
     return "sleep 120" in top.stdout
 
 
