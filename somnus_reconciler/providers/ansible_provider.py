@@ -232,11 +232,11 @@ def end_interrupted_runs(work_dir: Path) -> list[str]:
 
     ansible-runner starts ansible-playbook in a session of its own (on a pty, SIGHUP
     ignored), so a SIGKILL of the apply does not reach it: it would go on changing
-    the guest while the next apply rolls the step back, and its `docker exec`s race
-    the snapshot's pause. Such a playbook is found by its command line, which names
-    its data directory under `work_dir`; its process group (Ansible's workers and
-    their `docker exec` or ssh children) is killed whole. Call it only under the
-    apply lock: no run of this state directory is live then. Returns what was ended.
+    the guest while the next apply rolls the step back. Such a playbook is found by
+    its command line, which names its data directory under `work_dir`; its process
+    group (Ansible's workers and their `docker exec` or ssh children) is killed
+    whole. Call it only under the apply lock: no run of this state directory is live
+    then. Returns what was ended.
     """
     leftovers = sorted(work_dir.glob("pack-*"))
     if not leftovers:  # every finished run removes its directory: nothing can be left running
