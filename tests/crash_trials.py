@@ -141,10 +141,14 @@ class Trials:
         return problems
 
     def clean_up(self, conn: libvirt.virConnect, client: docker.DockerClient) -> None:
-        """Only the Pool stays declared: `apply --prune` deletes the rest."""
-        (self.manifests / "ws.yaml").write_text(yaml.safe_dump(
+        """Only the Pool and a pack stay declared (the pack keeps playbooks/ from being read
+        as manifests): `apply --prune` deletes the rest."""
+        (self.manifests / "ws.yaml").write_text(yaml.safe_dump_all([
             {"apiVersion": "somnus/v1", "kind": "Pool", "metadata": {"name": self.prefix},
-             "spec": {"domainType": "qemu"}}))
+             "spec": {"domainType": "qemu"}},
+            {"apiVersion": "somnus/v1", "kind": "CapabilityPack", "metadata": {"name": "marker-0"},
+             "spec": {"playbook": "playbooks/marker.yml"}},
+        ]))
         result = self.somnus("apply", str(self.manifests), "--prune", "-y")
         if result.returncode != 0:
             print(f"clean-up apply --prune exited {result.returncode}: {result.stdout[-2000:]}{result.stderr[-2000:]}",
