@@ -107,9 +107,7 @@ class Trials:
             open_steps = db.execute("SELECT address, step FROM steps WHERE state = 'open'").fetchall()
         if open_steps:
             problems.append(f"steps still open in the journal: {open_steps}")
-        runs = f"{self.state_dir / 'runs'}{os.sep}"
-        playbooks = [p.pid for p in psutil.process_iter(["cmdline"])
-                     if any(arg.startswith(runs) for arg in p.info["cmdline"] or ())]
+        playbooks = playbooks_running_in(self.state_dir / "runs")
         if playbooks:
             problems.append(f"playbooks of a killed apply still running: pids {playbooks}")
         for dom in conn.listAllDomains(0):
@@ -153,6 +151,13 @@ class Trials:
         if result.returncode != 0:
             print(f"clean-up apply --prune exited {result.returncode}: {result.stdout[-2000:]}{result.stderr[-2000:]}",
                   file=sys.stderr, flush=True)
+
+
+def playbooks_running_in(work_dir: Path) -> list[int]:
+    """Pids of processes whose command line names something under `work_dir` (a pack run's data)."""
+    prefix = f"{work_dir}{os.sep}"
+    return [p.pid for p in psutil.process_iter(["cmdline"])
+            if any(arg.startswith(prefix) for arg in p.info["cmdline"] or ())]
 
 
 GIVE_UP_AFTER = 3  # trials in a row that do not converge end the run early

@@ -12,10 +12,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
 import yaml
 
+from tests.crash_trials import playbooks_running_in
 from tests.integration import apt_repo
 from tests.integration.conftest import Workspace
 
@@ -147,12 +147,6 @@ def sleeping_in_box(ws: Workspace) -> bool:
     top = subprocess.run(["docker", "top", ws.name("box"), "-o", "pid,args"], capture_output=True, text=True,
                          timeout=60)
     return "sleep 120" in top.stdout
-
-
-def playbooks_running_in(work_dir: Path) -> list[int]:
-    prefix = f"{work_dir}{os.sep}"
-    return [p.pid for p in psutil.process_iter(["cmdline"])
-            if any(arg.startswith(prefix) for arg in p.info["cmdline"] or ())]
 
 
 def in_vm(ws: Workspace, command: str) -> subprocess.CompletedProcess[str]:
