@@ -30,8 +30,8 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from somnus_reconciler import guest_access  # noqa: E402
-from somnus_reconciler.agent_client import AgentClient, AgentUnreachable  # noqa: E402
+from somnus_reconciler.providers import guest_access  # noqa: E402
+from somnus_reconciler.providers.agent_client import AgentClient, AgentUnreachable  # noqa: E402
 from tests.unit.test_agent import TOKEN, running_agent  # noqa: E402
 
 PREFIX = "bench-agent"

@@ -21,7 +21,7 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from somnus_reconciler.triage import Category, Classifier  # noqa: E402
+from somnus_reconciler.semantic.triage import Category, Classifier  # noqa: E402
 
 DEFAULT_DATA = REPO / "tests" / "data" / "error_messages.yaml"
 SHORT = {c: c.value.split("_")[0][:7] for c in Category}  # column headings

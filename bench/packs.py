@@ -28,8 +28,13 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from somnus_reconciler import guest_access, reconcile  # noqa: E402
-from somnus_reconciler.providers import ansible_provider  # noqa: E402
+from somnus_reconciler.passes import prepare
+from somnus_reconciler.providers import (
+    ansible_provider,  # noqa: E402
+    guest_access,  # noqa: E402
+)
+from somnus_reconciler.providers import backends as backends_mod
+from somnus_reconciler.providers.backends import Backends
 from tests.integration import apt_repo  # noqa: E402
 
 PREFIX = "bench-packs"
@@ -86,8 +91,8 @@ def timed(commands: list[list[str]], env: dict[str, str], repeat: int) -> float:
 def plain_playbook(tree: Path, state_dir: Path, workdir: Path) -> list[list[str]]:
     """The same three packs with plain `ansible-playbook`, one run per pack (the generic
     playbook takes its pack as extra vars), against the same VM over the same SSH."""
-    desired = reconcile.load_desired([tree])
-    backends = reconcile.open_backends(desired)
+    desired = prepare.load_desired([tree])
+    backends = backends_mod.open_backends(desired)
     vm = backends.vms.observe_one(f"{PREFIX}-vm")
     backends.close()
     assert vm is not None and vm.mark is not None
@@ -110,8 +115,8 @@ def plain_playbook(tree: Path, state_dir: Path, workdir: Path) -> list[list[str]
 
 
 def snapshot_costs(state_dir: Path, tree: Path) -> dict[str, float]:
-    desired = reconcile.load_desired([tree])
-    backends = reconcile.open_backends(desired, state_dir=str(state_dir))
+    desired = prepare.load_desired([tree])
+    backends = backends_mod.open_backends(desired, state_dir=str(state_dir))
     figures = {}
     for kind, provider, name in (("vm", backends.vms, f"{PREFIX}-vm"), ("container", backends.containers, f"{PREFIX}-box")):
         start = time.perf_counter()

@@ -15,7 +15,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from somnus_reconciler.model import PoolSpec
+from somnus_reconciler.values.model import PoolSpec
 
 DEFAULT_GUEST_DIR = Path("/var/lib/somnus")
 

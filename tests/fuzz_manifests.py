@@ -13,7 +13,7 @@ VMs, containers, a Pool), then break them at three levels:
   deleted lines, truncation, several documents in one file;
 - bytes: flipped bits, invalid UTF-8, NUL, byte order marks, UTF-16.
 
-`check_file` loads one file as `somnus validate` does (`reconcile.load_desired`:
+`check_file` loads one file as `somnus validate` does (`prepare.load_desired`:
 `loader.load`, `references.resolve`, pack fingerprints) and says how it ended; every example must end
 `Outcome.acceptable`: a DesiredState, or InvalidInput whose every diagnostic names
 the file and a line (or, for a problem of the whole file, has the file's path in
@@ -37,11 +37,12 @@ from types import FrameType
 from typing import Any, Literal, TypedDict
 
 import yaml
-from hypothesis import HealthCheck, Phase, given, seed as hypothesis_seed, settings
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import seed as hypothesis_seed
 from hypothesis import strategies as st
 
-from somnus_reconciler import reconcile
-from somnus_reconciler.diagnostics import Diagnostic, InvalidInput
+from somnus_reconciler.passes import prepare
+from somnus_reconciler.values.diagnostics import Diagnostic, InvalidInput
 
 TIME_BOUND_SECONDS = 2.0  # what one example may take
 STOP_SECONDS = 20.0  # an example still running then is stopped and counted as a hang
@@ -429,7 +430,7 @@ def check_file(directory: Path, data: bytes) -> Outcome:
     start = time.monotonic()
     with _Alarm(STOP_SECONDS):
         try:
-            reconcile.load_desired([path])  # loader.load, then references.resolve and more
+            prepare.load_desired([path])  # loader.load, then references.resolve and more
         except InvalidInput as e:
             outcome = _judge(path, data, e.diagnostics, time.monotonic() - start)
         except _Stopped:

@@ -1,71 +1,9 @@
-"""Backend adapters behind narrow protocols; the engine sees only these.
+"""providers: one adapter per backend, behind the narrow protocols in `protocols`.
 
-Each backend library (libvirt, docker) is imported in its own adapter module
-only, and its errors are mapped once into `ProviderError`.
+`libvirt_provider` (+ `domain_xml`), `docker_provider` and `ansible_provider` are
+the only modules that import libvirt, docker and ansible_runner, and they map
+their errors once. The guest side lives here too: `guest_access` (per-VM keys,
+agent tokens, seed disk) and `agent_client` (the in-guest agent over its
+loopback forward). `backends` opens libvirt and Docker together and observes
+them. May import: values, manifests (pack files), images, journal, settings.
 """
-
-from __future__ import annotations
-
-from typing import Protocol
-
-from somnus_reconciler.actual import ActualContainer, ActualVm, Snapshot
-from somnus_reconciler.desired import DesiredContainer, DesiredVm
-
-
-class ProviderError(Exception):
-    """A backend call failed; the message names the resource and the action."""
-
-    def __init__(self, address: str, action: str, cause: str, *, temporary: bool = False) -> None:
-        self.address = address
-        self.action = action
-        self.cause = cause
-        self.temporary = temporary
-        super().__init__(f"{address}: {action} failed: {cause}")
-
-
-class BackendUnavailable(ProviderError):
-    """The daemon itself cannot be reached (libvirtd or dockerd down): always temporary.
-
-    `kind` is "vm" (libvirtd) or "container" (dockerd): the half of the desired
-    state that cannot be converged until the daemon is back.
-    """
-
-    def __init__(self, message: str, *, kind: str) -> None:
-        super().__init__(f"{kind}/*", "reach the daemon", message, temporary=True)
-        self.kind = kind
-        self.args = (message,)
-
-    def __str__(self) -> str:
-        return str(self.args[0])
-
-
-class VmProvider(Protocol):
-    def observe(self) -> dict[str, ActualVm]: ...
-    def observe_one(self, name: str) -> ActualVm | None: ...
-    def create(self, vm: DesiredVm) -> None: ...
-    def start(self, name: str) -> None: ...
-    def stop(self, name: str) -> None: ...
-    def redefine(self, vm: DesiredVm) -> None:
-        """Write `vm` into the persistent config; the running guest is left as it is."""
-    def resize_live(self, vm: DesiredVm) -> None: ...
-    def write_mark(self, vm: DesiredVm) -> None:
-        """Record `vm`'s spec hash in the ownership mark, live and persistent."""
-    def write_packs(self, name: str, packs: tuple[tuple[str, str], ...]) -> None: ...
-    def delete(self, name: str) -> None: ...
-    def snapshot(self, name: str, snapshot: str, description: str) -> None: ...
-    def revert(self, name: str, snapshot: str) -> None: ...
-    def snapshots(self, name: str) -> list[Snapshot]: ...
-    def delete_snapshot(self, name: str, snapshot: str) -> None: ...
-
-
-class ContainerProvider(Protocol):
-    def observe(self) -> dict[str, ActualContainer]: ...
-    def observe_one(self, name: str) -> ActualContainer | None: ...
-    def create(self, container: DesiredContainer, *, from_image: str | None = None) -> str: ...
-    def start(self, name: str) -> None: ...
-    def delete(self, name: str, *, keep_snapshots: bool = False) -> None: ...
-    def snapshot(self, name: str, snapshot: str, description: str) -> str: ...
-    def restore(self, container: DesiredContainer, snapshot: str) -> str:
-        """Make the container anew from its snapshot, same spec; returns the new ID."""
-    def snapshots(self, name: str) -> list[Snapshot]: ...
-    def delete_snapshot(self, name: str, snapshot: str) -> None: ...

@@ -1,9 +1,7 @@
 """Capability packs installed in a guest with Ansible, through ansible-runner.
 
 The engine calls `run_pack` for one pack on one guest (a VM over SSH on a
-127.0.0.1 port forward, or a container through `docker exec`), and records
-`pack_fingerprint` in the ownership mark so that a changed pack, or a changed
-playbook, is installed again. Every run executes the generic
+127.0.0.1 port forward, or a container through `docker exec`). Every run executes the generic
 `playbooks/pack.yml` with extra vars (packages for the guest's family, the
 pack's own playbook, its verify commands); `render_tasks` lists the tasks that
 run would execute, without a guest.
@@ -16,7 +14,6 @@ missing playbook, no `ansible-playbook`) raises `ProviderError`.
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import json
 import math
@@ -35,11 +32,10 @@ from typing import Any
 
 import psutil
 
-from somnus_reconciler.desired import DesiredPack
-from somnus_reconciler.providers import ProviderError
+from somnus_reconciler.manifests.pack_files import PLAYBOOKS_DIR, pack_playbook_path
+from somnus_reconciler.providers.protocols import ProviderError
+from somnus_reconciler.values.desired import DesiredPack
 
-# playbooks/ sits at the repository root, beside capability_packs/.
-PLAYBOOKS_DIR = Path(__file__).resolve().parents[2] / "playbooks"
 PACK_PLAYBOOK = PLAYBOOKS_DIR / "pack.yml"
 
 OS_FAMILIES = ("debian", "windows", "macos")
@@ -83,36 +79,6 @@ class PackRunResult:
     message: str  # excerpt of the failure output, at most MESSAGE_LIMIT characters
     duration_s: float
     changed: int  # tasks that reported a change
-
-
-def pack_playbook_path(pack: DesiredPack) -> Path | None:
-    """The pack's own playbook, resolved relative to the manifest that declares it."""
-    if not pack.spec.playbook:
-        return None
-    return (pack.source.file.parent / pack.spec.playbook).resolve()
-
-
-def pack_fingerprint(pack: DesiredPack) -> str:
-    """Hash of the pack's spec and of every playbook file a run of it reads.
-
-    The generic playbooks (pack.yml, its task files, noop.yml) count for every
-    pack: a change to them re-runs installed packs, which is the safe side.
-    """
-    digest = hashlib.sha256()
-    spec = json.dumps(pack.spec.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
-    _feed(digest, "spec", spec.encode())
-    own = pack_playbook_path(pack)
-    if own is not None:
-        _feed(digest, "playbook", own.read_bytes() if own.is_file() else b"\0missing")
-    for path in sorted(PLAYBOOKS_DIR.rglob("*.yml")):
-        _feed(digest, str(path.relative_to(PLAYBOOKS_DIR)), path.read_bytes())
-    return digest.hexdigest()[:16]
-
-
-def _feed(digest: Any, label: str, data: bytes) -> None:
-    # Length-prefixed, so that moving bytes between parts changes the hash.
-    digest.update(f"{label}\0{len(data)}\0".encode())
-    digest.update(data)
 
 
 def extra_vars(pack: DesiredPack, os_family: str, action: str) -> dict[str, Any]:

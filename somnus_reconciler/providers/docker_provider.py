@@ -27,9 +27,9 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from somnus_reconciler.actual import ActualContainer, Snapshot
-from somnus_reconciler.desired import DesiredContainer
-from somnus_reconciler.providers import BackendUnavailable, ProviderError
+from somnus_reconciler.providers.protocols import BackendUnavailable, ProviderError
+from somnus_reconciler.values.actual import ActualContainer, Snapshot
+from somnus_reconciler.values.desired import DesiredContainer
 
 if TYPE_CHECKING:
     import docker

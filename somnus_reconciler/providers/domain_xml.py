@@ -16,8 +16,8 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 
-from somnus_reconciler.actual import ActualVm, PortForward, PowerState, VmMark
-from somnus_reconciler.desired import DesiredVm
+from somnus_reconciler.values.actual import ActualVm, PortForward, PowerState, VmMark
+from somnus_reconciler.values.desired import DesiredVm
 
 SOMNUS_NS = "https://somnus-reconciler.dev/xmlns/domain/v1"
 QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"

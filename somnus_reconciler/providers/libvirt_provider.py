@@ -21,12 +21,12 @@ from pathlib import Path
 
 import libvirt
 
-from somnus_reconciler import guest_access, images
-from somnus_reconciler.actual import ActualVm, PortForward, PowerState, Snapshot
-from somnus_reconciler.desired import DesiredVm
-from somnus_reconciler.providers import BackendUnavailable, ProviderError
-from somnus_reconciler.providers import domain_xml
+from somnus_reconciler.images import vm_images
+from somnus_reconciler.providers import domain_xml, guest_access
+from somnus_reconciler.providers.protocols import BackendUnavailable, ProviderError
 from somnus_reconciler.settings import Settings
+from somnus_reconciler.values.actual import ActualVm, PortForward, PowerState, Snapshot
+from somnus_reconciler.values.desired import DesiredVm
 
 # libvirt prints every error to stderr by default; we map and report them ourselves.
 libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
@@ -112,7 +112,7 @@ class LibvirtProvider:
             yield
         except libvirt.libvirtError as e:
             raise self._unavailable(e) or ProviderError(f"vm/{name}", action, e.get_error_message() or str(e)) from e
-        except (OSError, subprocess.CalledProcessError, images.ImageError) as e:
+        except (OSError, subprocess.CalledProcessError, vm_images.ImageError) as e:
             raise ProviderError(f"vm/{name}", action, str(e)) from e
 
     def _domain(self, name: str) -> libvirt.virDomain:
@@ -156,7 +156,7 @@ class LibvirtProvider:
         return self._settings.vms_dir / name
 
     def _boot_source(self, vm: DesiredVm) -> domain_xml.BootSource:
-        image = images.find_vm_image(vm.image, self._settings.images_dir)
+        image = vm_images.find_vm_image(vm.image, self._settings.images_dir)
         return domain_xml.BootSource(
             disk=self._vm_dir(vm.name) / "disk.qcow2",
             kernel=image.kernel, initrd=image.initrd, cmdline=image.cmdline,
@@ -173,7 +173,7 @@ class LibvirtProvider:
     def create(self, vm: DesiredVm) -> None:
         """Overlay disk, define, and start when `vm.running`."""
         with self._mapped(vm.name, "create"):
-            image = images.find_vm_image(vm.image, self._settings.images_dir)
+            image = vm_images.find_vm_image(vm.image, self._settings.images_dir)
             vm_dir = self._vm_dir(vm.name)
             vm_dir.mkdir(parents=True, exist_ok=True)
             vm_dir.chmod(0o755)

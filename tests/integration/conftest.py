@@ -27,12 +27,13 @@ import libvirt
 import pytest
 import yaml
 
-from somnus_reconciler import container_images, images, settings as settings_mod
-from somnus_reconciler.actual import PortForward
-from somnus_reconciler.desired import DesiredVm, VmResources
-from somnus_reconciler.diagnostics import Source
+from somnus_reconciler import settings as settings_mod
+from somnus_reconciler.images import container_images, vm_images
 from somnus_reconciler.providers import domain_xml
 from somnus_reconciler.providers.docker_provider import DockerProvider
+from somnus_reconciler.values.actual import PortForward
+from somnus_reconciler.values.desired import DesiredVm, VmResources
+from somnus_reconciler.values.diagnostics import Source
 from tests.integration import secret_scan
 
 LIBVIRT_URI = "qemu:///system"
@@ -96,7 +97,7 @@ def docker_client() -> Iterator[docker.DockerClient]:
 @pytest.fixture(scope="session")
 def base_images(libvirt_conn: libvirt.virConnect, docker_client: docker.DockerClient) -> None:
     """tiny-linux and somnus/busybox, built once (both builds are cached by recipe)."""
-    images.build_vm_image("tiny-linux", settings_mod.resolve().images_dir)
+    vm_images.build_vm_image("tiny-linux", settings_mod.resolve().images_dir)
     provider = DockerProvider()
     container_images.build_container_image("somnus/busybox:latest", provider)
     provider.close()
@@ -207,7 +208,7 @@ def remove_objects(ws: Workspace) -> None:
                 docker_client.images.remove(tag, force=True)
 
 
-def image_domain_xml(name: str, image: images.VmImage, overlay: Path, console_log: Path,
+def image_domain_xml(name: str, image: vm_images.VmImage, overlay: Path, console_log: Path,
                      forwards: dict[str, tuple[int, int]], *, memory_mib: int, vcpus: int = 1,
                      seed: Path | None = None) -> str:
     """A domain booting `image` alone, built by the product's own `domain_xml.build`

@@ -28,12 +28,12 @@ import docker.errors
 import pytest
 import yaml
 
-from somnus_reconciler import container_images
-from somnus_reconciler.desired import DesiredPack
-from somnus_reconciler.diagnostics import Source
-from somnus_reconciler.model import CapabilityPackSpec
-from somnus_reconciler.providers import ProviderError
+from somnus_reconciler.images import container_images
 from somnus_reconciler.providers.docker_provider import DockerProvider
+from somnus_reconciler.providers.protocols import ProviderError
+from somnus_reconciler.values.desired import DesiredPack
+from somnus_reconciler.values.diagnostics import Source
+from somnus_reconciler.values.model import CapabilityPackSpec
 from tests.integration import apt_repo
 
 try:

@@ -31,13 +31,17 @@ import docker
 import libvirt
 import pytest
 
-from somnus_reconciler import container_images, guest_access, images, rootfs, settings
-from somnus_reconciler.providers import BackendUnavailable
+from somnus_reconciler import settings
+from somnus_reconciler.images import container_images, rootfs, vm_images
+from somnus_reconciler.providers import domain_xml, guest_access
 from somnus_reconciler.providers.docker_provider import DockerProvider
-from somnus_reconciler.providers import domain_xml
+from somnus_reconciler.providers.protocols import BackendUnavailable
 from tests.integration import secret_scan
 from tests.integration.conftest import (
-    destroy_and_undefine, free_loopback_port, image_domain_xml, read_or_empty,
+    destroy_and_undefine,
+    free_loopback_port,
+    image_domain_xml,
+    read_or_empty,
 )
 
 pytestmark = pytest.mark.integration
@@ -75,9 +79,9 @@ def images_dir() -> Path:
 
 
 @pytest.fixture(scope="module")
-def debian_image(images_dir: Path) -> images.VmImage:
+def debian_image(images_dir: Path) -> vm_images.VmImage:
     started = time.monotonic()
-    image = images.build_vm_image("debian-12", images_dir, log=print)
+    image = vm_images.build_vm_image("debian-12", images_dir, log=print)
     print(f"\ndebian-12 build (cold or cached): {time.monotonic() - started:.1f} s")
     return image
 
@@ -93,7 +97,7 @@ def test_root() -> Iterator[Path]:
 
 @pytest.fixture(scope="module")
 def guest(
-    debian_image: images.VmImage, test_root: Path, libvirt_conn: libvirt.virConnect,
+    debian_image: vm_images.VmImage, test_root: Path, libvirt_conn: libvirt.virConnect,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Guest]:
     """One running debian-12 guest for the module: booting one takes a while under TCG."""
@@ -132,21 +136,21 @@ def guest(
         secret_scan.SESSION.record_output(f"console log of {name}", read_or_empty(console_log))
 
 
-def test_image_files_are_readable_by_qemu(debian_image: images.VmImage, images_dir: Path) -> None:
-    image_dir = images.image_dir("debian-12", images_dir)
+def test_image_files_are_readable_by_qemu(debian_image: vm_images.VmImage, images_dir: Path) -> None:
+    image_dir = vm_images.image_dir("debian-12", images_dir)
     assert debian_image.kernel is not None and debian_image.initrd is not None
-    assert f"root=LABEL={images.ROOT_LABEL}" in debian_image.cmdline
-    for path in (debian_image.disk, debian_image.kernel, debian_image.initrd, image_dir / images.RECIPE_FILE):
+    assert f"root=LABEL={vm_images.ROOT_LABEL}" in debian_image.cmdline
+    for path in (debian_image.disk, debian_image.kernel, debian_image.initrd, image_dir / vm_images.RECIPE_FILE):
         assert path.parent == image_dir
         assert path.stat().st_mode & 0o777 == 0o644, path
     assert image_dir.stat().st_mode & 0o777 == 0o755
 
 
-def test_second_build_reuses_the_cached_image(debian_image: images.VmImage, images_dir: Path) -> None:
+def test_second_build_reuses_the_cached_image(debian_image: vm_images.VmImage, images_dir: Path) -> None:
     files = (debian_image.disk, debian_image.kernel, debian_image.initrd)
     before = {p: p.stat().st_ino for p in files if p is not None}
     started = time.monotonic()
-    again = images.build_vm_image("debian-12", images_dir)
+    again = vm_images.build_vm_image("debian-12", images_dir)
     print(f"\ndebian-12 cached build: {(time.monotonic() - started) * 1000:.1f} ms")
     assert again == debian_image
     assert {p: p.stat().st_ino for p in before} == before
@@ -180,7 +184,7 @@ def test_guest_is_reachable_by_key_and_ready_for_ansible(guest: Guest) -> None:
 
 
 def test_guest_finds_the_hosts_package_mirrors_without_a_nameserver(guest: Guest, images_dir: Path) -> None:
-    built = json.loads((images.image_dir("debian-12", images_dir) / images.RECIPE_FILE).read_text())["built"]
+    built = json.loads((vm_images.image_dir("debian-12", images_dir) / vm_images.RECIPE_FILE).read_text())["built"]
     guest_hosts = guest.ssh("cat /etc/hosts").stdout.splitlines()
     assert built["hosts_lines"], "the build host resolved none of its apt hosts"
     for line in built["hosts_lines"]:
@@ -194,9 +198,9 @@ def test_guest_finds_the_hosts_package_mirrors_without_a_nameserver(guest: Guest
 
 def test_guest_prints_the_ready_line_on_the_serial_console(guest: Guest) -> None:
     deadline = time.monotonic() + READY_LINE_TIMEOUT_S
-    while images.GUEST_READY_LINE not in read_or_empty(guest.console_log) and time.monotonic() < deadline:
+    while vm_images.GUEST_READY_LINE not in read_or_empty(guest.console_log) and time.monotonic() < deadline:
         time.sleep(0.5)
-    assert images.GUEST_READY_LINE in read_or_empty(guest.console_log), read_or_empty(guest.console_log)[-4000:]
+    assert vm_images.GUEST_READY_LINE in read_or_empty(guest.console_log), read_or_empty(guest.console_log)[-4000:]
 
 
 def test_internal_snapshot_of_the_running_guest_reverts_its_disk(guest: Guest) -> None:

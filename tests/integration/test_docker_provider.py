@@ -21,12 +21,12 @@ import docker
 import docker.errors
 import pytest
 
-from somnus_reconciler import container_images
-from somnus_reconciler.desired import DesiredContainer
-from somnus_reconciler.diagnostics import Source
-from somnus_reconciler.providers import BackendUnavailable, ProviderError
+from somnus_reconciler.images import container_images
 from somnus_reconciler.providers import docker_provider
 from somnus_reconciler.providers.docker_provider import DockerProvider
+from somnus_reconciler.providers.protocols import BackendUnavailable, ProviderError
+from somnus_reconciler.values.desired import DesiredContainer
+from somnus_reconciler.values.diagnostics import Source
 
 pytestmark = pytest.mark.integration
 

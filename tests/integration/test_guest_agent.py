@@ -23,8 +23,8 @@ import docker
 import libvirt
 import pytest
 
-from somnus_reconciler import guest_access
-from somnus_reconciler.agent_client import AgentClient, AgentRefused
+from somnus_reconciler.providers import guest_access
+from somnus_reconciler.providers.agent_client import AgentClient, AgentRefused
 from tests.integration.conftest import Workspace, remove_objects
 from tests.integration.event_stream import EventStream
 from tests.integration.test_pack_steps import pack_doc, playbook

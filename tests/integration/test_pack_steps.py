@@ -150,7 +150,7 @@ def sleeping_in_box(ws: Workspace) -> bool:
 
 
 def in_vm(ws: Workspace, command: str) -> subprocess.CompletedProcess[str]:
-    from somnus_reconciler import guest_access
+    from somnus_reconciler.providers import guest_access
 
     vm = ws.get_json()[f"vm/{ws.name('vm')}"]
     port = int(vm["forwards"]["ssh"].rsplit(":", 1)[1])

@@ -24,10 +24,13 @@ from pathlib import Path
 import libvirt
 import pytest
 
-from somnus_reconciler import images
+from somnus_reconciler.images import vm_images
 from somnus_reconciler.providers import domain_xml
 from tests.integration.conftest import (
-    destroy_and_undefine, free_loopback_port, image_domain_xml, read_or_empty,
+    destroy_and_undefine,
+    free_loopback_port,
+    image_domain_xml,
+    read_or_empty,
 )
 
 pytestmark = pytest.mark.integration
@@ -51,9 +54,9 @@ def test_root() -> Iterator[Path]:
 
 
 @pytest.fixture(scope="module")
-def tiny_image(test_root: Path) -> images.VmImage:
+def tiny_image(test_root: Path) -> vm_images.VmImage:
     started = time.monotonic()
-    image = images.build_vm_image("tiny-linux", test_root / "images")
+    image = vm_images.build_vm_image("tiny-linux", test_root / "images")
     print(f"\ntiny-linux cold build: {time.monotonic() - started:.2f} s")
     return image
 
@@ -64,54 +67,54 @@ def cleanup() -> Iterator[contextlib.ExitStack]:
         yield stack
 
 
-def test_built_image_is_complete_and_readable_by_qemu(tiny_image: images.VmImage, test_root: Path) -> None:
-    image_dir = images.image_dir("tiny-linux", test_root / "images")
+def test_built_image_is_complete_and_readable_by_qemu(tiny_image: vm_images.VmImage, test_root: Path) -> None:
+    image_dir = vm_images.image_dir("tiny-linux", test_root / "images")
     assert tiny_image.kernel is not None and tiny_image.initrd is not None
     assert "console=ttyS0" in tiny_image.cmdline
-    for path in (tiny_image.disk, tiny_image.kernel, tiny_image.initrd, image_dir / images.RECIPE_FILE):
+    for path in (tiny_image.disk, tiny_image.kernel, tiny_image.initrd, image_dir / vm_images.RECIPE_FILE):
         assert path.parent == image_dir
         assert path.stat().st_mode & 0o777 == 0o644, path
     assert image_dir.stat().st_mode & 0o777 == 0o755
-    assert images.find_vm_image("tiny-linux", test_root / "images") == tiny_image
-    assert images.find_vm_image(str(tiny_image.disk), test_root / "images").kernel is None
+    assert vm_images.find_vm_image("tiny-linux", test_root / "images") == tiny_image
+    assert vm_images.find_vm_image(str(tiny_image.disk), test_root / "images").kernel is None
     assert not [p for p in (test_root / "images").iterdir() if ".building-" in p.name]
 
 
-def test_second_build_reuses_the_cached_image(tiny_image: images.VmImage, test_root: Path) -> None:
+def test_second_build_reuses_the_cached_image(tiny_image: vm_images.VmImage, test_root: Path) -> None:
     before = {p: p.stat().st_ino for p in (tiny_image.disk, tiny_image.kernel, tiny_image.initrd) if p}
     started = time.monotonic()
-    again = images.build_vm_image("tiny-linux", test_root / "images")
+    again = vm_images.build_vm_image("tiny-linux", test_root / "images")
     print(f"\ntiny-linux cached build: {(time.monotonic() - started) * 1000:.1f} ms")
     assert again == tiny_image
     assert {p: p.stat().st_ino for p in before} == before
 
 
 def test_missing_image_names_the_build_command(tmp_path: Path) -> None:
-    assert not images.is_vm_image_available("tiny-linux", tmp_path)
-    with pytest.raises(images.ImageError, match="somnus image build tiny-linux"):
-        images.find_vm_image("tiny-linux", tmp_path)
+    assert not vm_images.is_vm_image_available("tiny-linux", tmp_path)
+    with pytest.raises(vm_images.ImageError, match="somnus image build tiny-linux"):
+        vm_images.find_vm_image("tiny-linux", tmp_path)
 
 
 def test_leftovers_of_a_killed_build_are_not_an_image_and_get_replaced(test_root: Path) -> None:
     images_dir = test_root / "images-after-crash"
     staging = images_dir / ".tiny-linux.building-killed"
     staging.mkdir(parents=True)
-    (staging / images.KERNEL_FILE).write_bytes(b"half a kernel")
-    half_published = images.image_dir("tiny-linux", images_dir)
+    (staging / vm_images.KERNEL_FILE).write_bytes(b"half a kernel")
+    half_published = vm_images.image_dir("tiny-linux", images_dir)
     half_published.mkdir()
-    for file in (images.DISK_FILE, images.KERNEL_FILE, images.INITRD_FILE):
+    for file in (vm_images.DISK_FILE, vm_images.KERNEL_FILE, vm_images.INITRD_FILE):
         (half_published / file).write_bytes(b"")
-    assert not images.is_vm_image_available("tiny-linux", images_dir)
+    assert not vm_images.is_vm_image_available("tiny-linux", images_dir)
 
-    image = images.build_vm_image("tiny-linux", images_dir)
+    image = vm_images.build_vm_image("tiny-linux", images_dir)
 
-    assert images.find_vm_image("tiny-linux", images_dir) == image
+    assert vm_images.find_vm_image("tiny-linux", images_dir) == image
     assert image.kernel is not None and image.kernel.stat().st_size > 1_000_000
     assert sorted(p.name for p in images_dir.iterdir()) == [".tiny-linux.lock", half_published.name]
 
 
 def test_tiny_linux_boots_balloons_and_shuts_down_under_libvirt(
-    tiny_image: images.VmImage, test_root: Path, cleanup: contextlib.ExitStack
+    tiny_image: vm_images.VmImage, test_root: Path, cleanup: contextlib.ExitStack
 ) -> None:
     try:
         conn = libvirt.open(LIBVIRT_URI)
@@ -132,13 +135,13 @@ def test_tiny_linux_boots_balloons_and_shuts_down_under_libvirt(
     port = free_loopback_port()
 
     dom = conn.defineXML(image_domain_xml(name, tiny_image, overlay, console_log,
-                                         {"agent": (port, images.GUEST_STATUS_PORT)}, memory_mib=MEMORY_KIB // 1024))
+                                         {"agent": (port, vm_images.GUEST_STATUS_PORT)}, memory_mib=MEMORY_KIB // 1024))
     cleanup.callback(destroy_and_undefine, dom)
     started = time.monotonic()
     dom.create()
 
-    assert _wait_until(lambda: images.GUEST_READY_LINE in read_or_empty(console_log), READY_TIMEOUT_S), (
-        f"no {images.GUEST_READY_LINE!r} within {READY_TIMEOUT_S} s; console:\n{read_or_empty(console_log)}"
+    assert _wait_until(lambda: vm_images.GUEST_READY_LINE in read_or_empty(console_log), READY_TIMEOUT_S), (
+        f"no {vm_images.GUEST_READY_LINE!r} within {READY_TIMEOUT_S} s; console:\n{read_or_empty(console_log)}"
     )
     ready_s = time.monotonic() - started
     body = _poll_http(f"http://127.0.0.1:{port}/status", HTTP_TIMEOUT_S)

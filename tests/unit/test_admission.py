@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from somnus_reconciler import admission
-from somnus_reconciler.desired import DesiredContainer, DesiredState, DesiredVm, VmResources
-from somnus_reconciler.diagnostics import Source
-from somnus_reconciler.model import PoolSpec, Reserved
+from somnus_reconciler.planning import admission
+from somnus_reconciler.values.desired import DesiredContainer, DesiredState, DesiredVm, VmResources
+from somnus_reconciler.values.diagnostics import Source
+from somnus_reconciler.values.model import PoolSpec, Reserved
 
 GiB = 2**30
 MiB = 2**20

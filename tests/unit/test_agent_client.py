@@ -12,9 +12,10 @@ from typing import Any
 
 import pytest
 
-from somnus_reconciler import agent_client, status
-from somnus_reconciler.actual import ActualVm, PortForward, PowerState, VmMark
-from somnus_reconciler.agent_client import AgentClient, AgentRefused, AgentUnreachable
+from somnus_reconciler.passes import status
+from somnus_reconciler.providers import agent_client
+from somnus_reconciler.providers.agent_client import AgentClient, AgentRefused, AgentUnreachable
+from somnus_reconciler.values.actual import ActualVm, PortForward, PowerState, VmMark
 from tests.unit.test_agent import TOKEN, _free_port, running_agent
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from somnus_reconciler import image_build, rootfs
+from somnus_reconciler.images import rootfs, store
 
 DEB822 = """\
 Types: deb
@@ -63,7 +63,7 @@ def test_both_formats_are_read_and_disabled_entries_skipped(apt_dir: Path) -> No
 
 def test_mirror_is_the_first_binary_entry_of_the_suite(apt_dir: Path) -> None:
     assert rootfs.debian_mirror("bookworm", rootfs.host_apt_sources(apt_dir)) == "http://mirror.test/debian"
-    with pytest.raises(image_build.ImageError, match="no 'deb' entry for suite trixie"):
+    with pytest.raises(store.ImageError, match="no 'deb' entry for suite trixie"):
         rootfs.debian_mirror("trixie", rootfs.host_apt_sources(apt_dir))
 
 

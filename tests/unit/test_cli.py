@@ -8,7 +8,7 @@ from pathlib import Path
 import jsonschema
 from click.testing import CliRunner
 
-from somnus_reconciler.cli import cli
+from somnus_reconciler.cli.commands import cli
 
 VALID = """\
 apiVersion: somnus/v1

@@ -7,7 +7,7 @@ import re
 
 from click.testing import CliRunner
 
-from somnus_reconciler.cli import cli
+from somnus_reconciler.cli.commands import cli
 
 
 def run(*args: str, stdin: str | None = None) -> tuple[int, str]:

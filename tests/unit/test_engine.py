@@ -9,15 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from somnus_reconciler.actual import ActualContainer, Snapshot
-from somnus_reconciler.desired import DesiredContainer, DesiredPack, DesiredState, DesiredVm, VmResources
-from somnus_reconciler.diagnostics import Source
-from somnus_reconciler.engine import Engine, PackSteps, RetryPolicy, snapshot_name
+from somnus_reconciler.engine.executor import Engine, PackSteps, RetryPolicy, snapshot_name
 from somnus_reconciler.journal import Journal
-from somnus_reconciler.model import CapabilityPackSpec, PoolSpec
-from somnus_reconciler.plan import Action, Change, Disruption, Plan
-from somnus_reconciler.providers import ProviderError
-from somnus_reconciler.triage import Category, Triage
+from somnus_reconciler.planning.plan import Action, Change, Disruption, Plan
+from somnus_reconciler.providers.protocols import ProviderError
+from somnus_reconciler.semantic.triage import Category, Triage
+from somnus_reconciler.values.actual import ActualContainer, Snapshot
+from somnus_reconciler.values.desired import DesiredContainer, DesiredPack, DesiredState, DesiredVm, VmResources
+from somnus_reconciler.values.diagnostics import Source
+from somnus_reconciler.values.model import CapabilityPackSpec, PoolSpec
 
 SRC = Source(Path("m.yaml"), 1)
 VM = DesiredVm("vm1", VmResources(1, 2**30, 1, 2**30), "debian-12", 2**30, "debian", True,

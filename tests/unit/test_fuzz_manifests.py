@@ -22,8 +22,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from somnus_reconciler import guarded_yaml, reconcile
-from somnus_reconciler.diagnostics import Diagnostic, InvalidInput
+from somnus_reconciler.manifests import guarded_yaml
+from somnus_reconciler.passes import prepare
+from somnus_reconciler.values.diagnostics import Diagnostic, InvalidInput
 from tests import fuzz_manifests as fuzz
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -94,7 +95,7 @@ def _refused(path: Path, text: str | bytes) -> tuple[list[str], float]:
     path.write_bytes(text.encode() if isinstance(text, str) else text)
     start = time.monotonic()
     with pytest.raises(InvalidInput) as caught:
-        reconcile.load_desired([path])
+        prepare.load_desired([path])
     seconds = time.monotonic() - start
     assert all(_placed(d, path) for d in caught.value.diagnostics), caught.value.diagnostics
     return [str(d).replace(f"{path.parent}/", "") for d in caught.value.diagnostics], seconds
@@ -201,7 +202,7 @@ def test_a_50_mb_file_is_refused_unread(manifest: Path, peak_memory: Callable[[]
 def _refused_as_is(path: Path) -> tuple[list[str], float]:
     start = time.monotonic()
     with pytest.raises(InvalidInput) as caught:
-        reconcile.load_desired([path])
+        prepare.load_desired([path])
     return [str(d).replace(f"{path.parent}/", "") for d in caught.value.diagnostics], time.monotonic() - start
 
 
@@ -230,7 +231,7 @@ def test_a_fifo_is_refused_unopened(manifest: Path) -> None:
 
 def test_a_byte_order_mark_is_fine(manifest: Path) -> None:
     manifest.write_bytes(b"\xef\xbb\xbf" + CONTAINER.encode())
-    assert list(reconcile.load_desired([manifest]).containers) == ["box"]
+    assert list(prepare.load_desired([manifest]).containers) == ["box"]
 
 
 @pytest.mark.parametrize("escape", ["\\ud800", "\\udfff", "\\ud83d", "\\ude00\\ud83d", "\\0", "\\x07", "\\e"])
@@ -242,7 +243,7 @@ def test_escapes_of_lone_surrogates_and_control_characters_are_refused(manifest:
 
 def test_a_surrogate_pair_as_json_writes_it_is_one_character(manifest: Path) -> None:
     manifest.write_text(CONTAINER + '  env: {SMILE: "\\ud83d\\ude00"}\n')
-    assert reconcile.load_desired([manifest]).containers["box"].env == (("SMILE", "\U0001F600"),)
+    assert prepare.load_desired([manifest]).containers["box"].env == (("SMILE", "\U0001F600"),)
 
 
 def test_duplicate_keys_are_reported_where_they_are(manifest: Path) -> None:
@@ -332,7 +333,7 @@ def _chain(length: int, closed: bool) -> str:
 
 def test_a_long_chain_of_requirements_resolves_without_recursion(manifest: Path) -> None:
     manifest.write_text(_chain(3000, closed=False))
-    packs = reconcile.load_desired([manifest]).containers["box"].packs
+    packs = prepare.load_desired([manifest]).containers["box"].packs
     assert packs == tuple(f"p{i}" for i in range(3000, -1, -1))
 
 

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from somnus_reconciler import guest_access, images
+from somnus_reconciler.images import vm_images
+from somnus_reconciler.providers import guest_access
 
 
 def _mode(path: Path) -> int:
@@ -103,7 +104,7 @@ def test_seed_disk_holds_the_files_under_its_label(tmp_path: Path) -> None:
     assert _debugfs(seed, "cat /authorized_keys").encode() == authorized
     assert _debugfs(seed, "cat /agent-token") == "s3cret"
     label = subprocess.run(["e2label", str(seed)], capture_output=True, text=True, check=True).stdout.strip()
-    assert label == images.SEED_LABEL
+    assert label == vm_images.SEED_LABEL
     listing = _debugfs(seed, "ls -l /")
     assert "100600" in listing and "authorized_keys" in listing
     assert _mode(seed) == 0o600

@@ -16,9 +16,11 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from somnus_reconciler import history, journal as journal_module, triage, views
-from somnus_reconciler.cli import cli
+from somnus_reconciler import journal as journal_module
+from somnus_reconciler.cli import views
+from somnus_reconciler.cli.commands import cli
 from somnus_reconciler.journal import Event, Journal
+from somnus_reconciler.semantic import history, triage
 
 REPO = Path(__file__).resolve().parents[2]
 DNS_FAILURE = ("task 'apt: install packages' failed: Failed to fetch http://deb.debian.org/debian/pool/main/n/"
@@ -246,7 +248,7 @@ def test_a_state_dir_without_a_journal_has_no_history_and_gets_none(tmp_path: Pa
 
 
 def test_history_without_search_imports_neither_chromadb_nor_torch(state_dir: Path) -> None:
-    script = ("import sys; from somnus_reconciler.cli import cli\n"
+    script = ("import sys; from somnus_reconciler.cli.commands import cli\n"
               f"cli(['history', '--state-dir', {str(state_dir)!r}], standalone_mode=False)\n"
               "loaded = {'chromadb', 'torch', 'sentence_transformers'} & set(sys.modules)\n"
               "assert not loaded, loaded\n")

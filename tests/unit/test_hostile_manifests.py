@@ -18,14 +18,15 @@ import docker
 import pytest
 from click.testing import CliRunner
 
-from somnus_reconciler import admission, images
-from somnus_reconciler.actual import PortForward
-from somnus_reconciler.cli import cli
-from somnus_reconciler.desired import DesiredContainer, DesiredState, DesiredVm, VmResources
-from somnus_reconciler.diagnostics import Source
-from somnus_reconciler.model import PoolSpec
+from somnus_reconciler.cli.commands import cli
+from somnus_reconciler.images import vm_images
+from somnus_reconciler.planning import admission
 from somnus_reconciler.providers import domain_xml
 from somnus_reconciler.providers.docker_provider import DockerProvider
+from somnus_reconciler.values.actual import PortForward
+from somnus_reconciler.values.desired import DesiredContainer, DesiredState, DesiredVm, VmResources
+from somnus_reconciler.values.diagnostics import Source
+from somnus_reconciler.values.model import PoolSpec
 from tests import hostile_cases
 from tests.hostile_cases import HostileCase
 
@@ -55,8 +56,8 @@ def test_image_files_qemu_would_follow_elsewhere_are_refused(case: HostileCase, 
     manifest = hostile_cases.materialize(case, tmp_path)
     assert CliRunner().invoke(cli, ["validate", str(manifest.parent)]).exit_code == 0
     [image] = [tmp_path / path for path in case.files]
-    with pytest.raises(images.ImageError, match=case.expected):
-        images.find_vm_image(str(image), tmp_path / "guest-images")
+    with pytest.raises(vm_images.ImageError, match=case.expected):
+        vm_images.find_vm_image(str(image), tmp_path / "guest-images")
 
 
 def test_a_standalone_qcow2_inside_an_allowed_root_is_accepted(tmp_path: Path) -> None:
@@ -66,7 +67,7 @@ def test_a_standalone_qcow2_inside_an_allowed_root_is_accepted(tmp_path: Path) -
     manifest.write_text(allowed.replace(hostile_cases.REFUSED_HERE, ""))
     result = CliRunner().invoke(cli, ["validate", str(manifest.parent)])
     assert result.exit_code == 0, result.output
-    assert images.find_vm_image(str(tmp_path / "images" / "standalone.qcow2"), tmp_path).disk == (
+    assert vm_images.find_vm_image(str(tmp_path / "images" / "standalone.qcow2"), tmp_path).disk == (
         tmp_path / "images" / "standalone.qcow2"
     )
 
@@ -76,13 +77,13 @@ def test_image_paths_are_checked_after_resolving_links_and_dots(tmp_path: Path) 
     root.mkdir()
     (tmp_path / "elsewhere").mkdir()
     (root / "inside").symlink_to(tmp_path / "elsewhere")
-    assert images.path_problem(f"{root}/a.qcow2", [root]) is None
-    assert images.path_problem("debian-12", [root]) is None  # a base image name, not a path
-    assert "resolves to" in str(images.path_problem(f"{root}/../a.qcow2", [root]))
-    assert "resolves to" in str(images.path_problem(f"{root}/inside/a.qcow2", [root]))
+    assert vm_images.path_problem(f"{root}/a.qcow2", [root]) is None
+    assert vm_images.path_problem("debian-12", [root]) is None  # a base image name, not a path
+    assert "resolves to" in str(vm_images.path_problem(f"{root}/../a.qcow2", [root]))
+    assert "resolves to" in str(vm_images.path_problem(f"{root}/inside/a.qcow2", [root]))
     # A root that is itself a link counts as where it leads.
     (tmp_path / "root-link").symlink_to(root)
-    assert images.path_problem(f"{root}/a.qcow2", [tmp_path / "root-link"]) is None
+    assert vm_images.path_problem(f"{root}/a.qcow2", [tmp_path / "root-link"]) is None
 
 
 # --- disks against the guest directory's file system ---------------------------------------

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from somnus_reconciler import loader, model, references
-from somnus_reconciler.diagnostics import InvalidInput, Source
+from somnus_reconciler.manifests import loader, references
+from somnus_reconciler.values import model
+from somnus_reconciler.values.diagnostics import InvalidInput, Source
 
 VM = """\
 apiVersion: somnus/v1

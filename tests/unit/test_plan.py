@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from somnus_reconciler import plan
-from somnus_reconciler.actual import ActualContainer, ActualState, ActualVm, PowerState, VmMark
-from somnus_reconciler.desired import DesiredContainer, DesiredState, DesiredVm, VmResources
-from somnus_reconciler.diagnostics import Source
-from somnus_reconciler.model import PoolSpec
-from somnus_reconciler.plan import Action, Disruption, FieldChange
+from somnus_reconciler.planning import plan
+from somnus_reconciler.planning.plan import Action, Disruption, FieldChange
+from somnus_reconciler.values.actual import ActualContainer, ActualState, ActualVm, PowerState, VmMark
+from somnus_reconciler.values.desired import DesiredContainer, DesiredState, DesiredVm, VmResources
+from somnus_reconciler.values.diagnostics import Source
+from somnus_reconciler.values.model import PoolSpec
 
 GiB = 2**30
 

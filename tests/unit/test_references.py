@@ -8,9 +8,10 @@ from typing import Any
 
 import pytest
 
-from somnus_reconciler import loader, model, references
-from somnus_reconciler.desired import DesiredState, VmResources
-from somnus_reconciler.diagnostics import InvalidInput, Source
+from somnus_reconciler.manifests import loader, references
+from somnus_reconciler.values import model
+from somnus_reconciler.values.desired import DesiredState, VmResources
+from somnus_reconciler.values.diagnostics import InvalidInput, Source
 
 GiB = 2**30
 _lines = iter(range(1, 10_000))

@@ -10,7 +10,8 @@ import jsonschema
 import pytest
 import yaml
 
-from somnus_reconciler import loader, model
+from somnus_reconciler.manifests import loader
+from somnus_reconciler.values import model
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED_DIRS = [ROOT / "manifests", ROOT / "capability_packs"]
@@ -60,7 +61,7 @@ def test_shipped_document_is_valid_against_the_schema(
 
 
 def test_shipped_manifests_load_and_resolve() -> None:
-    from somnus_reconciler import references
+    from somnus_reconciler.manifests import references
 
     desired = references.resolve(loader.load(SHIPPED_DIRS))
     built_in = {"base-tools", "web-development", "ai-research", "data-analysis", "research-browser"}

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from somnus_reconciler import agent_client, guest_access
-from somnus_reconciler.agent_client import AgentClient, AgentRefused, AgentUnreachable
+from somnus_reconciler.providers import agent_client, guest_access
+from somnus_reconciler.providers.agent_client import AgentClient, AgentRefused, AgentUnreachable
 from tests.integration import secret_scan
 from tests.unit.test_agent import TOKEN, _free_port, running_agent
 

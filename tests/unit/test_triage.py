@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from somnus_reconciler import triage
-from somnus_reconciler.triage import Category, Classifier, Triage
+from somnus_reconciler.semantic import triage
+from somnus_reconciler.semantic.triage import Category, Classifier, Triage
 
 LABELLED = Path(__file__).resolve().parent.parent / "data" / "error_messages.yaml"
 
@@ -84,5 +84,5 @@ def test_informative_text_keeps_the_cause_and_drops_stack_frames() -> None:
 
 
 def test_importing_triage_does_not_import_torch() -> None:
-    subprocess.run([sys.executable, "-c", "import somnus_reconciler.triage, sys; assert 'torch' not in sys.modules"],
+    subprocess.run([sys.executable, "-c", "import somnus_reconciler.semantic.triage, sys; assert 'torch' not in sys.modules"],
                    check=True)

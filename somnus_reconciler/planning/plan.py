@@ -1,0 +1,309 @@
+"""The plan: a pure function from desired and actual state to a list of changes.
+
+`compute(desired, actual, prune=...)` does no I/O and reads no clock; what
+`apply` does is defined by the returned `Plan` alone. Views render it (views.py),
+admission checks it (admission.py), the engine executes it (engine.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from somnus_reconciler.values.actual import ActualContainer, ActualState, ActualVm
+from somnus_reconciler.values.desired import DesiredContainer, DesiredState, DesiredVm
+from somnus_reconciler.values.diagnostics import Diagnostic
+from somnus_reconciler.values.quantity import format_bytes
+
+
+class Action(enum.Enum):
+    CREATE = "create"
+    UPDATE = "update"
+    REPLACE = "replace"
+    START = "start"
+    STOP = "stop"
+    DELETE = "delete"
+    PACK_INSTALL = "pack install"
+    PACK_REMOVE = "pack remove"
+
+    @property
+    def symbol(self) -> str:
+        return {"create": "+", "delete": "-", "replace": "-/+", "pack install": "+",
+                "pack remove": "-"}.get(self.value, "~")
+
+    @property
+    def is_pack_step(self) -> bool:
+        return self in (Action.PACK_INSTALL, Action.PACK_REMOVE)
+
+
+class Disruption(enum.IntEnum):
+    """How much a change disturbs a running guest; larger is worse."""
+
+    NONE = 0  # nothing runs, or only metadata changes
+    LIVE = 1  # applied to the running guest without a restart
+    RESTART = 2  # the guest is shut down and started again
+    RECREATE = 3  # the guest and its disk are destroyed and made anew
+
+    @property
+    def label(self) -> str:
+        return {0: "", 1: "live", 2: "restart required", 3: "recreate"}[self.value]
+
+
+@dataclass(frozen=True)
+class FieldChange:
+    name: str
+    before: object
+    after: object
+
+    def __str__(self) -> str:
+        return f"{self.name} {_show(self.name, self.before)} -> {_show(self.name, self.after)}"
+
+
+@dataclass(frozen=True)
+class Change:
+    address: str  # "vm/coder-1"
+    action: Action
+    disruption: Disruption
+    fields: tuple[FieldChange, ...] = ()
+    desired: DesiredVm | DesiredContainer | None = field(default=None, compare=False)
+    actual: ActualVm | ActualContainer | None = field(default=None, compare=False)
+    reason: str = ""  # why (prune, spec changed, ...), for the plan line
+    pack: str | None = None  # for pack steps: which pack
+    # Out-of-band: the declaration did not change since it was applied, the object did.
+    drift: bool = False
+
+    @property
+    def kind(self) -> str:
+        return self.address.split("/", 1)[0]
+
+    @property
+    def name(self) -> str:
+        return self.address.split("/", 1)[1]
+
+
+@dataclass(frozen=True)
+class Plan:
+    changes: tuple[Change, ...]
+    leftovers: tuple[str, ...]  # owned, not declared, kept because --prune was not given
+    conflicts: tuple[Diagnostic, ...]  # declared names held by objects somnus does not own
+    # Why a half was left out: its daemon (libvirtd, dockerd) could not be reached.
+    unreachable: tuple[str, ...] = ()
+
+    @property
+    def in_sync(self) -> bool:
+        return not self.changes and not self.conflicts and not self.unreachable
+
+
+def _show(name: str, value: object) -> str:
+    if name in ("memory", "maxMemory", "diskSize") and isinstance(value, int):
+        return format_bytes(value)
+    return str(value)
+
+
+def compute(desired: DesiredState, actual: ActualState, *, prune: bool,
+            applied: Mapping[str, str] | None = None,
+            failing_packs: frozenset[tuple[str, str]] = frozenset()) -> Plan:
+    """The changes from `actual` to `desired`.
+
+    `applied` (address -> spec hash last applied, from the journal) tells drift from
+    intent for objects that are gone; `failing_packs` ((address, pack) whose verify
+    commands failed in the guest at a resync) plans those packs again as drift.
+    """
+    applied = applied or {}
+    changes: list[Change] = []
+    conflicts: list[Diagnostic] = []
+    leftovers: list[str] = []
+
+    scope = desired.scope
+    for name, want in sorted(desired.vms.items()):
+        have = actual.vms.get(name)
+        if have is not None and have.mark is None:
+            conflicts.append(_unowned(want, "a libvirt domain"))
+            continue
+        if have is not None and have.mark is not None and have.mark.pool != scope:
+            conflicts.append(_other_pool(want, have.mark.pool))
+            continue
+        change = _with_drift(vm_change(want, have), have.mark.spec_hash if have and have.mark else None,
+                             applied.get(want.address), want.spec_hash)
+        if change is not None:
+            changes.append(change)
+        if want.running:  # a stopped guest gets its packs when it runs
+            changes += pack_changes(want, _packs_kept(change, have.mark.packs if have and have.mark else ()),
+                                    desired.pack_fingerprints, have, failing_packs)
+
+    for name, want_c in sorted(desired.containers.items()):
+        have_c = actual.containers.get(name)
+        if have_c is not None and not have_c.managed:
+            conflicts.append(_unowned(want_c, "a Docker container"))
+            continue
+        if have_c is not None and have_c.pool != scope:
+            conflicts.append(_other_pool(want_c, have_c.pool))
+            continue
+        change = _with_drift(container_change(want_c, have_c), have_c.spec_hash if have_c else None,
+                             applied.get(want_c.address), want_c.spec_hash)
+        if change is not None:
+            changes.append(change)
+        changes += pack_changes(want_c, _packs_kept(change, have_c.packs if have_c else ()),
+                                desired.pack_fingerprints, have_c, failing_packs)
+
+    # Only objects applied under the same Pool are ours to list or prune.
+    undeclared: list[ActualVm | ActualContainer] = [
+        vm for name, vm in sorted(actual.vms.items())
+        if vm.mark is not None and vm.mark.pool == scope and name not in desired.vms
+    ]
+    undeclared += [
+        c for name, c in sorted(actual.containers.items())
+        if c.managed and c.pool == scope and name not in desired.containers
+    ]
+    for obj in undeclared:
+        address = f"{'vm' if isinstance(obj, ActualVm) else 'container'}/{obj.name}"
+        if prune:
+            changes.append(
+                Change(address, Action.DELETE, Disruption.RECREATE, actual=obj, reason="prune")
+            )
+        else:
+            leftovers.append(address)
+
+    return Plan(tuple(changes), tuple(leftovers), tuple(conflicts))
+
+
+def _with_drift(change: Change | None, marked: str | None, applied: str | None, wanted: str) -> Change | None:
+    """Flag `change` as drift when the declaration is the one last applied: the
+    object's mark says so, or, for an object that is gone, the journal does."""
+    if change is None or change.action is Action.REPLACE:
+        return change
+    if (marked if marked is not None else applied) == wanted:
+        return dataclasses.replace(change, drift=True)
+    return change
+
+
+def split_drift(plan: Plan) -> tuple[Plan, tuple[Change, ...]]:
+    """(the plan to run, drift only reported): drift on objects with `driftPolicy: warn`
+    is left alone, and so are their pack steps; everything else runs."""
+    held = {c.address for c in plan.changes
+            if c.drift and c.desired is not None and c.desired.drift_policy == "warn"}
+    reported = tuple(c for c in plan.changes if c.address in held and c.drift)
+    kept = tuple(c for c in plan.changes if not (c.address in held and (c.drift or c.action.is_pack_step)))
+    return dataclasses.replace(plan, changes=kept), reported
+
+
+def _packs_kept(change: Change | None, applied: tuple[tuple[str, str], ...]) -> dict[str, str]:
+    """Packs the object will still have after its own change: none once made anew."""
+    if change is not None and change.action in (Action.CREATE, Action.REPLACE):
+        return {}
+    return dict(applied)
+
+
+def pack_changes(want: DesiredVm | DesiredContainer, applied: dict[str, str],
+                 fingerprints: dict[str, str], have: ActualVm | ActualContainer | None,
+                 failing: frozenset[tuple[str, str]] = frozenset()) -> list[Change]:
+    """Install what is missing, changed or failing its verify commands (in `requires`
+    order), remove what is no longer declared."""
+    changes = []
+    for pack in want.packs:
+        fingerprint = fingerprints.get(pack, "")
+        if applied.get(pack) != fingerprint:
+            reason = "changed" if pack in applied else ""
+            changes.append(Change(want.address, Action.PACK_INSTALL, Disruption.NONE,
+                                  desired=want, actual=have, reason=reason, pack=pack))
+        elif (want.address, pack) in failing:
+            changes.append(Change(want.address, Action.PACK_INSTALL, Disruption.NONE, desired=want,
+                                  actual=have, reason="verify failed", pack=pack, drift=True))
+    for pack in reversed(list(applied)):
+        if pack not in want.packs:
+            changes.append(Change(want.address, Action.PACK_REMOVE, Disruption.NONE,
+                                  desired=want, actual=have, pack=pack))
+    return changes
+
+
+def _unowned(want: DesiredVm | DesiredContainer, what: str) -> Diagnostic:
+    return Diagnostic(
+        want.source,
+        want.address,
+        f"{what} named {want.name!r} exists but carries no somnus ownership mark; "
+        "it is left alone (rename the manifest or remove that object yourself)",
+    )
+
+
+def _other_pool(want: DesiredVm | DesiredContainer, pool: str) -> Diagnostic:
+    return Diagnostic(
+        want.source,
+        want.address,
+        f"{want.name!r} is owned by pool/{pool}, not pool/{want.pool}; it is left alone "
+        "(apply it with the manifests of its own Pool, or rename this one)",
+    )
+
+
+def vm_change(want: DesiredVm, have: ActualVm | None) -> Change | None:
+    if have is None:
+        return Change(want.address, Action.CREATE, Disruption.NONE, desired=want)
+    assert have.mark is not None
+    recreate = [
+        FieldChange(label, before, after)
+        for label, before, after in (
+            ("image", have.mark.image, want.image),
+            ("diskSize", have.mark.disk_size, want.disk_size),
+            ("osFamily", have.mark.os_family, want.os_family),
+        )
+        if before != after
+    ]
+    if recreate:
+        return Change(
+            want.address, Action.REPLACE, Disruption.RECREATE, tuple(recreate), want, have
+        )
+
+    r = want.resources
+    headroom = tuple(
+        FieldChange(label, before, after)
+        for label, before, after in (
+            ("maxVcpus", have.max_vcpus, r.max_vcpus),
+            ("maxMemory", have.max_memory, r.max_memory),
+        )
+        if before != after
+    )
+    sizes = tuple(
+        FieldChange(label, before, after)
+        for label, before, after in (
+            ("vcpus", have.vcpus, r.vcpus),
+            ("memory", have.memory, r.memory),
+        )
+        if before != after
+    )
+    resized = headroom + sizes
+
+    change: Change | None = None
+    if not want.running:
+        if have.running:
+            change = Change(want.address, Action.STOP, Disruption.RESTART, resized, want, have)
+        elif resized:
+            change = Change(want.address, Action.UPDATE, Disruption.NONE, resized, want, have)
+    elif not have.running:
+        change = Change(want.address, Action.START, Disruption.NONE, resized, want, have)
+    elif headroom or r.vcpus < have.vcpus:
+        # Removing a vCPU needs the guest to eject it over ACPI, which many guests
+        # never do; so fewer vCPUs means a restart, as a new maximum does.
+        change = Change(want.address, Action.UPDATE, Disruption.RESTART, resized, want, have)
+    elif sizes:
+        change = Change(want.address, Action.UPDATE, Disruption.LIVE, sizes, want, have)
+    if change is None and have.mark.spec_hash != want.spec_hash:
+        # Only bookkeeping differs (labels, profile name, retention): refresh the mark.
+        change = Change(want.address, Action.UPDATE, Disruption.NONE, (), want, have, reason="mark")
+    return change
+
+
+def container_change(want: DesiredContainer, have: ActualContainer | None) -> Change | None:
+    if have is None:
+        return Change(want.address, Action.CREATE, Disruption.NONE, desired=want)
+    if have.spec_hash != want.spec_hash:
+        return Change(
+            want.address, Action.REPLACE, Disruption.RECREATE, desired=want, actual=have,
+            reason="spec changed",
+        )
+    if not have.running:
+        return Change(
+            want.address, Action.START, Disruption.NONE,
+            (FieldChange("state", have.state, "running"),), want, have,
+        )
+    return None

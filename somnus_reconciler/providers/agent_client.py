@@ -1,0 +1,167 @@
+"""Host side of the in-guest agent: authenticated JSON requests over a VM's loopback forward.
+
+`status` asks each running VM's agent for its health and stats (the
+`AgentConnected` and `Ready` conditions of `get` and `describe`); the CLI's
+`soft-reboot` uses `confirm_soft_reboot`. The agent itself is
+agent/somnus_agent (SPEC section 7).
+
+Requests go to 127.0.0.1 only, to the VM's `agent` port forward. The token is
+read from the state directory (`guest_access.ensure_agent_token`), sent in the
+Authorization header, and appears in no error message, repr or log.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from somnus_reconciler.providers import guest_access
+from somnus_reconciler.values.actual import ActualVm
+
+AGENT_FORWARD = "agent"
+DEFAULT_TIMEOUT_S = 5.0
+_POLL_INTERVAL_S = 0.5
+
+
+class AgentUnreachable(Exception):
+    """No answer: nothing listens behind the forward yet, or the connection broke."""
+
+
+class AgentRefused(Exception):
+    """The agent answered with an error status (or something that is not the agent did)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"HTTP {status}: {message}")
+        self.status = status
+
+
+@dataclass(frozen=True)
+class AgentClient:
+    port: int
+    token: str = field(repr=False)
+    host: str = "127.0.0.1"
+    timeout_s: float = DEFAULT_TIMEOUT_S
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def request(self, method: str, path: str, body: dict[str, Any] | None = None,
+                *, timeout_s: float | None = None) -> dict[str, Any]:
+        """One request on a fresh connection; the decoded JSON answer of a 2xx status."""
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout_s or self.timeout_s)
+        data = json.dumps(body).encode() if body is not None else None
+        headers = {"Authorization": f"Bearer {self.token}", "Accept": "application/json"}
+        if data is not None:
+            headers["Content-Type"] = "application/json"
+        try:
+            conn.request(method, path, body=data, headers=headers)
+            response = conn.getresponse()
+            raw = response.read()
+        except (OSError, http.client.HTTPException) as e:
+            # QEMU accepts on the forward and drops the connection while nothing
+            # listens in the guest: that is "not up yet", like a refusal.
+            raise AgentUnreachable(f"{method} {path} on {self.address}: {e or type(e).__name__}") from None
+        finally:
+            conn.close()
+        try:
+            payload = json.loads(raw)
+        except ValueError:
+            raise AgentRefused(response.status, f"{method} {path} on {self.address}: "
+                                                "the answer is not JSON; is this a somnus agent?") from None
+        if not isinstance(payload, dict):
+            raise AgentRefused(response.status, f"{method} {path}: unexpected answer")
+        if response.status >= 300:
+            raise AgentRefused(response.status, str(payload.get("error", payload)))
+        return payload
+
+    def status(self) -> dict[str, Any]:
+        return self.request("GET", "/status")
+
+    def stats_basic(self) -> dict[str, Any]:
+        return self.request("GET", "/stats/basic")
+
+    def stats_intelligent(self) -> dict[str, Any]:
+        return self.request("GET", "/stats/intelligent")
+
+    def execute(self, argv: list[str], stdin: str = "", timeout_s: float = 30.0) -> dict[str, Any]:
+        return self.request("POST", "/execute", {"argv": argv, "stdin": stdin, "timeout_s": timeout_s},
+                            timeout_s=timeout_s + self.timeout_s)
+
+    def reload_config(self) -> dict[str, Any]:
+        return self.request("POST", "/config/reload", {})
+
+
+def for_vm(vm: ActualVm, state_dir: Path, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> AgentClient | None:
+    """The client of `vm`'s agent; None when the VM has no agent forward or token."""
+    forward = next((f for f in vm.mark.forwards if f.name == AGENT_FORWARD), None) if vm.mark else None
+    if forward is None:
+        return None
+    try:
+        token = guest_access.read_agent_token(state_dir, vm.name)
+    except (FileNotFoundError, ValueError):
+        return None
+    return AgentClient(forward.host_port, token, timeout_s=timeout_s)
+
+
+def wait_until_connected(client: AgentClient, timeout_s: float) -> dict[str, Any]:
+    """Poll `GET /status` until it answers; AgentUnreachable after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return client.status()
+        except AgentUnreachable:
+            if time.monotonic() >= deadline:
+                raise AgentUnreachable(f"no agent answered on {client.address} within {timeout_s:.0f}s") from None
+            time.sleep(_POLL_INTERVAL_S)
+
+
+@dataclass(frozen=True)
+class SoftRebootOutcome:
+    confirmed: bool
+    message: str
+    duration_s: float
+    processes: tuple[dict[str, Any], ...] = ()
+
+
+def confirm_soft_reboot(client: AgentClient, timeout_s: float) -> SoftRebootOutcome:
+    """Ask for a soft reboot, then poll `/status` until every monitored process is back.
+
+    Back means running under a new pid. Not confirmed when the agent refuses,
+    or when `timeout_s` passes first; the message then says which processes
+    did not come back.
+    """
+    started = time.monotonic()
+    deadline = started + timeout_s
+    before = {p["name"]: p.get("pid") for p in client.status().get("processes", [])}
+    try:
+        client.request("POST", "/soft-reboot", {}, timeout_s=timeout_s)
+    except AgentRefused as e:
+        if e.status != 504:  # 504: not all back within the agent's own wait; keep polling
+            return SoftRebootOutcome(False, f"the agent refused: {e}", time.monotonic() - started)
+    except AgentUnreachable:
+        pass  # the answer may be lost; /status below says what happened
+    waiting: list[str] = sorted(before)
+    processes: list[dict[str, Any]] = []
+    while True:
+        try:
+            processes = client.status().get("processes", [])
+            waiting = [
+                p["name"] for p in processes
+                if not p.get("running") or (p["name"] in before and p.get("pid") == before[p["name"]])
+            ]
+            if not waiting:
+                return SoftRebootOutcome(True, f"{len(processes)} process(es) back",
+                                         time.monotonic() - started, tuple(processes))
+        except (AgentUnreachable, AgentRefused):
+            pass
+        if time.monotonic() >= deadline:
+            return SoftRebootOutcome(
+                False, f"timed out after {timeout_s:.0f}s waiting for: {', '.join(waiting) or 'the agent'}",
+                time.monotonic() - started, tuple(processes),
+            )
+        time.sleep(_POLL_INTERVAL_S)

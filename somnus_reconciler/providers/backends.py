@@ -1,0 +1,99 @@
+"""The two daemons, opened together, and what they hold now.
+
+`open_backends` opens libvirt and Docker for one pass (or one loop); `observe` reads
+both, plus the containers' pack records from the journal; `observe_reachable`
+leaves out a daemon that stays unreachable after retries, so the other half can
+still converge. Called by `passes` (prepare, status, pack health) and the CLI.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+
+from somnus_reconciler import settings as settings_mod
+from somnus_reconciler.journal import Journal
+from somnus_reconciler.providers.docker_provider import DockerProvider
+from somnus_reconciler.providers.libvirt_provider import LibvirtProvider
+from somnus_reconciler.providers.protocols import BackendUnavailable
+from somnus_reconciler.settings import Settings
+from somnus_reconciler.values.actual import ActualContainer, ActualState, ActualVm
+from somnus_reconciler.values.desired import DesiredState
+
+_Observed = TypeVar("_Observed", ActualVm, ActualContainer)
+# Waits between attempts to reach a daemon that does not answer, before its half is left out.
+UNREACHABLE_RETRY_DELAYS_S = (1.0, 3.0)
+
+
+@dataclass
+class Backends:
+    settings: Settings
+    vms: LibvirtProvider
+    containers: DockerProvider
+
+    def close(self) -> None:
+        self.vms.close()
+        self.containers.close()
+
+
+def open_backends(desired: DesiredState | None, *, state_dir: str | None = None) -> Backends:
+    resolved = settings_mod.resolve(desired.pool if desired else None, state_dir=state_dir)
+    return Backends(resolved, LibvirtProvider(resolved), DockerProvider(resolved.docker_host))
+
+
+def observe(backends: Backends) -> ActualState:
+    """libvirt and Docker, plus the containers' pack records from the journal
+    (a container's labels cannot change, so that part of its mark lives there).
+    BackendUnavailable when either daemon cannot be reached."""
+    return ActualState(vms=backends.vms.observe(), containers=_observe_containers(backends))
+
+
+def observe_reachable(backends: Backends, *, retry_delays_s: Sequence[float] = UNREACHABLE_RETRY_DELAYS_S,
+                      sleep: Callable[[float], None] = time.sleep) -> tuple[ActualState, dict[str, str]]:
+    """Like `observe`, but a daemon that stays unreachable after retries with backoff
+    is left out: (what could be observed, kind -> why the other half could not)."""
+    unreachable: dict[str, str] = {}
+
+    def attempt(kind: str, read: Callable[[], dict[str, _Observed]]) -> dict[str, _Observed]:
+        for delay in retry_delays_s:
+            try:
+                return read()
+            except BackendUnavailable:
+                sleep(delay)
+        try:
+            return read()
+        except BackendUnavailable as e:
+            unreachable[kind] = str(e)
+            return {}
+
+    vms = attempt("vm", backends.vms.observe)
+    containers = attempt("container", lambda: _observe_containers(backends))
+    return ActualState(vms=vms, containers=containers), unreachable
+
+
+def _observe_containers(backends: Backends) -> dict[str, ActualContainer]:
+    containers = backends.containers.observe()
+    journal_path = backends.settings.journal_path
+    if journal_path.exists() and containers:
+        journal = Journal(journal_path)
+        records = journal.container_packs()
+        journal.close()
+        for name, (container_id, packs) in records.items():
+            current = containers.get(name)
+            if current is not None and current.container_id == container_id:
+                containers[name] = dataclasses.replace(current, packs=packs)
+    return containers
+
+
+def applied_hashes(settings: Settings) -> dict[str, str]:
+    """address -> spec hash last applied, from the journal (none yet: empty)."""
+    if not settings.journal_path.exists():
+        return {}
+    journal = Journal(settings.journal_path)
+    try:
+        return {address: spec_hash for address, (spec_hash, _) in journal.applied().items()}
+    finally:
+        journal.close()

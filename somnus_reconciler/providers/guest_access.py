@@ -1,0 +1,299 @@
+"""How the host gets into a debian-12 guest: a key pair and an agent token per VM, a seed disk, SSH.
+
+The libvirt provider (and the integration tests) call `ensure_keypair` when a
+VM is defined, put the public half on a seed disk made by `build_seed_disk`,
+attach it read-only, and call `wait_for_ssh` after starting the guest; the
+guest's `somnus-seed.service` (see `debian_image`) installs the seed's
+`authorized_keys` for root before sshd starts. `remove_keypair` goes with the
+VM's deletion. `ensure_agent_token` makes the in-guest agent's bearer token,
+which goes on the same seed disk and which `agent_client` sends.
+
+Private keys live in the state directory, never under the guest directory:
+QEMU does not need them, and nothing here prints or logs them. SSH always goes
+to a loopback address: guests are reached only through their 127.0.0.1 port
+forwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import grp
+import ipaddress
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from somnus_reconciler.images import vm_images
+
+KEYS_DIR = "keys"
+PRIVATE_KEY_FILE = "id_ed25519"
+PUBLIC_KEY_FILE = "id_ed25519.pub"
+AGENT_TOKEN_FILE = "agent-token"
+# The group QEMU runs in under qemu:///system on Debian (qemu.conf `group`).
+QEMU_GROUP = "libvirt-qemu"
+
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+_SSH_ATTEMPT_TIMEOUT_S = 10.0
+_SSH_RETRY_INTERVAL_S = 1.0
+_SEED_SLACK_BYTES = 1024 * 1024  # inodes, directory and superblocks of a tiny ext4
+
+
+@dataclass(frozen=True)
+class GuestKey:
+    private_key: Path
+    public_openssh: str  # "ssh-ed25519 AAAA... somnus@<vm>", as authorized_keys takes it
+
+
+class GuestUnreachable(Exception):
+    """SSH into a guest did not succeed in time; the message says where, as whom and why."""
+
+
+class SeedDiskError(Exception):
+    """A seed disk cannot be made; the message says why."""
+
+
+# --- keys -----------------------------------------------------------------------
+
+
+def ensure_keypair(state_dir: Path, vm_name: str) -> GuestKey:
+    """The VM's key pair, made on first call and reused after.
+
+    The private key (OpenSSH format, no passphrase) is at
+    `state_dir/keys/<vm_name>/id_ed25519`, mode 0600, in directories of mode
+    0700 (see `_publish_secret`).
+    """
+    # Imported here: every `somnus diff` imports this module (through the libvirt
+    # provider), and only creating a VM or reaching a guest needs a key.
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    key_dir = _secret_dir(state_dir, vm_name)
+    private_path = key_dir / PRIVATE_KEY_FILE
+    comment = f"somnus@{vm_name}"
+    if not private_path.exists():
+        new_key = ed25519.Ed25519PrivateKey.generate()
+        _publish_secret(private_path, new_key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.OpenSSH,
+            serialization.NoEncryption(),
+        ))
+    os.chmod(private_path, 0o600)
+    key = serialization.load_ssh_private_key(private_path.read_bytes(), password=None)
+    if not isinstance(key, ed25519.Ed25519PrivateKey):
+        raise ValueError(f"{private_path} does not hold an ed25519 key; remove it to get a new one")
+    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    public_openssh = f"{public.decode()} {comment}"
+    _write_public(key_dir / PUBLIC_KEY_FILE, public_openssh + "\n")
+    return GuestKey(private_key=private_path, public_openssh=public_openssh)
+
+
+def ensure_agent_token(state_dir: Path, vm_name: str) -> str:
+    """The bearer token of the VM's agent, made on first call and reused after.
+
+    32 random bytes from cryptography (Fernet's key generator: os.urandom,
+    URL-safe base64), in `state_dir/keys/<vm_name>/agent-token`, mode 0600.
+    The guest gets it on the seed disk; the host sends it with every request.
+    """
+    from cryptography.fernet import Fernet
+
+    path = _secret_dir(state_dir, vm_name) / AGENT_TOKEN_FILE
+    if not path.exists():
+        _publish_secret(path, Fernet.generate_key() + b"\n")
+    return read_agent_token(state_dir, vm_name)
+
+
+def read_agent_token(state_dir: Path, vm_name: str) -> str:
+    """The VM's agent token; FileNotFoundError when the VM was made without one."""
+    return (_key_dir(state_dir, vm_name) / AGENT_TOKEN_FILE).read_text().strip()
+
+
+def remove_keypair(state_dir: Path, vm_name: str) -> None:
+    """Forget the VM's key pair and agent token; nothing happens when it has none."""
+    shutil.rmtree(_key_dir(state_dir, vm_name), ignore_errors=True)
+
+
+def _key_dir(state_dir: Path, vm_name: str) -> Path:
+    if not _SAFE_NAME.fullmatch(vm_name):
+        raise ValueError(f"VM name {vm_name!r} cannot name a key directory")
+    return state_dir / KEYS_DIR / vm_name
+
+
+def _secret_dir(state_dir: Path, vm_name: str) -> Path:
+    """`state_dir/keys/<vm_name>`, made with mode 0700 (and its parent)."""
+    key_dir = _key_dir(state_dir, vm_name)
+    for directory in (key_dir.parent, key_dir):
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(directory, 0o700)
+    return key_dir
+
+
+def _publish_secret(path: Path, data: bytes) -> None:
+    """Write `data` to `path` with mode 0600 unless it exists.
+
+    Concurrent first calls agree on one secret: it is published with link(2),
+    which never replaces an existing file.
+    """
+    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)  # mode 0600
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        with contextlib.suppress(FileExistsError):
+            os.link(temporary, path)
+    finally:
+        os.unlink(temporary)
+
+
+def _write_public(path: Path, content: str) -> None:
+    with contextlib.suppress(OSError):
+        if path.read_text() == content:
+            return
+    fd, temporary = tempfile.mkstemp(prefix=".pub.", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        f.write(content)
+    os.chmod(temporary, 0o644)
+    os.replace(temporary, path)
+
+
+# --- the seed disk ------------------------------------------------------------------
+
+
+def build_seed_disk(path: Path, files: Mapping[str, bytes], *, group: str | None = QEMU_GROUP) -> None:
+    """Write a small ext4 image labelled `vm_images.SEED_LABEL` holding `files` at its root.
+
+    `files` maps plain file names to contents, e.g. {"authorized_keys": ...};
+    a guest installs `authorized_keys` for root and every other file (such as
+    the agent's token) in /etc/somnus/, all mode 0600. The image replaces
+    `path` atomically.
+
+    Permissions: a token makes the image secret, so it is never world-readable.
+    It is mode 0640, owner root, group `group` (QEMU's group under
+    qemu:///system). That works whether or not libvirt relabels: with
+    `dynamic_ownership` (the default) libvirt chowns the disk to
+    libvirt-qemu:libvirt-qemu when the domain starts, and does not chown a
+    read-only disk back when it stops, so the file stays readable by QEMU and
+    root only; without it QEMU reads the file through its group. With
+    `group=None` the image is 0600 root-only, for hosts where libvirt relabels.
+    """
+    for name in files:
+        if not _SAFE_NAME.fullmatch(name) or name == "lost+found":
+            raise SeedDiskError(f"seed file name {name!r} is not a plain file name")
+    gid = _group_id(group) if group is not None else None
+    size = sum(len(data) for data in files.values()) + 4096 * len(files) + _SEED_SLACK_BYTES
+    size = -(-size // _SEED_SLACK_BYTES) * _SEED_SLACK_BYTES  # whole MiB
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".seed-", dir=path.parent) as tmp:  # mode 0700
+        content = Path(tmp) / "content"
+        content.mkdir(mode=0o700)
+        for name, data in files.items():
+            fd = os.open(content / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+        image = Path(tmp) / "seed.img"
+        with image.open("wb") as f:
+            f.truncate(size)
+        argv = [
+            "mkfs.ext4", "-q", "-F", "-L", vm_images.SEED_LABEL,
+            "-O", "^has_journal",  # read-only in the guest: a journal is dead weight
+            "-N", str(len(files) + 16),
+            "-d", str(content), str(image),
+        ]
+        try:
+            result = subprocess.run(argv, capture_output=True, text=True, check=False, env=_c_locale())
+        except FileNotFoundError as e:
+            raise SeedDiskError("mkfs.ext4 is not installed (apt-get install e2fsprogs)") from e
+        if result.returncode != 0:
+            raise SeedDiskError(f"mkfs.ext4 failed making {path}: {result.stderr.strip()}")
+        os.chmod(image, 0o640 if gid is not None else 0o600)
+        if gid is not None:
+            os.chown(image, 0, gid)
+        os.replace(image, path)
+
+
+def _group_id(group: str) -> int:
+    try:
+        return grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise SeedDiskError(
+            f"group {group!r} does not exist: is libvirt installed (scripts/setup-host.sh)?"
+        ) from None
+
+
+# --- SSH -------------------------------------------------------------------------
+
+
+def ssh_command(port: int, key: GuestKey, *remote: str, host: str = "127.0.0.1") -> list[str]:
+    """argv of `ssh` as root into the guest forwarded at host:port, running `remote`.
+
+    Host keys are neither checked nor remembered: each guest makes a new one at
+    first boot and the forward is on loopback. `-F none` keeps the user's own
+    ssh configuration (proxies, other keys) out of it.
+    """
+    _require_loopback(host)
+    return [
+        "ssh", "-F", "none",
+        "-i", str(key.private_key),
+        "-p", str(port),
+        "-o", "BatchMode=yes",
+        "-o", "IdentitiesOnly=yes",
+        "-o", "StrictHostKeyChecking=no",
+        "-o", "UserKnownHostsFile=/dev/null",
+        "-o", "LogLevel=ERROR",
+        "-o", f"ConnectTimeout={int(_SSH_ATTEMPT_TIMEOUT_S)}",
+        f"root@{host}",
+        *remote,
+    ]
+
+
+def wait_for_ssh(port: int, key: GuestKey, timeout_s: float, *, host: str = "127.0.0.1") -> None:
+    """Poll `ssh ... root@host true` until it succeeds; GuestUnreachable after `timeout_s`."""
+    argv = ssh_command(port, key, "true", host=host)
+    started = time.monotonic()
+    deadline = started + timeout_s
+    last_error = "no attempt made"
+    while True:
+        remaining = deadline - time.monotonic()
+        try:
+            result = subprocess.run(
+                argv, capture_output=True, text=True, check=False, stdin=subprocess.DEVNULL,
+                timeout=max(1.0, min(_SSH_ATTEMPT_TIMEOUT_S + 5, remaining)), env=_c_locale(),
+            )
+            if result.returncode == 0:
+                return
+            last_error = _last_line(result.stderr) or f"ssh exited {result.returncode}"
+        except subprocess.TimeoutExpired:
+            last_error = "ssh did not finish"
+        except FileNotFoundError as e:
+            raise GuestUnreachable("ssh is not installed (apt-get install openssh-client)") from e
+        if time.monotonic() + _SSH_RETRY_INTERVAL_S > deadline:
+            raise GuestUnreachable(
+                f"waited {time.monotonic() - started:.0f}s for SSH on {host}:{port} as root "
+                f"with key {key.private_key}: {last_error}"
+            )
+        time.sleep(_SSH_RETRY_INTERVAL_S)
+
+
+def _require_loopback(host: str) -> None:
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise ValueError(f"guests are reached on loopback addresses only, not {host!r}")
+
+
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
+def _c_locale() -> dict[str, str]:
+    return {**os.environ, "LC_ALL": "C"}
+

@@ -1,0 +1,335 @@
+"""The manifest kinds of SPEC section 2 as frozen pydantic models.
+
+The loader validates every YAML document into one of these; `somnus schema`
+prints the JSON Schema generated from `MANIFEST_ADAPTER`. Fields are snake_case
+in Python and camelCase in YAML. Unknown fields are errors.
+
+Strings that reach something which interprets them are held to a syntax here,
+so that a hostile manifest is refused before anything runs: label keys and
+values follow Kubernetes' rules (they end up in the domain XML and in Docker
+labels), strings handed to Ansible carry no template markers (Ansible would
+evaluate `{{ lookup('pipe', ...) }}` on the host), and a Pool names only a
+local libvirt URI (the `ext` and `ssh` transports run commands).
+"""
+
+from __future__ import annotations
+
+import re
+import urllib.parse
+from typing import Annotated, Literal, Union
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveInt,
+    TypeAdapter,
+    field_validator,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+
+from somnus_reconciler.values import quantity
+from somnus_reconciler.values.quantity import format_bytes
+
+API_VERSION = "somnus/v1"
+DNS1123_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+
+Name = Annotated[str, Field(pattern=DNS1123_LABEL, min_length=1, max_length=63)]
+
+# Kubernetes label syntax (apimachinery IsQualifiedName, IsValidLabelValue): a key is
+# [prefix/]name with a DNS-1123 subdomain as prefix; a name, and a value unless empty,
+# is at most 63 of these characters.
+LABEL_NAME = r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?"
+DNS1123_SUBDOMAIN = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*"
+_LABEL_RULE = ("at most 63 characters: letters, digits, '-', '_' and '.', "
+               "beginning and ending with a letter or digit")
+# Package names of apt (name, name=version, name/release, name:arch), winget ids and
+# brew formulae (name@version, tap/name): no spaces, no shell or template characters.
+PACKAGE_NAME = r"[A-Za-z0-9][A-Za-z0-9._+:@/=~-]*"
+TEMPLATE_MARKERS = ("{{", "{%", "{#")
+_LIBVIRT_SCHEMES = ("qemu", "qemu+unix")
+_LIBVIRT_PATHS = ("/system", "/session")
+
+
+def _shown(text: str, limit: int = 40) -> str:
+    """`text` quoted for a message, cut short: hostile input can be long."""
+    return repr(text if len(text) <= limit else text[:limit] + "...")
+
+
+def _label_value(value: str) -> str:
+    if value and not (len(value) <= 63 and re.fullmatch(LABEL_NAME, value)):
+        raise ValueError(f"label value {_shown(value)} must be empty or {_LABEL_RULE}")
+    return value
+
+
+def _label_key_problem(key: str) -> str | None:
+    prefix, slash, name = key.rpartition("/")
+    if slash and not (len(prefix) <= 253 and re.fullmatch(DNS1123_SUBDOMAIN, prefix)):
+        return ("its prefix must be a DNS-1123 subdomain "
+                "(lowercase letters, digits, '-' and '.', at most 253 characters)")
+    if not (len(name) <= 63 and re.fullmatch(LABEL_NAME, name)):
+        return f"its name must be {_LABEL_RULE}"
+    return None
+
+
+def _no_template(text: str) -> str:
+    """Refuse Jinja markers in strings that reach Ansible as extra vars: Ansible
+    templates them on the host, where `lookup('pipe', ...)` runs any command."""
+    if any(marker in text for marker in TEMPLATE_MARKERS):
+        raise ValueError(f"{_shown(text)} contains a template marker ({', '.join(TEMPLATE_MARKERS)}): "
+                         "Ansible would evaluate it on the host")
+    return text
+
+
+def _package_name(name: str) -> str:
+    if not (len(name) <= 200 and re.fullmatch(PACKAGE_NAME, name)):
+        raise ValueError(f"package name {_shown(name)} must start with a letter or digit and hold only "
+                         "letters, digits and . _ + : @ / = ~ -")
+    return name
+
+
+def _absolute_path(path: str) -> str:
+    if not path.startswith(("/", "~")):
+        raise ValueError(f"{_shown(path)} must be an absolute path")
+    return path
+
+
+def _local_libvirt_uri(uri: str) -> str:
+    """Only the local daemon: remote transports reach other hosts, and `ext` (or ssh's
+    `command=`) runs a program of the manifest's choosing. SOMNUS_LIBVIRT_URI, set by
+    whoever runs somnus, is not limited."""
+    parts = urllib.parse.urlsplit(uri)
+    options = set(urllib.parse.parse_qs(parts.query, keep_blank_values=True))
+    if (parts.scheme not in _LIBVIRT_SCHEMES or parts.netloc or parts.path not in _LIBVIRT_PATHS
+            or options - {"socket"} or parts.fragment):
+        raise ValueError(f"{_shown(uri)} is not a local libvirt URI: a Pool may give qemu:///system or "
+                         "qemu:///session (qemu+unix with ?socket=PATH too); set SOMNUS_LIBVIRT_URI "
+                         "for any other")
+    return uri
+
+
+# Byte counts as libvirt and Docker hold them (signed 64 bits). Unbounded, '9' * 5000
+# would pass and only fail later, where it is printed: int -> str stops at 4300 digits.
+MAX_BYTES = 2**63 - 1
+
+
+def _at_most_8ei(amount: int) -> int:
+    if amount > MAX_BYTES:
+        raise ValueError(f"is more than {format_bytes(MAX_BYTES + 1)} ({MAX_BYTES} bytes), "
+                         "the most libvirt and Docker take")
+    return amount
+
+
+Quantity = Annotated[quantity.Quantity, AfterValidator(_at_most_8ei)]
+LabelValue = Annotated[str, AfterValidator(_label_value),
+                       Field(json_schema_extra={"maxLength": 63, "pattern": f"^({LABEL_NAME})?$"})]
+AnsibleText = Annotated[str, AfterValidator(_no_template)]
+PackageName = Annotated[str, AfterValidator(_package_name),
+                        Field(json_schema_extra={"maxLength": 200, "pattern": f"^{PACKAGE_NAME}$"})]
+AbsolutePath = Annotated[str, AfterValidator(_absolute_path)]
+LibvirtUri = Annotated[str, AfterValidator(_local_libvirt_uri)]
+
+
+class Strict(BaseModel):
+    """Base of every manifest model: camelCase aliases, frozen, no unknown fields."""
+
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, alias_generator=to_camel, populate_by_name=True
+    )
+
+
+class Metadata(Strict):
+    name: Name
+    labels: dict[str, LabelValue] = Field(
+        default_factory=dict,
+        description="Kubernetes label syntax: keys [prefix/]name, values of at most 63 characters",
+    )
+
+    @field_validator("labels")
+    @classmethod
+    def _label_keys(cls, labels: dict[str, str]) -> dict[str, str]:
+        # The message starts with the key, so that the loader points at the key's line.
+        problems = [f"{key} is not a valid label key: {problem}"
+                    for key in labels if (problem := _label_key_problem(key)) is not None]
+        if problems:
+            raise ValueError("; ".join(problems))
+        return labels
+
+
+class Resources(Strict):
+    """vCPUs and memory, with the headroom a running VM can be resized into live."""
+
+    vcpus: PositiveInt
+    memory: Quantity
+    max_vcpus: PositiveInt | None = None
+    max_memory: Quantity | None = None
+    gpu: bool = False
+
+    @model_validator(mode="after")
+    def _headroom_covers_current(self) -> Resources:
+        if self.max_vcpus is not None and self.max_vcpus < self.vcpus:
+            raise ValueError(f"maxVcpus ({self.max_vcpus}) is below vcpus ({self.vcpus})")
+        if self.max_memory is not None and self.max_memory < self.memory:
+            raise ValueError(
+                f"maxMemory ({format_bytes(self.max_memory)}) is below memory ({format_bytes(self.memory)})"
+            )
+        return self
+
+
+class PackPackages(Strict):
+    apt: list[PackageName] = Field(default_factory=list)
+    winget: list[PackageName] = Field(default_factory=list)
+    brew: list[PackageName] = Field(default_factory=list)
+
+
+class CapabilityPackSpec(Strict):
+    description: str = ""
+    requires: list[Name] = Field(default_factory=list)
+    packages: PackPackages = Field(default_factory=PackPackages)
+    playbook: AnsibleText | None = Field(default=None, description=(
+        "path relative to the directory of the manifest file that declares the pack; it must "
+        "resolve (symbolic links followed) to a file inside that directory or below it"
+    ))
+    verify: list[AnsibleText] = Field(default_factory=list, description=(
+        "shell commands run in the guest that must exit 0 once the pack is installed"
+    ))
+
+
+# What a resync does with an out-of-band change (resized, stopped, removed, a pack's
+# verify failing): put it back, or only report it.
+DriftPolicy = Literal["correct", "warn"]
+
+
+class SnapshotPolicy(Strict):
+    retain: Annotated[int, Field(ge=1, le=100)] = 5
+
+
+class VirtualMachineSpec(Strict):
+    profile: Name | None = None
+    resources: Resources | None = None
+    image: Annotated[str, Field(min_length=1, description=(
+        "a base image name (tiny-linux, debian-12) or the path of a standalone qcow2 file "
+        "inside the guest directory's images/ or a root the Pool lists in allowedImageRoots"
+    ))]
+    disk_size: Quantity = 10 * 2**30
+    os_family: Literal["debian", "windows", "macos"] = "debian"
+    running: bool = True
+    packs: list[Name] = Field(default_factory=list)
+    snapshots: SnapshotPolicy = Field(default_factory=SnapshotPolicy)
+    drift_policy: DriftPolicy = "correct"
+
+    @model_validator(mode="after")
+    def _one_source_of_resources(self) -> VirtualMachineSpec:
+        if (self.profile is None) == (self.resources is None):
+            raise ValueError("give exactly one of profile or resources")
+        return self
+
+
+class ContainerResources(Strict):
+    cpus: Annotated[float, Field(gt=0)] = 1.0
+    memory: Quantity = 2**30
+
+
+class ContainerSpec(Strict):
+    image: Annotated[str, Field(min_length=1)]
+    command: list[str] | None = None
+    resources: ContainerResources = Field(default_factory=ContainerResources)
+    packs: list[Name] = Field(default_factory=list)
+    network: Literal["none", "host"] = "none"
+    env: dict[str, str] = Field(default_factory=dict)
+    drift_policy: DriftPolicy = "correct"
+
+    @field_validator("env")
+    @classmethod
+    def _env_names(cls, env: dict[str, str]) -> dict[str, str]:
+        # "A=B: c" would silently set A to "B=c"; NUL cannot pass through exec at all.
+        problems = [f"{key} is not a valid variable name (empty, or holds '=' or NUL)"
+                    for key in env if not key or "=" in key or "\0" in key]
+        problems += [f"{key} has a value holding NUL" for key, value in env.items() if "\0" in value]
+        if problems:
+            raise ValueError("; ".join(problems))
+        return env
+
+
+class Reserved(Strict):
+    vcpus: Annotated[int, Field(ge=0)] = 1
+    memory: Quantity = 2 * 2**30
+
+
+class PoolSpec(Strict):
+    libvirt_uri: LibvirtUri = "qemu:///system"
+    domain_type: Literal["kvm", "qemu"] = "qemu"
+    max_vms: Annotated[int, Field(ge=0)] = 10
+    max_vms_per_owner: Annotated[int, Field(ge=0)] = 5
+    reserved: Reserved = Field(default_factory=Reserved)
+    cpu_overcommit: Annotated[float, Field(gt=0)] = 4.0
+    # Its path reaches Ansible's inventory (the VMs' key files), which Ansible templates.
+    state_dir: AnsibleText = "~/.local/state/somnus"
+    allowed_image_roots: list[AbsolutePath] = Field(default_factory=list, description=(
+        "directories, besides the guest directory's images/, under which a VM's image may "
+        "be a qcow2 file of its own"
+    ))
+
+
+class _Document(Strict):
+    api_version: Literal["somnus/v1"]
+    metadata: Metadata
+
+
+class ResourceProfile(_Document):
+    kind: Literal["ResourceProfile"]
+    spec: Resources
+
+
+class CapabilityPack(_Document):
+    kind: Literal["CapabilityPack"]
+    spec: CapabilityPackSpec
+
+
+class VirtualMachine(_Document):
+    kind: Literal["VirtualMachine"]
+    spec: VirtualMachineSpec
+
+
+class Container(_Document):
+    kind: Literal["Container"]
+    spec: ContainerSpec
+
+
+class Pool(_Document):
+    kind: Literal["Pool"]
+    spec: PoolSpec = Field(default_factory=PoolSpec)
+
+
+Manifest = Annotated[
+    Union[ResourceProfile, CapabilityPack, VirtualMachine, Container, Pool],
+    Field(discriminator="kind"),
+]
+MANIFEST_ADAPTER: TypeAdapter[Manifest] = TypeAdapter(Manifest)
+
+KINDS: dict[str, type[_Document]] = {
+    "ResourceProfile": ResourceProfile,
+    "CapabilityPack": CapabilityPack,
+    "VirtualMachine": VirtualMachine,
+    "Container": Container,
+    "Pool": Pool,
+}
+# Short kind names used in addresses (`vm/coder-1`) and on the command line.
+SHORT_KIND: dict[str, str] = {
+    "VirtualMachine": "vm",
+    "Container": "container",
+    "CapabilityPack": "pack",
+    "ResourceProfile": "profile",
+    "Pool": "pool",
+}
+KIND_BY_SHORT: dict[str, str] = {short: kind for kind, short in SHORT_KIND.items()}
+
+
+def json_schema() -> dict[str, object]:
+    """JSON Schema of every kind, as `somnus schema` prints it."""
+    schema = MANIFEST_ADAPTER.json_schema(by_alias=True)
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "Somnus manifest (somnus/v1)"
+    return schema
