@@ -14,7 +14,7 @@ import click
 
 from somnus_reconciler import __version__
 from somnus_reconciler.cli import views
-from somnus_reconciler.providers.protocols import BackendUnavailable, ProviderError
+from somnus_reconciler.providers.protocols import ProviderError
 from somnus_reconciler.values import model
 from somnus_reconciler.values.diagnostics import InvalidInput
 
@@ -79,7 +79,7 @@ def _plan(paths: Sequence[Path], prune: bool, state_dir: str | None, output: str
         return backends, prepare.prepare(desired, backends, prune=prune)
     except InvalidInput as e:
         _report_invalid(e, output)
-    except (BackendUnavailable, ProviderError) as e:
+    except ProviderError as e:
         _fail(str(e))
 
 
@@ -164,7 +164,7 @@ def apply(paths: Sequence[Path], prune: bool, dry_run: bool, yes: bool, state_di
         report = converge.run_pass(desired, backends, options)
     except InvalidInput as e:
         _report_invalid(e)
-    except (BackendUnavailable, ProviderError) as e:
+    except ProviderError as e:
         _fail(str(e))
     finally:
         if isinstance(progress, views.TerminalProgress):
@@ -209,7 +209,7 @@ def snapshots(guest: str, state_dir: str | None) -> None:
     provider = backends.vms if kind == "vm" else backends.containers
     try:
         found = provider.snapshots(name)
-    except (BackendUnavailable, ProviderError) as e:
+    except ProviderError as e:
         _fail(str(e))
     finally:
         backends.close()
@@ -262,7 +262,7 @@ def rollback(guest: str, snapshot: str | None, paths: Sequence[Path], state_dir:
                 journal = Journal(backends.settings.journal_path)
                 journal.move_container_packs(name, backends.containers.restore(desired.containers[name], target))
                 journal.close()
-        except (BackendUnavailable, ProviderError) as e:
+        except ProviderError as e:
             _fail(str(e))
         finally:
             backends.close()
@@ -302,7 +302,7 @@ def get(kind: str | None, name: str | None, output: str, include_unmanaged: bool
             _fail(f"unknown kind {kind!r}: use vm or container")
     try:
         rows = _status_rows(kind, name, state_dir, include_unmanaged)
-    except (BackendUnavailable, ProviderError) as e:
+    except ProviderError as e:
         _fail(str(e))
     if name is not None and not rows:
         _fail(f"{kind}/{name} not found")
@@ -330,7 +330,7 @@ def describe(address: str, state_dir: str | None) -> None:
     kind = model.SHORT_KIND.get(kind, kind)
     try:
         rows = _status_rows(kind, name, state_dir, include_unmanaged=True, recent_errors=True)
-    except (BackendUnavailable, ProviderError) as e:
+    except ProviderError as e:
         _fail(str(e))
     if not rows:
         _fail(f"{kind}/{name} not found")
@@ -392,7 +392,7 @@ def soft_reboot(address: str, timeout_s: float, state_dir: str | None) -> None:
     backends = backends_mod.open_backends(None, state_dir=state_dir)
     try:
         vm = backends.vms.observe_one(name)
-    except (BackendUnavailable, ProviderError) as e:
+    except ProviderError as e:
         _fail(str(e))
     finally:
         backends.close()
@@ -405,7 +405,7 @@ def soft_reboot(address: str, timeout_s: float, state_dir: str | None) -> None:
         _fail(f"vm/{name} has no agent forward or token (made before the agent existed?)")
     try:
         outcome = agent_client.confirm_soft_reboot(client, timeout_s)
-    except (agent_client.AgentUnreachable, agent_client.AgentRefused) as e:
+    except agent_client.AgentError as e:
         _fail(f"vm/{name}: {e}")
     journal = Journal(backends.settings.journal_path)
     journal.record(f"vm/{name}", status.SOFT_REBOOT_ACTION, "ok" if outcome.confirmed else "timed out",
@@ -633,7 +633,7 @@ def image_build(names: Sequence[str]) -> None:
                                                        images_dir=settings.images_dir)
                 provider.close()
                 click.echo(f"{name}: present")
-    except (vm_images.ImageError, container_images.ImageRecipeError, BackendUnavailable, ProviderError) as e:
+    except (vm_images.ImageError, ProviderError) as e:  # ImageRecipeError is an ImageError
         _fail(str(e))
 
 

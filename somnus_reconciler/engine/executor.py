@@ -32,6 +32,7 @@ from somnus_reconciler.providers.protocols import ContainerProvider, ProviderErr
 from somnus_reconciler.semantic.triage import Category, FailureClassifier
 from somnus_reconciler.values.actual import ActualContainer, ActualVm, Snapshot
 from somnus_reconciler.values.desired import DesiredContainer, DesiredPack, DesiredState, DesiredVm
+from somnus_reconciler.values.errors import PermanentError, is_temporary
 from somnus_reconciler.values.model import CapabilityPackSpec
 
 
@@ -64,7 +65,7 @@ class EngineHook(Protocol):
     def step_finished(self, result: StepResult) -> None: ...
 
 
-class VerifyFailed(Exception):
+class VerifyFailed(PermanentError):
     """The backend accepted the action but the object did not reach the desired state."""
 
 
@@ -218,7 +219,7 @@ class Engine:
                 self._act_container(change)
             self._verify(change)
         except (ProviderError, VerifyFailed) as e:
-            return False, str(e), "failed", isinstance(e, ProviderError) and e.temporary
+            return False, str(e), "failed", is_temporary(e)
         return True, "done", "ok", False
 
     def _replan(self, change: Change) -> Change | None:

@@ -12,8 +12,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from somnus_reconciler.providers import ansible_provider, guest_access
-from somnus_reconciler.providers.protocols import ProviderError, VmProvider
+from somnus_reconciler.providers.protocols import ProviderError, VmProvider, as_provider_error
 from somnus_reconciler.values.desired import DesiredContainer, DesiredPack, DesiredVm
+from somnus_reconciler.values.errors import SomnusError
 
 
 class AnsiblePackRunner:
@@ -53,6 +54,6 @@ class AnsiblePackRunner:
         key = guest_access.ensure_keypair(self._state_dir, vm.name)
         try:
             guest_access.wait_for_ssh(ports["ssh"], key, self._ssh_timeout_s)
-        except guest_access.GuestUnreachable as e:
-            raise ProviderError(vm.address, "reach guest", str(e)) from e
+        except SomnusError as e:  # GuestUnreachable (temporary), or no ssh client on the host
+            raise as_provider_error(vm.address, "reach guest", e) from e
         return ansible_provider.SshTarget("127.0.0.1", ports["ssh"], "root", key.private_key)

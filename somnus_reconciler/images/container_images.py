@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Protocol
 
 from somnus_reconciler import settings
-from somnus_reconciler.images import rootfs
+from somnus_reconciler.images import rootfs, store
 
 
 class ImageImporter(Protocol):
@@ -77,8 +77,8 @@ _DEBIAN_CHANGES = (
 _DEBIAN_TAR_EXCLUDES = ("./dev/*", "./proc/*", "./sys/*", "./run/*", "./tmp/*")
 
 
-class ImageRecipeError(Exception):
-    """An image cannot be built here: unknown name or a missing host ingredient."""
+class ImageRecipeError(store.ImageError):
+    """A container image cannot be built here: unknown name or a missing host ingredient."""
 
 
 def build_container_image(
@@ -94,8 +94,8 @@ def build_container_image(
     settings' images directory, shared with the VM images).
 
     Raises ImageRecipeError for an unknown reference or a missing ingredient,
-    image_build.ImageError when debootstrap fails, ProviderError /
-    BackendUnavailable from the import.
+    store.ImageError (which it is a kind of) when debootstrap fails,
+    ProviderError (BackendUnavailable among them) from the import.
     """
     if reference == DEBIAN_BASE_IMAGE:
         _build_debian_base(reference, provider, log, images_dir or settings.resolve().images_dir)

@@ -2,8 +2,8 @@
 
 `images` (finding and building VM images), the recipe modules `tiny_linux` and
 `debian_image`, and `rootfs` (debootstrapped Debian trees, also used by
-`container_images`) call these. It imports no other somnus module, so each of
-them can use it without an import cycle; `images` re-exports the names that
+`container_images`) call these. It imports no other somnus module but the
+error base (`values.errors`), so each of them can use it without an import cycle; `images` re-exports the names that
 are part of its own API (`ImageError`, the file names, `GUEST_READY_LINE`).
 
 A build happens in a staging directory next to its target, under a
@@ -23,6 +23,8 @@ import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
+from somnus_reconciler.values.errors import PermanentError
+
 # The files of a built VM image directory.
 DISK_FILE = "disk.qcow2"
 KERNEL_FILE = "vmlinuz"
@@ -38,8 +40,8 @@ FILE_MODE = 0o644
 Log = Callable[[str], None]
 
 
-class ImageError(Exception):
-    """A VM image is missing, unknown, or could not be built; the message says what to do."""
+class ImageError(PermanentError):
+    """An image is missing, unknown, or could not be built; the message says what to do."""
 
 
 @contextlib.contextmanager

@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from somnus_reconciler.values.diagnostics import Diagnostic, Source
+from somnus_reconciler.values.errors import PermanentError
 from somnus_reconciler.values.quantity import format_bytes, format_bytes_rounded
 
 # Limits no manifest comes near; each keeps a hostile file from costing more than a
@@ -92,8 +93,9 @@ def _character(char: str) -> str:
     return f"character U+{ord(char):04X} ({kind})"
 
 
-class Refused(yaml.YAMLError):
-    """Input the loader does not go on with, at a 1-based line."""
+class Refused(yaml.YAMLError, PermanentError):
+    """Input the loader does not go on with, at a 1-based line (a YAMLError too, for
+    code that catches PyYAML's errors)."""
 
     def __init__(self, mark: Any, message: str) -> None:
         super().__init__(message)

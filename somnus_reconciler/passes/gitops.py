@@ -26,9 +26,10 @@ from somnus_reconciler.passes import prepare
 from somnus_reconciler.passes.loop import Loop, PassOutcome, Trigger, wait
 from somnus_reconciler.values.desired import DesiredState
 from somnus_reconciler.values.diagnostics import Diagnostic, InvalidInput
+from somnus_reconciler.values.errors import PermanentError
 
 
-class GitError(Exception):
+class GitError(PermanentError):
     """A git command failed; the message has git's own words."""
 
 

@@ -31,7 +31,7 @@ from somnus_reconciler.passes import converge, prepare
 from somnus_reconciler.planning.plan import Change, Plan
 from somnus_reconciler.providers import backends as backends_mod
 from somnus_reconciler.providers.backends import Backends
-from somnus_reconciler.providers.protocols import BackendUnavailable, ProviderError
+from somnus_reconciler.providers.protocols import ProviderError
 from somnus_reconciler.semantic.triage import FailureClassifier
 from somnus_reconciler.values.desired import DesiredState
 from somnus_reconciler.values.diagnostics import InvalidInput
@@ -124,7 +124,7 @@ class Loop:
             errors = [str(d) for d in e.diagnostics]
             self.emit({"event": "reconciled", "at": time.time(), **base, "outcome": "invalid", "errors": errors})
             return PassOutcome("invalid", message="; ".join(errors))
-        except (BackendUnavailable, ProviderError) as e:
+        except ProviderError as e:
             self._close()  # a daemon went away: connect afresh next time
             self.emit({"event": "reconciled", "at": time.time(), **base, "outcome": "error", "errors": [str(e)]})
             return PassOutcome("error", message=str(e))

@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 from somnus_reconciler.providers import agent_client
-from somnus_reconciler.providers.protocols import BackendUnavailable, ProviderError
+from somnus_reconciler.providers.protocols import ProviderError
 from somnus_reconciler.values.actual import ActualContainer, ActualState, ActualVm
 from somnus_reconciler.values.desired import DesiredContainer, DesiredState, DesiredVm
 
@@ -63,9 +63,9 @@ def _fails(backends: Backends, want: DesiredVm | DesiredContainer, have: ActualV
         try:
             return any(client.execute(["sh", "-c", command], timeout_s=VERIFY_TIMEOUT_S)["exit_code"] != 0
                        for command in commands)
-        except (agent_client.AgentUnreachable, agent_client.AgentRefused):
+        except agent_client.AgentError:
             return False
     try:
         return any(backends.containers.run(want.name, ["sh", "-c", command]) != 0 for command in commands)
-    except (ProviderError, BackendUnavailable):
+    except ProviderError:
         return False

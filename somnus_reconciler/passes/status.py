@@ -51,7 +51,7 @@ def probe_agent(vm: ActualVm, state_dir: Path, *, recent_errors: bool = False) -
                     processes=status.get("processes", []), stats=client.stats_basic())
         if recent_errors:
             view["recentErrors"] = client.stats_intelligent().get("errors", [])
-    except (agent_client.AgentUnreachable, agent_client.AgentRefused) as e:
+    except agent_client.AgentError as e:
         view.update(connected=False, message=str(e))
     return view
 

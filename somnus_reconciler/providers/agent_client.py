@@ -8,6 +8,11 @@ agent/somnus_agent (SPEC section 7).
 Requests go to 127.0.0.1 only, to the VM's `agent` port forward. The token is
 read from the state directory (`guest_access.ensure_agent_token`), sent in the
 Authorization header, and appears in no error message, repr or log.
+
+Errors are `AgentError`s: `AgentUnreachable` (temporary: nothing answers yet)
+or `AgentRefused` (permanent: the agent said no). Answers are decoded JSON
+(`JsonObject`), passed on as the agent sent them; the processes that
+`confirm_soft_reboot` reads are narrowed into `ProcessStatus`.
 """
 
 from __future__ import annotations
@@ -15,23 +20,39 @@ from __future__ import annotations
 import http.client
 import json
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from somnus_reconciler.providers import guest_access
 from somnus_reconciler.values.actual import ActualVm
+from somnus_reconciler.values.errors import PermanentError, SomnusError, TemporaryError
 
 AGENT_FORWARD = "agent"
 DEFAULT_TIMEOUT_S = 5.0
 _POLL_INTERVAL_S = 0.5
 
+JsonObject = dict[str, Any]  # a decoded JSON answer, as the agent sent it (SPEC section 7)
 
-class AgentUnreachable(Exception):
+
+class ProcessStatus(TypedDict):
+    """One monitored process in a `/status` answer (agent/somnus_agent/supervisor.py)."""
+
+    name: str
+    pid: int | None
+    running: bool
+
+
+class AgentError(SomnusError):
+    """Asking a VM's agent failed."""
+
+
+class AgentUnreachable(AgentError, TemporaryError):
     """No answer: nothing listens behind the forward yet, or the connection broke."""
 
 
-class AgentRefused(Exception):
+class AgentRefused(AgentError, PermanentError):
     """The agent answered with an error status (or something that is not the agent did)."""
 
     def __init__(self, status: int, message: str) -> None:
@@ -50,8 +71,8 @@ class AgentClient:
     def address(self) -> str:
         return f"{self.host}:{self.port}"
 
-    def request(self, method: str, path: str, body: dict[str, Any] | None = None,
-                *, timeout_s: float | None = None) -> dict[str, Any]:
+    def request(self, method: str, path: str, body: Mapping[str, object] | None = None,
+                *, timeout_s: float | None = None) -> JsonObject:
         """One request on a fresh connection; the decoded JSON answer of a 2xx status."""
         conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout_s or self.timeout_s)
         data = json.dumps(body).encode() if body is not None else None
@@ -79,20 +100,20 @@ class AgentClient:
             raise AgentRefused(response.status, str(payload.get("error", payload)))
         return payload
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> JsonObject:
         return self.request("GET", "/status")
 
-    def stats_basic(self) -> dict[str, Any]:
+    def stats_basic(self) -> JsonObject:
         return self.request("GET", "/stats/basic")
 
-    def stats_intelligent(self) -> dict[str, Any]:
+    def stats_intelligent(self) -> JsonObject:
         return self.request("GET", "/stats/intelligent")
 
-    def execute(self, argv: list[str], stdin: str = "", timeout_s: float = 30.0) -> dict[str, Any]:
+    def execute(self, argv: list[str], stdin: str = "", timeout_s: float = 30.0) -> JsonObject:
         return self.request("POST", "/execute", {"argv": argv, "stdin": stdin, "timeout_s": timeout_s},
                             timeout_s=timeout_s + self.timeout_s)
 
-    def reload_config(self) -> dict[str, Any]:
+    def reload_config(self) -> JsonObject:
         return self.request("POST", "/config/reload", {})
 
 
@@ -108,7 +129,7 @@ def for_vm(vm: ActualVm, state_dir: Path, *, timeout_s: float = DEFAULT_TIMEOUT_
     return AgentClient(forward.host_port, token, timeout_s=timeout_s)
 
 
-def wait_until_connected(client: AgentClient, timeout_s: float) -> dict[str, Any]:
+def wait_until_connected(client: AgentClient, timeout_s: float) -> JsonObject:
     """Poll `GET /status` until it answers; AgentUnreachable after `timeout_s`."""
     deadline = time.monotonic() + timeout_s
     while True:
@@ -125,7 +146,17 @@ class SoftRebootOutcome:
     confirmed: bool
     message: str
     duration_s: float
-    processes: tuple[dict[str, Any], ...] = ()
+    processes: tuple[ProcessStatus, ...] = ()
+
+
+def processes(status: Mapping[str, object]) -> list[ProcessStatus]:
+    """The monitored processes of a `/status` answer; entries without a name are left out."""
+    listed = status.get("processes")
+    if not isinstance(listed, list):
+        return []
+    return [ProcessStatus(name=str(p["name"]), pid=p["pid"] if isinstance(p.get("pid"), int) else None,
+                          running=bool(p.get("running")))
+            for p in listed if isinstance(p, dict) and "name" in p]
 
 
 def confirm_soft_reboot(client: AgentClient, timeout_s: float) -> SoftRebootOutcome:
@@ -137,7 +168,7 @@ def confirm_soft_reboot(client: AgentClient, timeout_s: float) -> SoftRebootOutc
     """
     started = time.monotonic()
     deadline = started + timeout_s
-    before = {p["name"]: p.get("pid") for p in client.status().get("processes", [])}
+    before = {p["name"]: p["pid"] for p in processes(client.status())}
     try:
         client.request("POST", "/soft-reboot", {}, timeout_s=timeout_s)
     except AgentRefused as e:
@@ -146,22 +177,22 @@ def confirm_soft_reboot(client: AgentClient, timeout_s: float) -> SoftRebootOutc
     except AgentUnreachable:
         pass  # the answer may be lost; /status below says what happened
     waiting: list[str] = sorted(before)
-    processes: list[dict[str, Any]] = []
+    now: list[ProcessStatus] = []
     while True:
         try:
-            processes = client.status().get("processes", [])
+            now = processes(client.status())
             waiting = [
-                p["name"] for p in processes
-                if not p.get("running") or (p["name"] in before and p.get("pid") == before[p["name"]])
+                p["name"] for p in now
+                if not p["running"] or (p["name"] in before and p["pid"] == before[p["name"]])
             ]
             if not waiting:
-                return SoftRebootOutcome(True, f"{len(processes)} process(es) back",
-                                         time.monotonic() - started, tuple(processes))
-        except (AgentUnreachable, AgentRefused):
+                return SoftRebootOutcome(True, f"{len(now)} process(es) back",
+                                         time.monotonic() - started, tuple(now))
+        except AgentError:
             pass
         if time.monotonic() >= deadline:
             return SoftRebootOutcome(
                 False, f"timed out after {timeout_s:.0f}s waiting for: {', '.join(waiting) or 'the agent'}",
-                time.monotonic() - started, tuple(processes),
+                time.monotonic() - started, tuple(now),
             )
         time.sleep(_POLL_INTERVAL_S)

@@ -27,7 +27,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from somnus_reconciler.providers.protocols import BackendUnavailable, ProviderError
+from somnus_reconciler.providers.protocols import BackendUnavailable, ProviderError, TemporaryProviderError
 from somnus_reconciler.values.actual import ActualContainer, Snapshot
 from somnus_reconciler.values.desired import DesiredContainer
 
@@ -414,7 +414,7 @@ def _translate(e: Exception, address: str, action: str) -> Exception | None:
     if isinstance(e, requests.exceptions.ConnectionError):
         return BackendUnavailable(f"dockerd cannot be reached ({address}: {action}): {e}", kind="container")
     if isinstance(e, requests.exceptions.Timeout):
-        return ProviderError(address, action, f"dockerd did not answer in time: {e}", temporary=True)
+        return TemporaryProviderError(address, action, f"dockerd did not answer in time: {e}")
     if isinstance(e, docker.errors.APIError):
         cause = e.explanation or str(e)
         if isinstance(cause, bytes):

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from somnus_reconciler.images import vm_images
+from somnus_reconciler.values.errors import PermanentError, TemporaryError
 
 KEYS_DIR = "keys"
 PRIVATE_KEY_FILE = "id_ed25519"
@@ -50,11 +51,14 @@ class GuestKey:
     public_openssh: str  # "ssh-ed25519 AAAA... somnus@<vm>", as authorized_keys takes it
 
 
-class GuestUnreachable(Exception):
-    """SSH into a guest did not succeed in time; the message says where, as whom and why."""
+class GuestUnreachable(TemporaryError):
+    """SSH into a guest did not succeed in time; the message says where, as whom and why.
+
+    Temporary: a guest still booting, or whose sshd is not up yet, answers later.
+    """
 
 
-class SeedDiskError(Exception):
+class SeedDiskError(PermanentError):
     """A seed disk cannot be made; the message says why."""
 
 
@@ -66,7 +70,8 @@ def ensure_keypair(state_dir: Path, vm_name: str) -> GuestKey:
 
     The private key (OpenSSH format, no passphrase) is at
     `state_dir/keys/<vm_name>/id_ed25519`, mode 0600, in directories of mode
-    0700 (see `_publish_secret`).
+    0700 (see `_publish_secret`). A PermanentError when that file holds
+    another kind of key.
     """
     # Imported here: every `somnus diff` imports this module (through the libvirt
     # provider), and only creating a VM or reaching a guest needs a key.
@@ -86,7 +91,7 @@ def ensure_keypair(state_dir: Path, vm_name: str) -> GuestKey:
     os.chmod(private_path, 0o600)
     key = serialization.load_ssh_private_key(private_path.read_bytes(), password=None)
     if not isinstance(key, ed25519.Ed25519PrivateKey):
-        raise ValueError(f"{private_path} does not hold an ed25519 key; remove it to get a new one")
+        raise PermanentError(f"{private_path} does not hold an ed25519 key; remove it to get a new one")
     public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
     public_openssh = f"{public.decode()} {comment}"
     _write_public(key_dir / PUBLIC_KEY_FILE, public_openssh + "\n")
@@ -253,7 +258,8 @@ def ssh_command(port: int, key: GuestKey, *remote: str, host: str = "127.0.0.1")
 
 
 def wait_for_ssh(port: int, key: GuestKey, timeout_s: float, *, host: str = "127.0.0.1") -> None:
-    """Poll `ssh ... root@host true` until it succeeds; GuestUnreachable after `timeout_s`."""
+    """Poll `ssh ... root@host true` until it succeeds; GuestUnreachable after `timeout_s`
+    (a PermanentError when the host has no ssh client)."""
     argv = ssh_command(port, key, "true", host=host)
     started = time.monotonic()
     deadline = started + timeout_s
@@ -271,7 +277,7 @@ def wait_for_ssh(port: int, key: GuestKey, timeout_s: float, *, host: str = "127
         except subprocess.TimeoutExpired:
             last_error = "ssh did not finish"
         except FileNotFoundError as e:
-            raise GuestUnreachable("ssh is not installed (apt-get install openssh-client)") from e
+            raise PermanentError("ssh is not installed (apt-get install openssh-client)") from e
         if time.monotonic() + _SSH_RETRY_INTERVAL_S > deadline:
             raise GuestUnreachable(
                 f"waited {time.monotonic() - started:.0f}s for SSH on {host}:{port} as root "

@@ -2,7 +2,8 @@
 
 Called by the engine (through the `VmProvider` protocol) and by the CLI's
 `get` / `describe`. Every `libvirt.libvirtError` is mapped here, once, into
-`ProviderError` naming the domain and the action.
+`ProviderError` naming the domain and the action, or `BackendUnavailable`
+(temporary) when the connection to libvirtd is gone.
 
 Each VM owns `<guest_dir>/vms/<name>/disk.qcow2`, a qcow2 overlay whose backing
 file is the base image; its serial console is logged to
@@ -27,6 +28,7 @@ from somnus_reconciler.providers.protocols import BackendUnavailable, ProviderEr
 from somnus_reconciler.settings import Settings
 from somnus_reconciler.values.actual import ActualVm, PortForward, PowerState, Snapshot
 from somnus_reconciler.values.desired import DesiredVm
+from somnus_reconciler.values.errors import PermanentError
 
 # libvirt prints every error to stderr by default; we map and report them ourselves.
 libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
@@ -112,7 +114,9 @@ class LibvirtProvider:
             yield
         except libvirt.libvirtError as e:
             raise self._unavailable(e) or ProviderError(f"vm/{name}", action, e.get_error_message() or str(e)) from e
-        except (OSError, subprocess.CalledProcessError, vm_images.ImageError) as e:
+        # PermanentError: what the image and guest_access helpers raise (an image not
+        # built, a seed disk that cannot be made). A ProviderError passes through as it is.
+        except (OSError, subprocess.CalledProcessError, PermanentError) as e:
             raise ProviderError(f"vm/{name}", action, str(e)) from e
 
     def _domain(self, name: str) -> libvirt.virDomain:

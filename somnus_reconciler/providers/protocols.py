@@ -1,7 +1,9 @@
 """Backend adapters behind narrow protocols; the engine sees only these.
 
 Each backend library (libvirt, docker) is imported in its own adapter module
-only, and its errors are mapped once into `ProviderError`.
+only, and its errors are mapped once into `ProviderError`: permanent, or of
+the temporary kind (`TemporaryProviderError`, `BackendUnavailable`) when trying
+again later may succeed. The engine decides retries by that type alone.
 """
 
 from __future__ import annotations
@@ -10,33 +12,55 @@ from typing import Protocol
 
 from somnus_reconciler.values.actual import ActualContainer, ActualVm, Snapshot
 from somnus_reconciler.values.desired import DesiredContainer, DesiredVm
+from somnus_reconciler.values.errors import DEFAULT_RETRY_DELAY_S, SomnusError, TemporaryError
 
 
-class ProviderError(Exception):
-    """A backend call failed; the message names the resource and the action."""
+class ProviderError(SomnusError):
+    """A backend call failed; the message names the resource and the action.
 
-    def __init__(self, address: str, action: str, cause: str, *, temporary: bool = False) -> None:
+    Permanent: trying the same call again gives the same answer. A failure that
+    may pass is raised as a `TemporaryProviderError` instead.
+    """
+
+    def __init__(self, address: str, action: str, cause: str) -> None:
         self.address = address
         self.action = action
         self.cause = cause
-        self.temporary = temporary
         super().__init__(f"{address}: {action} failed: {cause}")
 
 
-class BackendUnavailable(ProviderError):
-    """The daemon itself cannot be reached (libvirtd or dockerd down): always temporary.
+class TemporaryProviderError(ProviderError, TemporaryError):
+    """A backend call failed in a way that may pass after `delay` seconds (a daemon
+    that did not answer in time, a guest whose SSH is not up yet)."""
+
+    def __init__(self, address: str, action: str, cause: str, *,
+                 delay: float = DEFAULT_RETRY_DELAY_S) -> None:
+        super().__init__(address, action, cause)
+        self.delay = delay
+
+
+class BackendUnavailable(TemporaryProviderError):
+    """The daemon itself cannot be reached (libvirtd or dockerd down).
 
     `kind` is "vm" (libvirtd) or "container" (dockerd): the half of the desired
     state that cannot be converged until the daemon is back.
     """
 
     def __init__(self, message: str, *, kind: str) -> None:
-        super().__init__(f"{kind}/*", "reach the daemon", message, temporary=True)
+        super().__init__(f"{kind}/*", "reach the daemon", message)
         self.kind = kind
         self.args = (message,)
 
     def __str__(self) -> str:
         return str(self.args[0])
+
+
+def as_provider_error(address: str, action: str, error: SomnusError) -> ProviderError:
+    """`error` (raised by a helper that knows no address) naming `address` and
+    `action`, of the temporary kind when `error` is temporary."""
+    if isinstance(error, TemporaryError):
+        return TemporaryProviderError(address, action, str(error), delay=error.delay)
+    return ProviderError(address, action, str(error))
 
 
 class VmProvider(Protocol):

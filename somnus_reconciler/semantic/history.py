@@ -26,6 +26,7 @@ from typing import Any, NamedTuple
 from somnus_reconciler import settings as settings_mod
 from somnus_reconciler.journal import Event, Journal
 from somnus_reconciler.semantic import triage
+from somnus_reconciler.values.errors import PermanentError
 from somnus_reconciler.values.quantity import parse_duration
 
 INDEX_DIR = "history-index"
@@ -36,7 +37,7 @@ CATEGORY_WEIGHT = 0.25  # of triage's score for the query, added to events of it
 _INDEXED_THROUGH = "indexed_through"  # collection metadata: highest event id indexed
 
 
-class HistoryIndexError(Exception):
+class HistoryIndexError(PermanentError):
     """The index could not be opened, written or queried (chromadb's errors, mapped once)."""
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from somnus_reconciler.values.errors import PermanentError
+
 
 @dataclass(frozen=True, order=True)
 class Source:
@@ -49,7 +51,7 @@ class Diagnostics:
             raise InvalidInput(tuple(self.items))
 
 
-class InvalidInput(Exception):
+class InvalidInput(PermanentError):
     """Input that must change nothing: bad manifests, refused admission, conflicts."""
 
     def __init__(self, diagnostics: tuple[Diagnostic, ...]) -> None:
