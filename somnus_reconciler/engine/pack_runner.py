@@ -1,9 +1,10 @@
-"""Reaching guests for pack steps: the engine's `PackRunner`.
+"""Reaching guests for pack steps: the engine's `PackRunner` (see pack_step).
 
 A VM is reached over SSH on its 127.0.0.1 forward with its own key (made by
 guest_access at creation, delivered on the seed disk); a container with
 `docker exec`. The pack itself runs through ansible_provider. Wired up by
-reconcile; the engine sees only the `PackRunner` protocol.
+passes.converge; the engine sees only the `PackRunner` protocol. A VM whose SSH
+does not answer in time is a temporary failure ("reach guest"), tried again.
 """
 
 from __future__ import annotations

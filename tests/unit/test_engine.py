@@ -9,10 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from somnus_reconciler.engine.executor import Engine, PackSteps, RetryPolicy, snapshot_name
+from somnus_reconciler.engine.executor import Engine
+from somnus_reconciler.engine.pack_step import PackSteps
+from somnus_reconciler.engine.retry import RetryPolicy
+from somnus_reconciler.engine.snapshots import snapshot_name
 from somnus_reconciler.journal import Journal
 from somnus_reconciler.planning.plan import Action, Change, Disruption, Plan
-from somnus_reconciler.providers.protocols import ProviderError
+from somnus_reconciler.providers.protocols import BackendUnavailable, ProviderError, TemporaryProviderError
 from somnus_reconciler.semantic.triage import Category, Triage
 from somnus_reconciler.values.actual import ActualContainer, Snapshot
 from somnus_reconciler.values.desired import DesiredContainer, DesiredPack, DesiredState, DesiredVm, VmResources
@@ -27,17 +30,19 @@ PACK = DesiredPack("tools", CapabilityPackSpec(), SRC)
 
 
 class Recorder:
-    """Both provider protocols, recording calls; `fail` names calls that raise."""
+    """Both provider protocols, recording calls; `fail` names calls that raise a
+    ProviderError (of the temporary kind when `temporary`)."""
 
-    def __init__(self, fail: set[str] | None = None) -> None:
+    def __init__(self, fail: set[str] | None = None, *, temporary: bool = False) -> None:
         self.calls: list[tuple[str, ...]] = []
         self.fail = fail or set()
+        self.error = TemporaryProviderError if temporary else ProviderError
         self.snaps: dict[str, list[str]] = {}
 
     def _call(self, *call: str) -> None:
         self.calls.append(call)
         if call[0] in self.fail:
-            raise ProviderError(f"x/{call[1]}", call[0], "boom")
+            raise self.error(f"x/{call[1]}", call[0], "boom")
 
     def snapshot(self, name: str, snapshot: str, description: str) -> str:
         self._call("snapshot", name, snapshot)
@@ -242,11 +247,73 @@ def test_a_permanent_failure_is_rolled_back_once_and_not_retried(tmp_path: Path)
 
 
 def test_a_temporary_provider_failure_is_replanned_and_stops_once_converged(tmp_path: Path) -> None:
-    rec, slept = Recorder(fail={"create"}), []  # type: Recorder, list[float]
-    eng, journal, _ = classified_engine(tmp_path, rec, Outcome(True), Category.NETWORK_FAILURE, slept)
+    rec, slept = Recorder(fail={"create"}, temporary=True), []  # type: Recorder, list[float]
+    eng, journal, verdicts = classified_engine(tmp_path, rec, Outcome(True), Category.DEPENDENCY_MISSING, slept)
     create = Change(BOX.address, Action.CREATE, Disruption.NONE, desired=BOX)
     [result] = eng.execute(Plan((create,), (), ()))
     # The first create failed; the re-plan observes the container running with its spec.
     assert result.ok and result.attempts == 2 and slept == [2.0]
     assert [c[0] for c in rec.calls] == ["create"]
     assert [e.outcome for e in journal.recent("container/box1")] == ["ok", "retrying"]
+    assert journal.recent("container/box1")[1].category == "NETWORK_FAILURE"
+    assert verdicts.texts == []  # the type decided; the classifier reads only what guests say
+
+
+def test_a_permanent_provider_failure_is_not_retried_whatever_its_words(tmp_path: Path) -> None:
+    rec, slept = Recorder(fail={"create"}), []  # type: Recorder, list[float]
+    eng, journal, verdicts = classified_engine(tmp_path, rec, Outcome(True), Category.NETWORK_FAILURE, slept)
+    create = Change(BOX.address, Action.CREATE, Disruption.NONE, desired=BOX)
+    [result] = eng.execute(Plan((create,), (), ()))
+    assert not result.ok and result.attempts == 1 and slept == []
+    assert result.category is Category.UNKNOWN and verdicts.texts == []
+    [event] = journal.recent("container/box1")
+    assert (event.outcome, event.message) == ("failed", "x/box1: create failed: boom")
+
+
+class DockerdBackAfterOneSnapshot(Recorder):
+    """The first snapshot meets dockerd gone; the next works."""
+
+    def snapshot(self, name: str, snapshot: str, description: str) -> str:
+        if not self.calls:
+            self.calls.append(("snapshot", name, snapshot))
+            raise BackendUnavailable("dockerd cannot be reached", kind="container")
+        return super().snapshot(name, snapshot, description)
+
+
+def test_a_pack_step_whose_snapshot_meets_a_daemon_that_went_away_is_retried(tmp_path: Path) -> None:
+    rec, slept = DockerdBackAfterOneSnapshot(), []  # type: Recorder, list[float]
+    eng, journal, verdicts = classified_engine(tmp_path, rec, Outcome(True), Category.DEPENDENCY_MISSING, slept)
+    [result] = eng.execute(Plan((pack_change(BOX),), (), ()))
+    assert result.ok and result.attempts == 2 and slept == [2.0] and verdicts.texts == []
+    assert [c[0] for c in rec.calls] == ["snapshot", "snapshot", "run"]
+    retrying = journal.recent("container/box1")[1]
+    assert (retrying.outcome, retrying.category) == ("retrying", "NETWORK_FAILURE")
+    assert "no snapshot, so nothing was done: dockerd cannot be reached" in retrying.message
+
+
+class BusyForLong(Recorder):
+    """Every create is refused for now, asking for 30 s; the container never appears."""
+
+    def create(self, vm: object, **_: object) -> str:
+        self.calls.append(("create", getattr(vm, "name")))
+        raise TemporaryProviderError("container/box1", "create", "busy", delay=30.0)
+
+    def observe_one(self, name: str) -> None:  # type: ignore[override]
+        return None
+
+
+def test_a_temporary_error_waits_at_least_its_own_delay(tmp_path: Path) -> None:
+    rec, slept = BusyForLong(), []  # type: Recorder, list[float]
+    eng, _, _ = classified_engine(tmp_path, rec, Outcome(True), Category.UNKNOWN, slept)
+    create = Change(BOX.address, Action.CREATE, Disruption.NONE, desired=BOX)
+    [result] = eng.execute(Plan((create,), (), ()))
+    assert not result.ok and result.attempts == 3
+    assert slept == [30.0, 30.0]  # the policy alone would wait 2 s, then 8 s
+
+
+def test_only_the_guests_failure_text_is_classified(tmp_path: Path) -> None:
+    rec, slept = Recorder(), []  # type: Recorder, list[float]
+    eng, _, verdicts = classified_engine(tmp_path, rec, Outcome(False, "apt", "E: Unable to locate package nope"),
+                                         Category.DEPENDENCY_MISSING, slept)
+    eng.execute(Plan((pack_change(VM),), (), ()))
+    assert verdicts.texts == ["task 'apt' failed: E: Unable to locate package nope"]  # not the rollback's words

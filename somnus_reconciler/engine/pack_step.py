@@ -1,0 +1,164 @@
+"""A pack step, guarded by a snapshot: snapshot -> act (playbook) -> record | roll back.
+
+The executor calls `SnapshotGuard.run` for every pack install or uninstall. The
+step is open in the journal from before the snapshot until it is recorded or
+rolled back, so that `recovery` can roll back a step a killed process left open.
+On any failure after the snapshot the guest is reverted to it; either way the
+guest's snapshots are pruned to its retention.
+
+The playbook runs through a `PackRunner` (engine.pack_runner.AnsiblePackRunner).
+What it reports a guest did wrong (a failed task) is classified by triage; an
+error raised on the host (no snapshot, no SSH, no mark written) is judged by its
+type (see `retry`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from somnus_reconciler.engine import retry
+from somnus_reconciler.engine.snapshots import DEFAULT_RETAIN, GuestSnapshots, snapshot_name
+from somnus_reconciler.planning.plan import Action, Change
+from somnus_reconciler.providers.protocols import ProviderError
+from somnus_reconciler.semantic.triage import FailureClassifier
+from somnus_reconciler.values.actual import ActualContainer, ActualVm
+from somnus_reconciler.values.desired import DesiredContainer, DesiredPack, DesiredVm
+from somnus_reconciler.values.errors import PermanentError
+from somnus_reconciler.values.model import CapabilityPackSpec
+from somnus_reconciler.values.outcome import Outcome
+
+_EMPTY_PACK_SPEC = CapabilityPackSpec()  # stands in for a pack removed from the manifests
+_STEP_DONE = "done"  # the steps table's word for a step that went through
+
+
+class PackOutcome(Protocol):
+    @property
+    def ok(self) -> bool: ...
+    @property
+    def failed_task(self) -> str | None: ...
+    @property
+    def message(self) -> str: ...
+
+
+class PackRunner(Protocol):
+    """Runs one pack's playbook in one guest (pack_runner.AnsiblePackRunner)."""
+
+    def run(self, guest: DesiredVm | DesiredContainer, pack: DesiredPack, action: str,
+            on_event: Callable[[str], None]) -> PackOutcome: ...
+
+
+@dataclass
+class PackSteps:
+    """What pack steps need beyond the providers."""
+
+    runner: PackRunner
+    packs: dict[str, DesiredPack]
+    fingerprints: dict[str, str]
+    clock: Callable[[], float] = time.time
+    applied: dict[str, dict[str, str]] = field(default_factory=dict)  # address -> pack -> fingerprint
+
+
+@dataclass(frozen=True)
+class SnapshotGuard:
+    """Runs pack steps, each between a snapshot and its record or rollback; without
+    `steps` (no packs to hand) every pack step fails as undeclared."""
+
+    snapshots: GuestSnapshots
+    steps: PackSteps | None
+    classifier: FailureClassifier | None
+
+    def run(self, change: Change, on_event: Callable[[str], None]) -> retry.Attempt:
+        """One try of the pack step `change`; `on_event` gets the playbook's progress lines."""
+        want = change.desired
+        assert change.pack is not None and isinstance(want, (DesiredVm, DesiredContainer))
+        steps = self.steps
+        if steps is None or (change.action is Action.PACK_INSTALL and change.pack not in steps.packs):
+            return retry.failed(PermanentError(f"pack {change.pack} is not declared"))
+        action = "install" if change.action is Action.PACK_INSTALL else "uninstall"
+        snapshot = snapshot_name(f"pack-{change.pack}", steps.clock())
+        journal = self.snapshots.journal
+        step_id = journal.open_step(change.address, f"pack {action} {change.pack}", snapshot,
+                                    json.dumps({"kind": change.kind, "name": want.name}))
+        try:
+            self.snapshots.of(change.kind).snapshot(want.name, snapshot, f"before pack {action} {change.pack}")
+        except ProviderError as e:
+            journal.close_step(step_id, Outcome.FAILED)
+            return retry.failed(e, message=f"no snapshot, so nothing was done: {e}")
+        journal.step_phase(step_id, "snapshot taken")
+        failure = self._act(steps, change, want, action, on_event)
+        journal.step_phase(step_id, "acted")
+        if failure is None:
+            failure = self._record(steps, change, want, action)
+        if failure is not None:
+            rolled = self._rollback(change.kind, want, snapshot)
+            journal.close_step(step_id, Outcome.ROLLED_BACK)
+            self._prune(change.kind, want)
+            return dataclasses.replace(failure, outcome=Outcome.ROLLED_BACK, message=f"{failure.message}; {rolled}")
+        journal.close_step(step_id, _STEP_DONE)
+        self._prune(change.kind, want)
+        return retry.Attempt(Outcome.OK, f"done (snapshot {snapshot})")
+
+    def _act(self, steps: PackSteps, change: Change, want: DesiredVm | DesiredContainer, action: str,
+             on_event: Callable[[str], None]) -> retry.Attempt | None:
+        """Run the playbook; None when it succeeded."""
+        assert change.pack is not None
+        pack = steps.packs.get(change.pack) or DesiredPack(change.pack, _EMPTY_PACK_SPEC, want.source)
+        try:
+            outcome = steps.runner.run(want, pack, action, on_event)
+        except ProviderError as e:
+            return retry.failed(e)
+        return None if outcome.ok else retry.failed_in_guest(_failure(outcome), self.classifier)
+
+    def _record(self, steps: PackSteps, change: Change, want: DesiredVm | DesiredContainer,
+                action: str) -> retry.Attempt | None:
+        """Mark the pack installed (or not) on the guest; None when that worked."""
+        assert change.pack is not None
+        applied = steps.applied.setdefault(change.address, dict(_applied_packs(change.actual)))
+        if action == "install":
+            applied[change.pack] = steps.fingerprints.get(change.pack, "")
+        else:
+            applied.pop(change.pack, None)
+        try:
+            self._write_packs(change.kind, want, change.pack, applied)
+        except ProviderError as e:
+            return retry.failed(e, message=f"installed, but the mark could not be written: {e}")
+        return None
+
+    def _write_packs(self, kind: str, want: DesiredVm | DesiredContainer, pack: str,
+                     applied: dict[str, str]) -> None:
+        if kind == "vm":
+            self.snapshots.vms.write_packs(want.name, tuple(applied.items()))
+            return
+        actual = self.snapshots.containers.observe_one(want.name)
+        if actual is None:
+            raise ProviderError(f"container/{want.name}", "record packs", "the container is gone")
+        self.snapshots.journal.set_container_pack(want.name, actual.container_id, pack, applied.get(pack))
+
+    def _rollback(self, kind: str, want: DesiredVm | DesiredContainer, snapshot: str) -> str:
+        try:
+            self.snapshots.revert(kind, want.name, want if isinstance(want, DesiredContainer) else None, snapshot)
+        except ProviderError as e:
+            return f"ROLLBACK FAILED ({e}); the snapshot {snapshot} is kept"
+        return f"rolled back to {snapshot}"
+
+    def _prune(self, kind: str, want: DesiredVm | DesiredContainer) -> None:
+        retain = want.snapshot_retain if isinstance(want, DesiredVm) else DEFAULT_RETAIN
+        self.snapshots.prune(kind, want.name, retain)
+
+
+def _applied_packs(actual: ActualVm | ActualContainer | None) -> tuple[tuple[str, str], ...]:
+    if isinstance(actual, ActualVm):
+        return actual.mark.packs if actual.mark else ()
+    if isinstance(actual, ActualContainer):
+        return actual.packs
+    return ()
+
+
+def _failure(outcome: PackOutcome) -> str:
+    task = f"task {outcome.failed_task!r} failed" if outcome.failed_task else "the playbook failed"
+    return f"{task}: {outcome.message}" if outcome.message else task

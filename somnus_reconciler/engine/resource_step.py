@@ -1,0 +1,138 @@
+"""One step on a VM or a container itself: act through its provider, then verify.
+
+The executor calls `ResourceSteps.attempt` for every change that is not a pack
+step, and `replan` before trying a failed one again. Acting maps the change's
+action (and, for a VM, its disruption) onto provider calls; verifying re-observes
+the one object until a fresh plan for it is empty, within a timeout.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from somnus_reconciler.engine import retry
+from somnus_reconciler.planning import plan as plan_mod
+from somnus_reconciler.planning.plan import Action, Change, Disruption
+from somnus_reconciler.providers.protocols import ContainerProvider, ProviderError, VmProvider
+from somnus_reconciler.values.desired import DesiredContainer, DesiredVm
+from somnus_reconciler.values.errors import PermanentError
+
+_VERIFY_POLL_S = 0.5
+
+
+class VerifyFailed(PermanentError):
+    """The backend accepted the action but the object did not reach the desired state."""
+
+
+@dataclass(frozen=True)
+class ResourceSteps:
+    """Steps on VMs and containers through their providers; a booting VM gets `boot_timeout_s`
+    to verify, anything else `verify_timeout_s`."""
+
+    vms: VmProvider
+    containers: ContainerProvider
+    verify_timeout_s: float
+    boot_timeout_s: float
+
+    def attempt(self, change: Change) -> retry.Attempt:
+        """Act, then verify; a provider's error or a verify timeout is a failed attempt."""
+        try:
+            if change.kind == "vm":
+                self._act_vm(change)
+            else:
+                self._act_container(change)
+            self._verify(change)
+        except (ProviderError, VerifyFailed) as e:
+            return retry.failed(e)
+        return retry.DONE
+
+    def replan(self, change: Change) -> Change | None:
+        """The change still needed for this one object, from a fresh observation."""
+        try:
+            if change.action is Action.DELETE:
+                observe_one = self.vms.observe_one if change.kind == "vm" else self.containers.observe_one
+                return change if observe_one(change.name) is not None else None
+            if isinstance(change.desired, DesiredVm):
+                return plan_mod.vm_change(change.desired, self.vms.observe_one(change.name))
+            assert isinstance(change.desired, DesiredContainer)
+            return plan_mod.container_change(change.desired, self.containers.observe_one(change.name))
+        except ProviderError:
+            return change  # still unreachable: the next attempt says so
+
+    def _act_vm(self, change: Change) -> None:
+        vms = self.vms
+        want = change.desired
+        if change.action is Action.DELETE:
+            vms.delete(change.name)
+            return
+        assert isinstance(want, DesiredVm)
+        if change.action is Action.CREATE:
+            vms.create(want)
+        elif change.action is Action.REPLACE:
+            vms.delete(want.name)
+            vms.create(want)
+        elif change.action is Action.STOP:
+            vms.stop(want.name)
+            vms.redefine(want)
+        elif change.action is Action.START:
+            vms.redefine(want)
+            vms.start(want.name)
+        elif change.disruption is Disruption.LIVE:
+            vms.resize_live(want)
+            vms.write_mark(want)
+        elif change.disruption is Disruption.RESTART:
+            vms.redefine(want)
+            vms.stop(want.name)
+            vms.start(want.name)
+        else:  # shut off, or only the mark differs
+            vms.redefine(want)
+            vms.write_mark(want)
+
+    def _act_container(self, change: Change) -> None:
+        containers = self.containers
+        if change.action is Action.DELETE:
+            containers.delete(change.name)
+            return
+        want = change.desired
+        assert isinstance(want, DesiredContainer)
+        if change.action is Action.REPLACE:
+            containers.delete(want.name)
+            containers.create(want)
+        elif change.action is Action.CREATE:
+            containers.create(want)
+        elif change.action is Action.START:
+            containers.start(want.name)
+
+    def _verify(self, change: Change) -> None:
+        """Re-observe the one object until it matches the desired state."""
+        check = self._check(change)
+        # A guest that (re)boots reaches its declared memory only once its balloon
+        # driver has loaded, which under TCG can take minutes on a busy host.
+        boots = change.kind == "vm" and (change.action in (Action.CREATE, Action.REPLACE, Action.START)
+                                         or change.disruption is Disruption.RESTART)
+        deadline = time.monotonic() + (self.boot_timeout_s if boots else self.verify_timeout_s)
+        while (problem := check()) is not None:
+            if time.monotonic() >= deadline:
+                raise VerifyFailed(f"{change.address}: not converged after {change.action.value}: {problem}")
+            time.sleep(_VERIFY_POLL_S)
+
+    def _check(self, change: Change) -> Callable[[], str | None]:
+        """What still differs for this object, observed afresh at each call; None: nothing."""
+        if change.action is Action.DELETE:
+            observe_one = self.vms.observe_one if change.kind == "vm" else self.containers.observe_one
+            return lambda: None if observe_one(change.name) is None else "still exists"
+        if isinstance(change.desired, DesiredVm):
+            want_vm = change.desired
+            return lambda: _remaining(plan_mod.vm_change(want_vm, self.vms.observe_one(want_vm.name)))
+        assert isinstance(change.desired, DesiredContainer)
+        want_c = change.desired
+        return lambda: _remaining(plan_mod.container_change(want_c, self.containers.observe_one(want_c.name)))
+
+
+def _remaining(change: Change | None) -> str | None:
+    if change is None:
+        return None
+    details = ", ".join(str(f) for f in change.fields)
+    return f"still needs {change.action.value}" + (f" ({details})" if details else "")
