@@ -30,7 +30,7 @@ sys.path.insert(0, str(REPO))
 
 from somnus_reconciler.passes import prepare
 from somnus_reconciler.providers import (
-    ansible_provider,  # noqa: E402
+    ansible_inputs,  # noqa: E402
     guest_access,  # noqa: E402
 )
 from somnus_reconciler.providers import backends as backends_mod
@@ -108,9 +108,9 @@ def plain_playbook(tree: Path, state_dir: Path, workdir: Path) -> list[list[str]
     commands = []
     for name in PACKS:
         variables = workdir / f"{name}.json"
-        variables.write_text(json.dumps(ansible_provider.extra_vars(desired.packs[name], "debian", "install")))
+        variables.write_text(json.dumps(ansible_inputs.extra_vars(desired.packs[name], "debian", "install")))
         commands.append([str(playbook if playbook.exists() else "ansible-playbook"), "-i",
-                         str(workdir / "inventory.json"), "-e", f"@{variables}", str(ansible_provider.PACK_PLAYBOOK)])
+                         str(workdir / "inventory.json"), "-e", f"@{variables}", str(ansible_inputs.PACK_PLAYBOOK)])
     return commands
 
 

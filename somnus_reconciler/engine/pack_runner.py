@@ -12,7 +12,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from somnus_reconciler.providers import ansible_provider, guest_access
+from somnus_reconciler.providers import ansible_processes, ansible_provider, guest_access
+from somnus_reconciler.providers.ansible_inputs import DockerTarget, SshTarget
+from somnus_reconciler.providers.ansible_results import PackRunResult
 from somnus_reconciler.providers.protocols import ProviderError, VmProvider, as_provider_error
 from somnus_reconciler.values.desired import DesiredContainer, DesiredPack, DesiredVm
 from somnus_reconciler.values.errors import SomnusError
@@ -29,10 +31,10 @@ class AnsiblePackRunner:
         self._run_timeout_s = run_timeout_s
 
     def run(self, guest: DesiredVm | DesiredContainer, pack: DesiredPack, action: str,
-            on_event: Callable[[str], None]) -> ansible_provider.PackRunResult:
-        target: ansible_provider.SshTarget | ansible_provider.DockerTarget
+            on_event: Callable[[str], None]) -> PackRunResult:
+        target: SshTarget | DockerTarget
         if isinstance(guest, DesiredContainer):
-            target = ansible_provider.DockerTarget(guest.name)
+            target = DockerTarget(guest.name)
             os_family = "debian"
         else:
             target = self._ssh_target(guest)
@@ -44,10 +46,10 @@ class AnsiblePackRunner:
         )
 
     def end_interrupted_runs(self) -> list[str]:
-        """End playbooks a killed apply left running (see ansible_provider); under the apply lock."""
-        return ansible_provider.end_interrupted_runs(self._work_dir)
+        """End playbooks a killed apply left running (see ansible_processes); under the apply lock."""
+        return ansible_processes.end_interrupted_runs(self._work_dir)
 
-    def _ssh_target(self, vm: DesiredVm) -> ansible_provider.SshTarget:
+    def _ssh_target(self, vm: DesiredVm) -> SshTarget:
         actual = self._vms.observe_one(vm.name)
         ports = {f.name: f.host_port for f in actual.mark.forwards} if actual and actual.mark else {}
         if "ssh" not in ports:
@@ -57,4 +59,4 @@ class AnsiblePackRunner:
             guest_access.wait_for_ssh(ports["ssh"], key, self._ssh_timeout_s)
         except SomnusError as e:  # GuestUnreachable (temporary), or no ssh client on the host
             raise as_provider_error(vm.address, "reach guest", e) from e
-        return ansible_provider.SshTarget("127.0.0.1", ports["ssh"], "root", key.private_key)
+        return SshTarget("127.0.0.1", ports["ssh"], "root", key.private_key)

@@ -29,6 +29,7 @@ import pytest
 import yaml
 
 from somnus_reconciler.images import container_images
+from somnus_reconciler.manifests import pack_files
 from somnus_reconciler.providers.docker_provider import DockerProvider
 from somnus_reconciler.providers.protocols import ProviderError
 from somnus_reconciler.values.desired import DesiredPack
@@ -37,7 +38,7 @@ from somnus_reconciler.values.model import CapabilityPackSpec
 from tests.integration import apt_repo
 
 try:
-    from somnus_reconciler.providers import ansible_provider
+    from somnus_reconciler.providers import ansible_inputs, ansible_provider, ansible_results
 except ImportError as e:  # ansible-runner is a dependency: its absence is a failure
     pytest.fail(f"ansible-runner is not importable: {e}; pip install -e .", pytrace=False)
 
@@ -107,7 +108,7 @@ def new_guest(docker_client: docker.DockerClient, base_image: str, local_repo_pa
             base_image, ["sleep", "infinity"], name=f"somnus-ansible-{RUN_ID}-{suffix}",
             detach=True, network_mode="none", labels={"io.somnus.test": "ansible"})
         made.append(container)
-        result = ansible_provider.run_pack(ansible_provider.DockerTarget(container.name), local_repo_pack,
+        result = ansible_provider.run_pack(ansible_inputs.DockerTarget(container.name), local_repo_pack,
                                            os_family="debian", work_dir=work_dir, timeout_s=300)
         assert result.ok, f"local-repo pack failed: {result}"
         return container
@@ -127,9 +128,9 @@ def work_dir(tmp_path: Path) -> Path:
     return tmp_path / "work"
 
 
-def run(guest: Any, pack: DesiredPack, work_dir: Path, **kwargs: Any) -> tuple[ansible_provider.PackRunResult, list[str]]:
+def run(guest: Any, pack: DesiredPack, work_dir: Path, **kwargs: Any) -> tuple[ansible_results.PackRunResult, list[str]]:
     lines: list[str] = []
-    result = ansible_provider.run_pack(ansible_provider.DockerTarget(guest.name), pack, os_family="debian",
+    result = ansible_provider.run_pack(ansible_inputs.DockerTarget(guest.name), pack, os_family="debian",
                                        work_dir=work_dir, on_event=lines.append, **kwargs)
     return result, lines
 
@@ -176,7 +177,7 @@ def test_a_missing_package_fails_in_the_apt_task(guest: Any, make_pack: Callable
     assert not result.ok
     assert result.failed_task == APT_TASK
     assert "somnus-no-such-package" in result.message
-    assert len(result.message) <= ansible_provider.MESSAGE_LIMIT
+    assert len(result.message) <= ansible_results.MESSAGE_LIMIT
     assert any(line.startswith(f"TASK {APT_TASK} ... failed") for line in lines)
     assert not any(line.startswith(f"TASK {VERIFY_TASK}") for line in lines)
 
@@ -215,7 +216,7 @@ def test_a_run_that_outlasts_its_timeout_is_reported_as_timeout(
 def test_a_missing_container_is_unreachable(base_image: str, make_pack: Callable[..., DesiredPack],
                                            work_dir: Path) -> None:
     result = ansible_provider.run_pack(
-        ansible_provider.DockerTarget(f"somnus-ansible-{RUN_ID}-absent"), make_pack("any", verify=["true"]),
+        ansible_inputs.DockerTarget(f"somnus-ansible-{RUN_ID}-absent"), make_pack("any", verify=["true"]),
         os_family="debian", work_dir=work_dir, timeout_s=120)
     assert not result.ok
     assert result.failed_task == "unreachable"
@@ -226,7 +227,7 @@ def test_a_closed_loopback_port_is_unreachable(make_pack: Callable[..., DesiredP
                                                tmp_path: Path) -> None:
     key = tmp_path / "id_ed25519"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
-    target = ansible_provider.SshTarget("127.0.0.1", 1, "somnus", key)  # port 1: nothing listens
+    target = ansible_inputs.SshTarget("127.0.0.1", 1, "somnus", key)  # port 1: nothing listens
     result = ansible_provider.run_pack(target, make_pack("any", verify=["true"]), os_family="debian",
                                        work_dir=work_dir, timeout_s=120)
     assert not result.ok
@@ -239,7 +240,7 @@ def test_a_closed_loopback_port_is_unreachable(make_pack: Callable[..., DesiredP
 @pytest.mark.parametrize("host", ["192.168.122.10", "10.0.0.2", "172.17.0.2", "example.org"])
 def test_a_non_loopback_vm_address_is_refused_before_any_traffic(
         host: str, make_pack: Callable[..., DesiredPack], work_dir: Path) -> None:
-    target = ansible_provider.SshTarget(host, 22, "somnus", Path("/nonexistent"))
+    target = ansible_inputs.SshTarget(host, 22, "somnus", Path("/nonexistent"))
     with pytest.raises(ProviderError, match="not a loopback address"):
         ansible_provider.run_pack(target, make_pack("any"), os_family="debian", work_dir=work_dir)
     assert not work_dir.exists()
@@ -249,7 +250,7 @@ def test_a_non_loopback_vm_address_is_refused_before_any_traffic(
 def test_unknown_families_and_actions_are_provider_errors(
         os_family: str, action: str, make_pack: Callable[..., DesiredPack], work_dir: Path) -> None:
     with pytest.raises(ProviderError, match="unknown"):
-        ansible_provider.run_pack(ansible_provider.DockerTarget("x"), make_pack("any"),
+        ansible_provider.run_pack(ansible_inputs.DockerTarget("x"), make_pack("any"),
                                   os_family=os_family, action=action, work_dir=work_dir)
 
 
@@ -257,7 +258,7 @@ def test_a_missing_pack_playbook_is_a_provider_error(make_pack: Callable[..., De
                                                      work_dir: Path) -> None:
     pack = make_pack("lost", playbook="playbooks/absent.yml")
     with pytest.raises(ProviderError, match="absent.yml does not exist"):
-        ansible_provider.run_pack(ansible_provider.DockerTarget("x"), pack, os_family="debian", work_dir=work_dir)
+        ansible_provider.run_pack(ansible_inputs.DockerTarget("x"), pack, os_family="debian", work_dir=work_dir)
 
 
 # -- Windows and macOS: what would run ------------------------------------------
@@ -265,7 +266,7 @@ def test_a_missing_pack_playbook_is_a_provider_error(make_pack: Callable[..., De
 def task_modules(os_family: str) -> dict[str, str]:
     """Task name -> module, over the generic playbook's task files for one family."""
     modules: dict[str, str] = {}
-    for path in (ansible_provider.PLAYBOOKS_DIR / "tasks").glob(f"{os_family}-*.yml"):
+    for path in (pack_files.PLAYBOOKS_DIR / "tasks").glob(f"{os_family}-*.yml"):
         for task in yaml.safe_load(path.read_text()):
             module = next(k for k in task if "." in k)
             assert modules.setdefault(task["name"], module) == module, f"{task['name']} uses two modules"
@@ -295,10 +296,10 @@ def test_each_family_runs_its_own_package_manager(os_family: str, action: str,
                                                   make_pack: Callable[..., DesiredPack]) -> None:
     pack = make_pack("node", packages={"apt": ["nodejs"], "winget": ["OpenJS.NodeJS.LTS"], "brew": ["node"]},
                      verify=["node --version"])
-    variables = ansible_provider.extra_vars(pack, os_family, action)
+    variables = ansible_inputs.extra_vars(pack, os_family, action)
     syntax = subprocess.run(
         [str(Path(sys.executable).parent / "ansible-playbook"), "--syntax-check", "-i", "guest-host,",
-         "-e", json.dumps(variables), str(ansible_provider.PACK_PLAYBOOK)],
+         "-e", json.dumps(variables), str(ansible_inputs.PACK_PLAYBOOK)],
         capture_output=True, text=True, env=dict(os.environ, ANSIBLE_NOCOLOR="1"), check=False)
     assert syntax.returncode == 0, syntax.stderr
 

@@ -1,4 +1,4 @@
-"""ansible_provider.end_interrupted_runs with real processes standing in for a
+"""ansible_processes.end_interrupted_runs with real processes standing in for a
 playbook that outlived a killed apply: its whole process group ends, its data
 directory goes, and nothing else is touched."""
 
@@ -12,7 +12,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from somnus_reconciler.providers.ansible_provider import end_interrupted_runs
+from somnus_reconciler.providers.ansible_processes import end_interrupted_runs
 
 # A leader in a session of its own (as ansible-runner's pty makes it) with a worker
 # (a fork: the same command line) and a child whose command line names nothing
