@@ -2,10 +2,13 @@
 
 The engine calls it through the `providers.ContainerProvider` protocol; the
 `somnus image build` command and `container_images` use `image_present`,
-`image_labels` and `import_rootfs`. This is the only module that imports
-`docker`. Every `docker.errors.*` and `requests` exception is mapped here, once,
-into `ProviderError` (naming the container or image and the action) or
-`BackendUnavailable` (dockerd cannot be reached); nothing docker-specific leaks.
+`image_labels` and `import_rootfs`. Snapshots and images are `docker_images`'
+part, on this provider's connection. With `docker_images` and `docker_errors`,
+this is the only module that imports `docker`. Every `docker.errors.*` and
+`requests` exception is mapped once (`docker_errors.mapped`) into `ProviderError`
+(naming the container or image and the action), its temporary kind (dockerd did
+not answer in time) or `BackendUnavailable` (dockerd cannot be reached); nothing
+docker-specific leaks.
 
 Ownership (SPEC section 3): what `create` makes carries labels under
 `io.somnus.*`; `delete` refuses anything without them. Containers are never
@@ -20,14 +23,15 @@ imported on first connection, so importing this module is cheap.
 from __future__ import annotations
 
 import contextlib
-import json
 import re
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from somnus_reconciler.providers.protocols import BackendUnavailable, ProviderError, TemporaryProviderError
+from somnus_reconciler.providers import docker_images
+from somnus_reconciler.providers.docker_errors import is_image_not_found, is_not_found, mapped
+from somnus_reconciler.providers.protocols import BackendUnavailable, ProviderError
 from somnus_reconciler.values.actual import ActualContainer, Snapshot
 from somnus_reconciler.values.desired import DesiredContainer
 
@@ -38,9 +42,7 @@ LABEL_MANAGED = "io.somnus.managed"  # "true"
 LABEL_SPEC_HASH = "io.somnus.spec-hash"
 LABEL_OWNER = "io.somnus.owner"  # only when the container has an owner
 LABEL_POOL = "io.somnus.pool"  # the Pool it was applied under: scopes --prune
-LABEL_PACKS = "io.somnus.packs"
-LABEL_SNAPSHOT_OF = "io.somnus.snapshot-of"
-SNAPSHOT_REPOSITORY = "somnus-snapshots"  # JSON {pack: fingerprint}
+LABEL_PACKS = "io.somnus.packs"  # JSON {pack: fingerprint}
 
 ALLOWED_NETWORK_MODES = ("none", "host")
 STOP_TIMEOUT_S = 5
@@ -94,7 +96,7 @@ class DockerProvider:
 
     def observe(self) -> dict[str, ActualContainer]:
         """Every container, managed or not, by name (without the leading '/')."""
-        with _mapped("container/*", "list"):
+        with mapped("container/*", "list"):
             summaries = self._api().containers(all=True)
         result: dict[str, ActualContainer] = {}
         for summary in summaries:
@@ -106,7 +108,7 @@ class DockerProvider:
     def observe_one(self, name: str) -> ActualContainer | None:
         # A name filter rather than inspect: inspect also resolves ID prefixes,
         # and this gives the same fields as `observe`.
-        with _mapped(_address(name), "observe"):
+        with mapped(_address(name), "observe"):
             summaries = self._api().containers(
                 all=True, filters={"name": f"^/{re.escape(name)}$"}
             )
@@ -130,7 +132,7 @@ class DockerProvider:
                 f"network {c.network!r} is not allowed (only {', '.join(ALLOWED_NETWORK_MODES)})",
             )
         api = self._api()
-        host_config_args: dict[str, Any] = {
+        host_config_args: dict[str, object] = {
             "network_mode": c.network,
             "restart_policy": {"Name": "no"},
             # docker-init as PID 1: reaps zombies and passes SIGTERM on, so a
@@ -142,7 +144,7 @@ class DockerProvider:
         if c.memory > 0:
             host_config_args["mem_limit"] = c.memory
         try:
-            with _mapped(address, "create"):
+            with mapped(address, "create"):
                 created = api.create_container(
                     image=from_image or c.image,
                     command=list(c.command) if c.command is not None else None,
@@ -152,7 +154,7 @@ class DockerProvider:
                     host_config=api.create_host_config(**host_config_args),
                 )
         except ProviderError as e:
-            if _is_image_not_found(e.__cause__):
+            if is_image_not_found(e.__cause__):
                 raise ProviderError(
                     address,
                     "create",
@@ -161,7 +163,7 @@ class DockerProvider:
             raise
         container_id = created["Id"]
         try:
-            with _mapped(address, "start"):
+            with mapped(address, "start"):
                 api.start(container_id)
         except ProviderError:
             # Leave nothing half-made: a created-but-never-started container
@@ -180,10 +182,10 @@ class DockerProvider:
         if not actual.managed:
             raise ProviderError(address, "start", _unmarked(name, "start"))
         if actual.state == "paused":  # docker refuses to start a paused container
-            with _mapped(address, "unpause"):
+            with mapped(address, "unpause"):
                 self._api().unpause(actual.container_id)
             return
-        with _mapped(address, "start"):
+        with mapped(address, "start"):
             self._api().start(actual.container_id)
 
     def run(self, name: str, argv: list[str], timeout_s: float = 60.0) -> int:
@@ -192,7 +194,7 @@ class DockerProvider:
         The output is attached (and dropped) so that exec_start returns when the
         command ends; the exit code is read once dockerd has recorded it.
         """
-        with _mapped(_address(name), "exec"):
+        with mapped(_address(name), "exec"):
             api = self._api()
             exec_id = api.exec_create(name, argv, stdout=True, stderr=True)["Id"]
             api.exec_start(exec_id)
@@ -218,14 +220,14 @@ class DockerProvider:
         if not actual.managed:
             raise ProviderError(address, "delete", _unmarked(name, "delete"))
         api = self._api()
-        with _mapped(address, "stop"):
+        with mapped(address, "stop"):
             if actual.running:
                 api.stop(actual.container_id, timeout=STOP_TIMEOUT_S)
-        with _mapped(address, "delete"):
+        with mapped(address, "delete"):
             try:
                 api.remove_container(actual.container_id, v=True, force=True)
             except Exception as e:
-                if not _is_not_found(e):  # gone meanwhile: the goal is reached
+                if not is_not_found(e):  # gone meanwhile: the goal is reached
                     raise
         if not keep_snapshots:
             self._delete_snapshots(name)
@@ -234,90 +236,38 @@ class DockerProvider:
         for snap in self.snapshots(name):
             self.delete_snapshot(name, snap.name)
 
-    # -- snapshots ---------------------------------------------------------
+    # -- snapshots and images: docker_images, on this connection ------------
     def snapshot(self, name: str, snapshot: str, description: str) -> str:
-        """`docker commit` of the container as somnus-snapshots/<name>:<snapshot>; returns the image ID.
-
-        Not paused: with the cgroup v1 freezer, a `docker exec` that starts while the
-        commit pauses the container (anyone's: a user's shell, a health check) is
-        frozen half-way into it, and dockerd 20.10 then does not unpause: the container
-        stays paused and every later call on it times out. Taken before a pack step, the
-        snapshot holds what the container's own processes had written by then.
-        """
-        address = _address(name)
+        """`docker commit` of the managed container (not paused: see docker_images.commit);
+        returns the image ID."""
         actual = self.observe_one(name)
         if actual is None or not actual.managed:
-            raise ProviderError(address, "snapshot", f"no managed container named {name}")
-        with _mapped(address, f"snapshot {snapshot}"):
-            result = self._api().commit(
-                actual.container_id, repository=f"{SNAPSHOT_REPOSITORY}/{name}", tag=snapshot,
-                message=description, changes=[f"LABEL {LABEL_SNAPSHOT_OF}={name}"], pause=False,
-            )
-        return str(result["Id"])
+            raise ProviderError(_address(name), "snapshot", f"no managed container named {name}")
+        return docker_images.commit(self._api(), actual.container_id, name, snapshot, description)
 
     def restore(self, c: DesiredContainer, snapshot: str) -> str:
         """Replace the container by one made from its snapshot, with the same spec; returns the new ID."""
         self.delete(c.name, keep_snapshots=True)
-        return self.create(c, from_image=f"{SNAPSHOT_REPOSITORY}/{c.name}:{snapshot}")
+        return self.create(c, from_image=docker_images.snapshot_image(c.name, snapshot))
 
     def snapshots(self, name: str) -> list[Snapshot]:
         """Snapshots of this container, oldest first."""
-        address = _address(name)
-        with _mapped(address, "list snapshots"):
-            found = self._api().images(name=f"{SNAPSHOT_REPOSITORY}/{name}")
-        snapshots = []
-        for image in found:
-            for tag in image.get("RepoTags") or ():
-                snapshot = tag.rsplit(":", 1)[1]
-                snapshots.append(Snapshot(snapshot, float(image.get("Created", 0)), image.get("Id", "")))
-        return sorted(snapshots, key=lambda s: (s.created, s.name))
+        return docker_images.snapshots(self._api(), name)
 
     def delete_snapshot(self, name: str, snapshot: str) -> None:
-        """Remove the snapshot's tag. A container restored from it keeps running on
-        its layers (docker refuses the untag without force then); they go with it."""
-        with _mapped(_address(name), f"delete snapshot {snapshot}"):
-            self._api().remove_image(f"{SNAPSHOT_REPOSITORY}/{name}:{snapshot}", force=True, noprune=False)
-
-    # -- images ------------------------------------------------------------
+        docker_images.delete_snapshot(self._api(), name, snapshot)
 
     def image_present(self, reference: str) -> bool:
         return self.image_labels(reference) is not None
 
     def image_labels(self, reference: str) -> dict[str, str] | None:
         """The image's labels, or None when no image `reference` exists locally."""
-        with _mapped(f"image/{reference}", "inspect"):
-            try:
-                attrs = self._api().inspect_image(reference)
-            except Exception as e:
-                if _is_not_found(e):
-                    return None
-                raise
-        config = attrs.get("Config") or {}
-        return dict(config.get("Labels") or {})
+        return docker_images.labels(self._api(), reference)
 
-    def import_rootfs(
-        self,
-        tarball: Path,
-        reference: str,
-        *,
-        labels: Mapping[str, str] | None = None,
-        changes: tuple[str, ...] = (),
-    ) -> None:
+    def import_rootfs(self, tarball: Path, reference: str, *, labels: Mapping[str, str] | None = None,
+                      changes: tuple[str, ...] = ()) -> None:
         """`docker import TARBALL REFERENCE`, with `labels` and Dockerfile `changes`."""
-        address = f"image/{reference}"
-        repository, tag = _split_reference(reference)
-        all_changes = [f"LABEL {k}={json.dumps(v)}" for k, v in (labels or {}).items()]
-        all_changes.extend(changes)
-        with _mapped(address, "import"):
-            answer = self._api().import_image_from_file(
-                str(tarball), repository=repository, tag=tag, changes=all_changes or None
-            )
-        # The daemon reports import failures inside a 200 response's JSON stream.
-        for line in str(answer).splitlines():
-            with contextlib.suppress(ValueError):
-                message = json.loads(line)
-                if isinstance(message, dict) and message.get("error"):
-                    raise ProviderError(address, "import", str(message["error"]))
+        docker_images.import_rootfs(self._api(), tarball, reference, labels=labels, changes=changes)
 
 
 def mark_labels(c: DesiredContainer) -> dict[str, str]:
@@ -334,7 +284,7 @@ def mark_labels(c: DesiredContainer) -> dict[str, str]:
 
 
 def _from_summary(summary: Mapping[str, Any]) -> ActualContainer | None:
-    """An ActualContainer from one entry of GET /containers/json."""
+    """An ActualContainer from one entry of GET /containers/json (docker-py's decoded JSON)."""
     # Legacy links add aliases such as "/other/alias"; the own name has one '/'.
     names = [n[1:] for n in summary.get("Names") or () if n.count("/") == 1]
     if not names:
@@ -367,59 +317,3 @@ def _unmarked(name: str, verb: str) -> str:
 
 def _address(name: str) -> str:
     return f"container/{name}"
-
-
-def _split_reference(reference: str) -> tuple[str, str]:
-    """Repository and tag: `somnus/busybox:latest` -> (`somnus/busybox`, `latest`).
-
-    A ':' before the last '/' belongs to a registry's host:port, not a tag.
-    """
-    head, sep, tag = reference.rpartition(":")
-    if sep and "/" not in tag:
-        return head, tag
-    return reference, "latest"
-
-
-def _is_not_found(e: BaseException | None) -> bool:
-    import docker.errors
-
-    return isinstance(e, docker.errors.NotFound)
-
-
-def _is_image_not_found(e: BaseException | None) -> bool:
-    import docker.errors
-
-    if isinstance(e, docker.errors.ImageNotFound):
-        return True
-    # Some daemon versions answer a 404 whose class docker-py cannot tell apart.
-    return isinstance(e, docker.errors.NotFound) and "no such image" in str(e).lower()
-
-
-@contextlib.contextmanager
-def _mapped(address: str, action: str) -> Iterator[None]:
-    """Turn docker and requests exceptions raised inside into ours, `from` them."""
-    try:
-        yield
-    except Exception as e:
-        mapped = _translate(e, address, action)
-        if mapped is None:
-            raise
-        raise mapped from e
-
-
-def _translate(e: Exception, address: str, action: str) -> Exception | None:
-    import docker.errors
-    import requests.exceptions
-
-    if isinstance(e, requests.exceptions.ConnectionError):
-        return BackendUnavailable(f"dockerd cannot be reached ({address}: {action}): {e}", kind="container")
-    if isinstance(e, requests.exceptions.Timeout):
-        return TemporaryProviderError(address, action, f"dockerd did not answer in time: {e}")
-    if isinstance(e, docker.errors.APIError):
-        cause = e.explanation or str(e)
-        if isinstance(cause, bytes):
-            cause = cause.decode(errors="replace")
-        return ProviderError(address, action, f"{cause} (HTTP {e.status_code})")
-    if isinstance(e, (docker.errors.DockerException, requests.exceptions.RequestException)):
-        return ProviderError(address, action, str(e))
-    return None
