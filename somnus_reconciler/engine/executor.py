@@ -40,6 +40,7 @@ from somnus_reconciler.values.outcome import Outcome
 __all__ = ["Engine", "EngineHook", "PackSteps", "RetryPolicy", "StepResult", "describe_action"]
 
 _SKIPPED = "skipped"  # not an Outcome: the step never ran, its guest's own change failed
+_DEFAULT_RETRY = RetryPolicy()
 
 
 @dataclass(frozen=True)
@@ -71,7 +72,7 @@ class Engine:
         verify_timeout_s: float = 30.0,
         boot_timeout_s: float = 300.0,
         classifier: FailureClassifier | None = None,
-        retry: RetryPolicy = RetryPolicy(),
+        retry: RetryPolicy = _DEFAULT_RETRY,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self._journal = journal

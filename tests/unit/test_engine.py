@@ -294,8 +294,8 @@ def test_a_pack_step_whose_snapshot_meets_a_daemon_that_went_away_is_retried(tmp
 class BusyForLong(Recorder):
     """Every create is refused for now, asking for 30 s; the container never appears."""
 
-    def create(self, vm: object, **_: object) -> str:
-        self.calls.append(("create", getattr(vm, "name")))
+    def create(self, c: DesiredContainer, **_: object) -> str:
+        self.calls.append(("create", c.name))
         raise TemporaryProviderError("container/box1", "create", "busy", delay=30.0)
 
     def observe_one(self, name: str) -> None:  # type: ignore[override]
