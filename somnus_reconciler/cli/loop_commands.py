@@ -1,8 +1,8 @@
 """`somnus watch` and `somnus gitops`: the commands that run the reconcile loop.
 
 Registered on `commands.cli` when `commands` imports this module. Each parses
-its options, makes a `passes.loop.Loop` whose events go to text or JSON lines
-as `-o` says, and hands it to `passes.watch.watch` or `passes.gitops.follow`
+its options, makes a `passes.loop.Loop` whose events go to the view `-o` picks
+(`loop_views`), and hands it to `passes.watch.watch` or `passes.gitops.follow`
 until SIGINT or SIGTERM; then it exits 0. A bad option exits 2.
 """
 
@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from somnus_reconciler.cli import views
 from somnus_reconciler.cli.commands import _fail, _paths, _state_dir, cli
 
 if TYPE_CHECKING:
@@ -37,16 +36,12 @@ def _duration(value: str, option: str) -> float:
 
 def _loop(output: str, prune: bool, state_dir: str | None) -> Loop:
     """A reconcile loop writing its events as text lines or JSON lines, stopped by SIGINT/SIGTERM."""
+    from somnus_reconciler.cli import loop_views
     from somnus_reconciler.passes.loop import Loop
     from somnus_reconciler.semantic import triage
 
-    def emit(event: dict[str, Any]) -> None:
-        if output == "json":
-            views.print_json(event, compact=True)
-        elif (line := views.loop_event_line(event)) is not None:
-            click.echo(line)
-
-    loop = Loop(emit, prune=prune, state_dir=state_dir, classifier=triage.default_classifier())
+    view = loop_views.for_output(output)
+    loop = Loop(view.show, prune=prune, state_dir=state_dir, classifier=triage.default_classifier())
     loop.install_signal_handlers()
     return loop
 
