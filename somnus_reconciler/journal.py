@@ -1,14 +1,21 @@
 """The journal: what each step did, in one SQLite file in the state directory.
 
-Three tables, each write one transaction, so a crash never leaves half a record:
-- `events`: one line per finished step (ok, failed, rolled back), read by
-  `describe` and `history`;
+Opened with `with Journal(path) as journal:` by `passes` (converge, gitops,
+status), `providers.backends`, the history index and the CLI; the engine writes
+to the one it is given. Every write is one transaction, so a crash never
+leaves half a record. Tables:
+- `events`: one line per finished step, drift found, soft reboot or rollback by
+  hand, with its `Outcome` (values/outcome.py), read by `describe`, `get` and
+  `history`;
 - `steps`: a guest-changing step from its start to its end, with the snapshot
   taken before it. A step still open when a process starts again was interrupted:
-  `engine.recover` rolls it back first;
+  `Engine.recover` (run by `passes.converge` before each pass) rolls it back first;
 - `container_packs`: packs applied to each container with their fingerprints.
   A container's labels cannot change after creation, so this is the part of its
-  ownership mark that lives here, tied to the container's ID.
+  ownership mark that lives here, tied to the container's ID;
+- `applied`: the declaration (and gitops revision) last applied to each object;
+- `revisions`: gitops revisions found good or quarantined;
+- `triage_cache`: triage categories of failure texts already classified.
 
 `ApplyLock` keeps applies to one at a time per state directory.
 """
@@ -24,13 +31,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
+from somnus_reconciler.values.outcome import Outcome
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     at REAL NOT NULL,
     address TEXT NOT NULL,
     action TEXT NOT NULL,
-    outcome TEXT NOT NULL,      -- ok | failed | rolled back | retrying
+    outcome TEXT NOT NULL,      -- an Outcome: ok | failed | rolled back | retrying | ...
     message TEXT NOT NULL,
     category TEXT               -- failures: the triage category (NETWORK_FAILURE, ...)
 );
@@ -41,7 +50,7 @@ CREATE TABLE IF NOT EXISTS steps (
     address TEXT NOT NULL,
     step TEXT NOT NULL,         -- e.g. "pack web-development"
     snapshot TEXT,              -- libvirt snapshot name or committed image ID
-    state TEXT NOT NULL,        -- open | done | rolled back | failed
+    state TEXT NOT NULL,        -- open, then done (Outcome.OK) | rolled back | failed
     phase TEXT NOT NULL DEFAULT 'started',  -- started | snapshot taken | acted
     pid INTEGER NOT NULL,
     detail TEXT NOT NULL DEFAULT ''   -- what is needed to roll back (JSON)
@@ -73,6 +82,7 @@ CREATE TABLE IF NOT EXISTS triage_cache (
     score REAL NOT NULL
 );
 """
+_STEP_DONE = "done"  # `steps.state` of a step that ended well
 # Columns added after the first release: (table, column, definition).
 _ADDED_COLUMNS = (
     ("steps", "phase", "TEXT NOT NULL DEFAULT 'started'"),
@@ -88,9 +98,24 @@ class Event:
     at: float
     address: str
     action: str
-    outcome: str
+    # A word this version does not know (a journal written by a newer somnus, or by
+    # hand) stays the plain string: shown and filtered as written, never a crash.
+    outcome: Outcome | str
     message: str
     category: str | None = None
+
+    @classmethod
+    def from_row(cls, id: int, at: float, address: str, action: str, outcome: str, message: str,
+                 category: str | None) -> Event:
+        return cls(id, at, address, action, read_outcome(outcome), message, category)
+
+
+def read_outcome(word: str) -> Outcome | str:
+    """The Outcome a stored word names; an unknown word as it is (see `Event.outcome`)."""
+    try:
+        return Outcome(word)
+    except ValueError:
+        return word
 
 
 @dataclass(frozen=True)
@@ -104,6 +129,8 @@ class OpenStep:
 
 
 class Journal:
+    """The open journal: `with Journal(path) as journal:` closes it on the way out."""
+
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._db = sqlite3.connect(path, isolation_level=None, timeout=30)
@@ -113,13 +140,22 @@ class Journal:
             if column not in {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}:
                 self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
 
+    def __enter__(self) -> Journal:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
     # -- events -------------------------------------------------------------------
-    def record(self, address: str, action: str, outcome: str, message: str,
+    def record(self, address: str, action: str, outcome: Outcome | str, message: str,
                category: str | None = None) -> None:
+        """One event, its outcome stored as its word. A string (engine/ and cli/ still pass
+        words) must be an Outcome's word, else ValueError: nothing writes an unknown one."""
         with self._db:
             self._db.execute(
                 "INSERT INTO events (at, address, action, outcome, message, category) VALUES (?, ?, ?, ?, ?, ?)",
-                (time.time(), address, action, outcome, message, category),
+                (time.time(), address, action, Outcome(outcome).value, message, category),
             )
 
     def recent(self, address: str | None = None, limit: int = 20, *, action: str | None = None) -> list[Event]:
@@ -130,13 +166,14 @@ class Journal:
         if where:
             query += " WHERE " + " AND ".join(clause for clause, _ in where)
         rows = self._db.execute(query + " ORDER BY id DESC LIMIT ?", (*[v for _, v in where], limit))
-        return [Event(*row) for row in rows]
+        return [Event.from_row(*row) for row in rows]
 
     def history(self, *, address: str | None = None, since: float | None = None,
-                outcome: str | None = None, after_id: int = 0,
+                outcome: Outcome | str | None = None, after_id: int = 0,
                 limit: int | None = None) -> list[Event]:
         """Events oldest first: of one object, at or after `since` (unix time), with one
-        outcome, with an id above `after_id`; with `limit`, the newest `limit` of them."""
+        outcome (its word: `history --outcome` passes what it is given), with an id above
+        `after_id`; with `limit`, the newest `limit` of them."""
         where = [(clause, value) for clause, value in (
             ("address = ?", address), ("at >= ?", since), ("outcome = ?", outcome), ("id > ?", after_id),
         ) if value is not None]
@@ -147,7 +184,7 @@ class Journal:
             rows = list(self._db.execute(query + " ORDER BY id", parameters))
         else:
             rows = list(self._db.execute(query + " ORDER BY id DESC LIMIT ?", (*parameters, limit)))[::-1]
-        return [Event(*row) for row in rows]
+        return [Event.from_row(*row) for row in rows]
 
     # -- triage cache ---------------------------------------------------------------
     def cached_triage(self, text_sha256: str) -> tuple[str, float] | None:
@@ -170,7 +207,10 @@ class Journal:
             )
         return int(cursor.lastrowid or 0)
 
-    def close_step(self, step_id: int, state: str) -> None:
+    def close_step(self, step_id: int, outcome: Outcome | str) -> None:
+        """The step ended: stored as "done" for Outcome.OK (this table's word since the first
+        release; the engine still passes "done"), else as the Outcome's word (rolled back, failed)."""
+        state = _STEP_DONE if outcome in (Outcome.OK, _STEP_DONE) else Outcome(outcome).value
         with self._db:
             self._db.execute("UPDATE steps SET state = ? WHERE id = ?", (state, step_id))
 

@@ -280,29 +280,3 @@ def history_table(entries: Sequence[Event], scores: Sequence[float] | None = Non
             message = message[: room - 3] + "..."
         print("  ".join([*(cell.ljust(w) for cell, w in zip(row, widths)), message]).rstrip(), file=out)
 
-
-# -- watch and gitops events ---------------------------------------------------------
-def loop_event_line(event: dict[str, Any]) -> str | None:
-    """One line per pass for a terminal: the "reconciled" events; None for the others."""
-    if event.get("event") != "reconciled":
-        return None
-    import datetime
-
-    at = datetime.datetime.fromtimestamp(event["at"]).strftime("%H:%M:%S")
-    what = event["trigger"]
-    if event.get("files"):
-        names = [f.rsplit("/", 1)[-1] for f in event["files"]]
-        what += " " + ",".join(names[:3]) + (f" +{len(names) - 3}" if len(names) > 3 else "")
-    if event.get("revision"):
-        what += f" @{event['revision'][:12]}"
-    outcome = event["outcome"]
-    if outcome in ("invalid", "error"):
-        detail = "; ".join(event.get("errors", []))
-    else:
-        detail = f"{event.get('changes', 0)} change(s), {event.get('failed', 0)} failed"
-        drift = [f"{event[k]} drift {word}" for k, word in (("driftCorrected", "corrected"),
-                                                            ("driftReported", "reported")) if event.get(k)]
-        detail = ", ".join([detail, *drift]) + f" in {event.get('durationS', 0):.2f}s"
-        if event.get("errors"):
-            detail += ": " + "; ".join(event["errors"])
-    return f"{at}  {what:<28} {outcome:<10} {detail}"

@@ -39,7 +39,6 @@ from somnus_reconciler.values.outcome import Outcome
 # passes.converge builds an Engine with these.
 __all__ = ["Engine", "EngineHook", "PackSteps", "RetryPolicy", "StepResult", "describe_action"]
 
-_SKIPPED = "skipped"  # not an Outcome: the step never ran, its guest's own change failed
 _DEFAULT_RETRY = RetryPolicy()
 
 
@@ -152,7 +151,7 @@ class Engine:
         for hook in self._hooks:
             hook.step_started(change)
         result = StepResult(change, False, f"skipped: {change.address} did not converge", 0.0)
-        self._finish(result, _SKIPPED)
+        self._finish(result, Outcome.SKIPPED)
         return result
 
     def _event(self, change: Change, line: str) -> None:

@@ -33,7 +33,6 @@ from somnus_reconciler.values.model import CapabilityPackSpec
 from somnus_reconciler.values.outcome import Outcome
 
 _EMPTY_PACK_SPEC = CapabilityPackSpec()  # stands in for a pack removed from the manifests
-_STEP_DONE = "done"  # the steps table's word for a step that went through
 
 
 class PackOutcome(Protocol):
@@ -99,7 +98,7 @@ class SnapshotGuard:
             journal.close_step(step_id, Outcome.ROLLED_BACK)
             self._prune(change.kind, want)
             return dataclasses.replace(failure, outcome=Outcome.ROLLED_BACK, message=f"{failure.message}; {rolled}")
-        journal.close_step(step_id, _STEP_DONE)
+        journal.close_step(step_id, Outcome.OK)
         self._prune(change.kind, want)
         return retry.Attempt(Outcome.OK, f"done (snapshot {snapshot})")
 

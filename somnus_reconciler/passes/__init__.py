@@ -3,7 +3,7 @@
 `prepare` loads, observes, plans and refuses what must not run; `converge`
 runs one pass (lock -> recover -> prepare -> execute) for apply, watch and
 gitops; `loop` keeps the backends open between passes and turns them into
-events, triggered by `watch` (files) or `gitops` (a git repository);
+events (`loop_events`), triggered by `watch` (files) or `gitops` (a git repository);
 `pack_health` runs the packs' verify commands at a resync; `status` gathers
 what `get` and `describe` show. May import every layer below: engine,
 providers, semantic, planning, manifests, images, values, journal, settings.

@@ -4,13 +4,14 @@ Under the apply lock: end the playbooks a killed apply left running and roll bac
 the steps it left open (`Engine.recover`), observe and plan (`prepare.prepare`,
 which raises `InvalidInput` when the plan must not run), set aside drift on
 objects with `driftPolicy: warn` (recorded as "drift reported", not acted on),
-then execute. The caller renders: it sees the plan through `on_plan` (which may
-decline, as a "no" at the prompt or --dry-run does) and the steps through engine
-hooks.
+then execute, and return a `PassReport`. The caller renders: it sees the plan
+through `on_plan` (which may decline, as a "no" at the prompt or --dry-run does)
+and the steps through engine hooks.
 """
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -24,20 +25,73 @@ from somnus_reconciler.providers import backends as backends_mod
 from somnus_reconciler.providers.backends import Backends
 from somnus_reconciler.semantic.triage import FailureClassifier
 from somnus_reconciler.values.desired import DesiredState
+from somnus_reconciler.values.outcome import Outcome
+
+
+class PassVerdict(enum.StrEnum):
+    """How a pass ended: the "outcome" of a loop's "reconciled" event (docs/output.md).
+
+    A pass's words, not a step's: how each step ended is an `Outcome`.
+    """
+
+    IN_SYNC = "in sync"
+    CONVERGED = "converged"
+    FAILED = "failed"  # a step failed (and was rolled back)
+    STOPPED = "stopped"  # asked to stop before every step had run
+    INVALID = "invalid"  # the manifests did not load or plan: nothing ran
+    ERROR = "error"  # a daemon could not be reached
+
+    @property
+    def good(self) -> bool:
+        """Valid and nothing failed (a step rolled back makes a gitops revision bad)."""
+        return self in (PassVerdict.IN_SYNC, PassVerdict.CONVERGED)
 
 
 @dataclass(frozen=True)
 class PassReport:
-    plan: Plan  # what was to run: without the drift only reported
+    """What one pass did, returned by `run_pass` (to `apply`) and by `Loop.run_pass`.
+
+    The loop also reports a pass that `run_pass` did not finish: its manifests were
+    invalid (`invalid`) or a daemon could not be reached (`unavailable`); `apply`
+    sees those as the exceptions `run_pass` raises. `verdict` says how it ended.
+    """
+
+    plan: Plan = field(default_factory=lambda: Plan(changes=(), leftovers=(), conflicts=()))
     recovered: tuple[str, ...] = ()
-    reported_drift: tuple[Change, ...] = ()
+    reported_drift: tuple[Change, ...] = ()  # set aside from `plan`: only recorded
     results: tuple[StepResult, ...] = ()
     declined: bool = False  # `on_plan` said no: nothing ran
     stopped: bool = False  # asked to stop before every step had run
+    invalid: tuple[str, ...] | None = None  # the diagnostics, when the manifests did not load or plan
+    unavailable: str | None = None  # why, when a daemon could not be reached at all
 
     @property
     def failed(self) -> list[StepResult]:
         return [r for r in self.results if not r.ok]
+
+    @property
+    def verdict(self) -> PassVerdict:
+        if self.invalid is not None:
+            return PassVerdict.INVALID
+        if self.unavailable is not None:
+            return PassVerdict.ERROR
+        if self.stopped:
+            return PassVerdict.STOPPED
+        if self.failed:
+            return PassVerdict.FAILED
+        if self.plan.unreachable:  # the reachable half went on
+            return PassVerdict.ERROR
+        return PassVerdict.CONVERGED if self.results else PassVerdict.IN_SYNC
+
+    @property
+    def errors(self) -> tuple[str, ...]:
+        """What went wrong, one line each: diagnostics, the daemon's error, or each failed
+        step (`address: message`) and each half of the plan left out."""
+        if self.invalid is not None:
+            return self.invalid
+        if self.unavailable is not None:
+            return (self.unavailable,)
+        return (*(f"{r.change.address}: {r.message}" for r in self.failed), *self.plan.unreachable)
 
 
 @dataclass
@@ -55,27 +109,23 @@ class PassOptions:
 def run_pass(desired: DesiredState, backends: Backends, options: PassOptions) -> PassReport:
     """recover -> prepare -> set aside warn-only drift -> execute; see the module docstring."""
     settings = backends.settings
-    with ApplyLock(settings.state_dir, on_wait=options.on_lock_wait):
-        journal = Journal(settings.journal_path)
-        try:
-            runner = AnsiblePackRunner(backends.vms, settings.state_dir, cancel=options.should_stop)
-            engine = Engine(
-                backends.vms, backends.containers, journal, options.hooks,
-                pack_steps=PackSteps(runner, desired.packs, desired.pack_fingerprints),
-                classifier=options.classifier,
-            )
-            # A killed apply's playbook may still run: end it before its step is rolled back.
-            recovered = (*runner.end_interrupted_runs(), *engine.recover(desired))
-            plan, reported = plan_mod.split_drift(
-                prepare.prepare(desired, backends, prune=options.prune, check_packs=options.check_packs)
-            )
-            for change in reported:
-                _report_drift(journal, change)
-            if not options.on_plan(plan):
-                return PassReport(plan, recovered, reported, declined=True)
-            results = tuple(engine.execute(plan, revision=options.revision, should_stop=options.should_stop))
-        finally:
-            journal.close()
+    with ApplyLock(settings.state_dir, on_wait=options.on_lock_wait), Journal(settings.journal_path) as journal:
+        runner = AnsiblePackRunner(backends.vms, settings.state_dir, cancel=options.should_stop)
+        engine = Engine(
+            backends.vms, backends.containers, journal, options.hooks,
+            pack_steps=PackSteps(runner, desired.packs, desired.pack_fingerprints),
+            classifier=options.classifier,
+        )
+        # A killed apply's playbook may still run: end it before its step is rolled back.
+        recovered = (*runner.end_interrupted_runs(), *engine.recover(desired))
+        plan, reported = plan_mod.split_drift(
+            prepare.prepare(desired, backends, prune=options.prune, check_packs=options.check_packs)
+        )
+        for change in reported:
+            _report_drift(journal, change)
+        if not options.on_plan(plan):
+            return PassReport(plan, recovered, reported, declined=True)
+        results = tuple(engine.execute(plan, revision=options.revision, should_stop=options.should_stop))
     return PassReport(plan, recovered, reported, results, stopped=len(results) < len(plan.changes))
 
 
@@ -83,5 +133,6 @@ def _report_drift(journal: Journal, change: Change) -> None:
     """One "drift reported" event per finding: a resync that finds it again adds none."""
     message = (", ".join(str(f) for f in change.fields) or describe_action(change)) + " (driftPolicy: warn)"
     last = journal.recent(change.address, limit=1)
-    if not (last and last[0].action == "drift" and last[0].outcome == "reported" and last[0].message == message):
-        journal.record(change.address, "drift", "reported", message)
+    if not (last and last[0].action == "drift" and last[0].outcome == Outcome.REPORTED
+            and last[0].message == message):
+        journal.record(change.address, "drift", Outcome.REPORTED, message)

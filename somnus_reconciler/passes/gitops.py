@@ -8,7 +8,8 @@ fails validation, or whose apply has a step that fails (and rolls back), is
 quarantined in the journal (`revisions`): it is not applied again, and the last
 good revision is checked out and applied again at once, so it stays in force.
 A newer revision is tried as usual. Between revisions, each interval is a
-resync of the revision in force (drift, the packs' verify commands).
+resync of the revision in force (drift, the packs' verify commands). A fetch
+that fails is reported (`FetchFailed`) and tried again at the next interval.
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ from pathlib import Path
 
 from somnus_reconciler.journal import Journal
 from somnus_reconciler.passes import prepare
-from somnus_reconciler.passes.loop import Loop, PassOutcome, Trigger, wait
+from somnus_reconciler.passes.converge import PassReport, PassVerdict
+from somnus_reconciler.passes.loop import Loop, wait
+from somnus_reconciler.passes.loop_events import FetchFailed, Trigger
 from somnus_reconciler.values.desired import DesiredState
 from somnus_reconciler.values.diagnostics import Diagnostic, InvalidInput
 from somnus_reconciler.values.errors import PermanentError
@@ -92,16 +95,15 @@ def follow(source: GitSource, loop: Loop, *, state_dir: Path, interval_s: float,
         try:
             head, fetched_at = checkout.fetch(), time.time()
         except GitError as e:
-            loop.emit({"event": "reconciled", "at": time.time(), "trigger": "fetch", "outcome": "error",
-                       "errors": [str(e)], "revision": in_force})
+            loop.emit(FetchFailed(time.time(), str(e), in_force))
             head, fetched_at = None, 0.0
         if head is not None and head != in_force and revisions.state(head) != "quarantined":
-            outcome = _apply(checkout, loop, Trigger("revision", fetched_at, revision=head))
-            if outcome.good:
+            report = _apply(checkout, loop, Trigger("revision", fetched_at, revision=head))
+            if report.verdict.good:
                 revisions.mark(head, "good", "applied")
                 in_force = head
-            elif outcome.outcome in ("invalid", "failed"):  # the revision's fault, not a daemon's
-                revisions.mark(head, "quarantined", outcome.message or _failures(outcome))
+            elif report.verdict in (PassVerdict.INVALID, PassVerdict.FAILED):  # the revision's fault
+                revisions.mark(head, "quarantined", _quarantine_reason(report))
                 if in_force is not None:  # the last good revision stays in force
                     _apply(checkout, loop, Trigger("revision", time.time(), revision=in_force))
         elif in_force is not None:
@@ -109,7 +111,7 @@ def follow(source: GitSource, loop: Loop, *, state_dir: Path, interval_s: float,
         wait(loop.stop, interval_s, fetch_now)
 
 
-def _apply(checkout: Checkout, loop: Loop, trigger: Trigger, *, resync: bool = False) -> PassOutcome:
+def _apply(checkout: Checkout, loop: Loop, trigger: Trigger, *, resync: bool = False) -> PassReport:
     revision = trigger.revision or ""
 
     def load() -> DesiredState:
@@ -125,9 +127,11 @@ def _apply(checkout: Checkout, loop: Loop, trigger: Trigger, *, resync: bool = F
     return loop.run_pass(load, trigger, check_packs=resync)
 
 
-def _failures(outcome: PassOutcome) -> str:
-    failed = outcome.report.failed if outcome.report else []
-    return "; ".join(f"{r.change.address}: {r.message}" for r in failed)
+def _quarantine_reason(report: PassReport) -> str:
+    """The diagnostics of an invalid revision, or the steps of it that failed."""
+    if report.invalid is not None:
+        return "; ".join(report.invalid)
+    return "; ".join(f"{r.change.address}: {r.message}" for r in report.failed)
 
 
 class _Revisions:
@@ -137,26 +141,14 @@ class _Revisions:
         self._key = source.key
         self._path = journal_path
 
-    def _journal(self) -> Journal:
-        return Journal(self._path)
-
     def state(self, revision: str) -> str | None:
-        journal = self._journal()
-        try:
+        with Journal(self._path) as journal:
             return journal.revision_state(self._key, revision)
-        finally:
-            journal.close()
 
     def mark(self, revision: str, state: str, reason: str) -> None:
-        journal = self._journal()
-        try:
+        with Journal(self._path) as journal:
             journal.mark_revision(self._key, revision, state, reason)
-        finally:
-            journal.close()
 
     def last_good(self) -> str | None:
-        journal = self._journal()
-        try:
+        with Journal(self._path) as journal:
             return journal.last_good_revision(self._key)
-        finally:
-            journal.close()

@@ -1,12 +1,11 @@
 """The long-running reconcile loop behind `somnus watch` and `somnus gitops`.
 
 A `Loop` runs passes (`converge.run_pass`) with the libvirt connection and the
-Docker client kept open between them, and turns each pass into events: plain
-dicts, written by the CLI as JSON lines (`-o json`) or as one line of text per
-pass (`views.loop_event_line`). Every pass emits "planned" (when its plan
-starts: the latency that bench/watch.py measures) and "reconciled" (its
-outcome: in sync, converged, failed, invalid, error, stopped); `-o json` also
-gets a "step" event per finished step.
+Docker client kept open between them, and turns each pass into typed events
+(`loop_events`): `Planned` when its plan starts, `StepFinished` per finished
+step, and `Reconciled` (or `PassAborted`) at its end. `passes.watch` and
+`passes.gitops` call `Loop.run_pass` when a trigger comes; the CLI
+(`cli/loop_commands.py`) passes in `emit`, a view from `cli/loop_views.py`.
 
 Stopping: SIGINT or SIGTERM sets `Loop.stop`; the engine lets the current step
 finish or roll back and starts no other, the loop returns, the CLI exits 0.
@@ -23,11 +22,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from somnus_reconciler import settings as settings_mod
 from somnus_reconciler.engine.executor import StepResult
-from somnus_reconciler.passes import converge, prepare
+from somnus_reconciler.passes import converge, loop_events
+from somnus_reconciler.passes.converge import PassReport
 from somnus_reconciler.planning.plan import Change, Plan
 from somnus_reconciler.providers import backends as backends_mod
 from somnus_reconciler.providers.backends import Backends
@@ -36,34 +35,11 @@ from somnus_reconciler.semantic.triage import FailureClassifier
 from somnus_reconciler.values.desired import DesiredState
 from somnus_reconciler.values.diagnostics import InvalidInput
 
-LoopEvent = dict[str, Any]
-Emit = Callable[[LoopEvent], None]
-
-
-@dataclass(frozen=True)
-class Trigger:
-    reason: str  # start | change | resync | revision
-    at: float  # time.time() when it was seen: a file written, a revision fetched
-    files: tuple[str, ...] = ()
-    revision: str | None = None
-
-
-@dataclass(frozen=True)
-class PassOutcome:
-    outcome: str  # in sync | converged | failed | invalid | error | stopped
-    report: converge.PassReport | None = None
-    message: str = ""
-
-    @property
-    def good(self) -> bool:
-        """Valid and nothing failed (a step rolled back makes a revision bad)."""
-        return self.outcome in ("in sync", "converged")
-
 
 class _StepEvents:
-    """Engine hook turning finished steps into "step" events."""
+    """Engine hook turning finished steps into `StepFinished` events."""
 
-    def __init__(self, emit: Emit) -> None:
+    def __init__(self, emit: loop_events.Emit) -> None:
         self._emit = emit
 
     def step_started(self, change: Change) -> None:
@@ -73,17 +49,19 @@ class _StepEvents:
         pass
 
     def step_finished(self, result: StepResult) -> None:
-        self._emit({
-            "event": "step", "at": time.time(), "address": result.change.address,
-            "action": result.change.action.value, "pack": result.change.pack, "drift": result.change.drift,
-            "ok": result.ok, "message": result.message, "durationS": round(result.duration_s, 3),
-            "category": result.category.value if result.category else None, "attempts": result.attempts,
-        })
+        change = result.change
+        self._emit(loop_events.StepFinished(
+            at=time.time(), address=change.address, action=change.action.value, pack=change.pack,
+            drift=change.drift, ok=result.ok, message=result.message, duration_s=round(result.duration_s, 3),
+            category=result.category.value if result.category else None, attempts=result.attempts,
+        ))
 
 
 @dataclass
 class Loop:
-    emit: Emit
+    """Passes with the backends kept open between them; see the module docstring."""
+
+    emit: loop_events.Emit
     prune: bool = False
     state_dir: str | None = None
     classifier: FailureClassifier | None = None
@@ -96,20 +74,16 @@ class Loop:
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, lambda _signum, _frame: self.stop.set())
 
-    def run_pass(self, load: Callable[[], DesiredState], trigger: Trigger, *,
-                 check_packs: bool = False) -> PassOutcome:
-        """Load, plan and apply once; emits "planned" and "reconciled" (or an error)."""
-        base: LoopEvent = {"trigger": trigger.reason, "triggeredAt": trigger.at,
-                       "files": list(trigger.files), "revision": trigger.revision}
+    def run_pass(self, load: Callable[[], DesiredState], trigger: loop_events.Trigger, *,
+                 check_packs: bool = False) -> PassReport:
+        """Load, plan and apply once; emits `Planned` and `Reconciled`, or `PassAborted`."""
         try:
             desired = load()
         except InvalidInput as e:
-            errors = [str(d) for d in e.diagnostics]
-            self.emit({"event": "reconciled", "at": time.time(), **base, "outcome": "invalid", "errors": errors})
-            return PassOutcome("invalid", message="; ".join(errors))
+            return self._aborted(trigger, PassReport(invalid=tuple(str(d) for d in e.diagnostics)))
 
         def on_plan(plan: Plan) -> bool:
-            self.emit({"event": "planned", "at": time.time(), **base, "changes": len(plan.changes)})
+            self.emit(loop_events.Planned(time.time(), trigger, len(plan.changes)))
             return True
 
         options = converge.PassOptions(
@@ -121,28 +95,18 @@ class Loop:
         try:
             report = converge.run_pass(desired, self._open(desired), options)
         except InvalidInput as e:
-            errors = [str(d) for d in e.diagnostics]
-            self.emit({"event": "reconciled", "at": time.time(), **base, "outcome": "invalid", "errors": errors})
-            return PassOutcome("invalid", message="; ".join(errors))
+            return self._aborted(trigger, PassReport(invalid=tuple(str(d) for d in e.diagnostics)))
         except ProviderError as e:
             self._close()  # a daemon went away: connect afresh next time
-            self.emit({"event": "reconciled", "at": time.time(), **base, "outcome": "error", "errors": [str(e)]})
-            return PassOutcome("error", message=str(e))
-        failed = report.failed
-        outcome = ("stopped" if report.stopped else "failed" if failed
-                   else "error" if report.plan.unreachable  # the reachable half went on
-                   else "converged" if report.results else "in sync")
-        self.emit({
-            "event": "reconciled", "at": time.time(), **base, "outcome": outcome,
-            "changes": len(report.plan.changes), "failed": len(failed),
-            "driftCorrected": sum(1 for r in report.results if r.change.drift and r.ok),
-            "driftReported": len(report.reported_drift),
-            "recovered": list(report.recovered), "durationS": round(time.time() - started, 3),
-            "errors": [f"{r.change.address}: {r.message}" for r in failed] + list(report.plan.unreachable),
-        })
+            return self._aborted(trigger, PassReport(unavailable=str(e)))
+        self.emit(_reconciled(report, trigger, started))
         if report.results or report.reported_drift or report.recovered:
             self._index_history(self._open(desired).settings.state_dir)
-        return PassOutcome(outcome, report)
+        return report
+
+    def _aborted(self, trigger: loop_events.Trigger, report: PassReport) -> PassReport:
+        self.emit(loop_events.PassAborted(time.time(), trigger, report.verdict, report.errors))
+        return report
 
     def _open(self, desired: DesiredState) -> Backends:
         """The open backends, made anew when the Pool now names other daemons or state."""
@@ -178,6 +142,16 @@ class Loop:
         if self._indexer is not None:
             self._indexer.join(timeout=60)
         self._close()
+
+
+def _reconciled(report: PassReport, trigger: loop_events.Trigger, started: float) -> loop_events.Reconciled:
+    at = time.time()
+    return loop_events.Reconciled(
+        at=at, trigger=trigger, outcome=report.verdict, changes=len(report.plan.changes),
+        failed=len(report.failed), drift_corrected=sum(1 for r in report.results if r.change.drift and r.ok),
+        drift_reported=len(report.reported_drift), recovered=report.recovered,
+        duration_s=round(at - started, 3), errors=report.errors,
+    )
 
 
 def wait(stop: threading.Event, seconds: float, *wake: threading.Event) -> None:

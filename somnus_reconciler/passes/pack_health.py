@@ -1,8 +1,8 @@
 """At a resync: run each applied pack's `verify` commands in its guest; a failure is drift.
 
-`watch` and `gitops` call `failing_packs` before planning a resync, and hand the
-result to `plan.compute`, which plans those packs again (or, under
-`driftPolicy: warn`, only reports them). VMs are asked through the in-guest
+`prepare.prepare` calls `failing_packs` when asked to (`check_packs`: a resync of
+`watch` or `gitops`, and watch's first pass) and hands the result to `plan.compute`,
+which plans those packs again (or, under `driftPolicy: warn`, only reports them). VMs are asked through the in-guest
 agent's `/execute` (no SSH, no Ansible), containers through `docker exec`, all
 guests at once. A guest that cannot be asked (agent not up, container stopped)
 is skipped: not knowing is not drift.

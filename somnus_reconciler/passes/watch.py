@@ -19,7 +19,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from somnus_reconciler.passes import prepare
-from somnus_reconciler.passes.loop import Loop, Trigger
+from somnus_reconciler.passes.loop import Loop
+from somnus_reconciler.passes.loop_events import Trigger
 
 
 def watch(paths: Sequence[Path], loop: Loop, *, interval_s: float, step_ms: int = 50) -> None:

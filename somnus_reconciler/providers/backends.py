@@ -78,9 +78,8 @@ def _observe_containers(backends: Backends) -> dict[str, ActualContainer]:
     containers = backends.containers.observe()
     journal_path = backends.settings.journal_path
     if journal_path.exists() and containers:
-        journal = Journal(journal_path)
-        records = journal.container_packs()
-        journal.close()
+        with Journal(journal_path) as journal:
+            records = journal.container_packs()
         for name, (container_id, packs) in records.items():
             current = containers.get(name)
             if current is not None and current.container_id == container_id:
@@ -92,8 +91,5 @@ def applied_hashes(settings: Settings) -> dict[str, str]:
     """address -> spec hash last applied, from the journal (none yet: empty)."""
     if not settings.journal_path.exists():
         return {}
-    journal = Journal(settings.journal_path)
-    try:
+    with Journal(settings.journal_path) as journal:
         return {address: spec_hash for address, (spec_hash, _) in journal.applied().items()}
-    finally:
-        journal.close()

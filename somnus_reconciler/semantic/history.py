@@ -9,7 +9,8 @@ dropped and rebuilt from the journal at any time.
 kept in the collection's metadata, written after the events themselves) and upserts
 them by event id: incremental, idempotent, and safe when two processes sync at once, as
 both then write the same vectors under the same ids. The CLI syncs before each search;
-the long-running watch loop calls `index_new_events` after each reconcile.
+the long-running loop of `watch` and `gitops` (`passes.loop.Loop`) calls
+`index_new_events` after a pass that changed or found something.
 
 chromadb and torch are imported on first use of an index only, so `somnus history`
 without `--search` never loads them. `parse_since` reads `--since`.
@@ -24,9 +25,10 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from somnus_reconciler import settings as settings_mod
-from somnus_reconciler.journal import Event, Journal
+from somnus_reconciler.journal import Event, Journal, read_outcome
 from somnus_reconciler.semantic import triage
 from somnus_reconciler.values.errors import PermanentError
+from somnus_reconciler.values.outcome import Outcome
 from somnus_reconciler.values.quantity import parse_duration
 
 INDEX_DIR = "history-index"
@@ -117,7 +119,7 @@ class HistoryIndex:
         return self.sync(journal)
 
     def search(self, text: str, *, limit: int = 5, address: str | None = None,
-               outcome: str | None = None, since: float | None = None) -> list[SearchHit]:
+               outcome: Outcome | str | None = None, since: float | None = None) -> list[SearchHit]:
         """The `limit` events nearest in meaning to `text`, most similar first,
         optionally only of one object, with one outcome, at or after `since`.
 
@@ -128,7 +130,7 @@ class HistoryIndex:
         """
         filters: list[dict[str, Any]] = [
             condition for condition, value in (
-                ({"address": address}, address), ({"outcome": outcome}, outcome),
+                ({"address": address}, address), ({"outcome": str(outcome)}, outcome),
                 ({"at": {"$gte": since}}, since),
             ) if value is not None
         ]
@@ -158,11 +160,8 @@ def index_new_events(state_dir: Path) -> int:
     journal_path = settings_mod.resolve(state_dir=str(state_dir)).journal_path
     if not journal_path.exists():
         return 0
-    journal = Journal(journal_path)
-    try:
+    with Journal(journal_path) as journal:
         return HistoryIndex(state_dir).sync(journal)
-    finally:
-        journal.close()
 
 
 # -- --since ---------------------------------------------------------------------------
@@ -202,13 +201,13 @@ def _nearest(collection: Any, vector: Any, count: int,
 
 def _metadata(entry: Event) -> dict[str, str | int | float]:
     return {"id": entry.id, "at": entry.at, "address": entry.address, "action": entry.action,
-            "outcome": entry.outcome, "category": entry.category or "", "message": entry.message}
+            "outcome": str(entry.outcome), "category": entry.category or "", "message": entry.message}
 
 
 def _entry(metadata: Any) -> Event:
     return Event(id=int(metadata["id"]), at=float(metadata["at"]), address=str(metadata["address"]),
-                        action=str(metadata["action"]), outcome=str(metadata["outcome"]),
-                        message=str(metadata["message"]), category=str(metadata["category"]) or None)
+                 action=str(metadata["action"]), outcome=read_outcome(str(metadata["outcome"])),
+                 message=str(metadata["message"]), category=str(metadata["category"]) or None)
 
 
 @contextlib.contextmanager

@@ -17,6 +17,7 @@ class Outcome(enum.StrEnum):
     CORRECTED = "corrected"  # drift found and put back
     REPORTED = "reported"  # drift found and only reported (driftPolicy: warn)
     TIMED_OUT = "timed out"  # a soft reboot that was not confirmed in time
+    SKIPPED = "skipped"  # a pack step not run because its guest's own change failed
 
     @property
     def succeeded(self) -> bool:

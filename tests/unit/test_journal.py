@@ -1,14 +1,19 @@
-"""journal: step records survive a reopen, old journals gain the phase column, one apply at a time."""
+"""journal: step records survive a reopen, old journals gain the phase column, outcomes read back
+as `Outcome`, the journal closes as a context manager, one apply at a time."""
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from somnus_reconciler.journal import ApplyLock, Journal
+from somnus_reconciler.values.outcome import Outcome
 
 
 def test_open_steps_survive_a_reopen_until_closed(tmp_path: Path) -> None:
@@ -34,6 +39,43 @@ def test_a_journal_from_before_step_phases_is_migrated(tmp_path: Path) -> None:
     journal = Journal(path)
     journal.step_phase(journal.open_step("vm/a", "s", None), "acted")
     assert len(journal.open_steps()) == 1
+
+
+def test_outcomes_are_stored_as_their_words_and_read_back_as_outcomes(tmp_path: Path) -> None:
+    path = tmp_path / "j.sqlite"
+    with Journal(path) as journal:
+        journal.record("vm/a", "pack install x", Outcome.ROLLED_BACK, "reverted")
+        journal.record("vm/a", "soft-reboot", "timed out", "1 process(es) not back")
+        step = journal.open_step("vm/a", "pack install x", None)
+        journal.close_step(step, Outcome.OK)
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        assert db.execute("SELECT outcome FROM events ORDER BY id").fetchall() == [("rolled back",), ("timed out",)]
+        assert db.execute("SELECT state FROM steps").fetchall() == [("done",)]  # the table's word for ok
+    with Journal(path) as journal:
+        outcomes = [event.outcome for event in journal.history()]
+        [timed_out] = journal.history(outcome=Outcome.TIMED_OUT)
+    assert outcomes == [Outcome.ROLLED_BACK, Outcome.TIMED_OUT]
+    assert all(type(outcome) is Outcome for outcome in outcomes)
+    assert timed_out.action == "soft-reboot"
+
+
+def test_an_unknown_outcome_word_reads_as_written_and_cannot_be_recorded(tmp_path: Path) -> None:
+    path = tmp_path / "j.sqlite"
+    Journal(path).close()
+    with contextlib.closing(sqlite3.connect(path)) as db, db:  # e.g. written by a newer somnus
+        db.execute("INSERT INTO events (at, address, action, outcome, message) VALUES (1, 'vm/a', 'x', 'deferred', '')")
+    with Journal(path) as journal:
+        [event] = journal.history(outcome="deferred")
+        assert event.outcome == "deferred" and not isinstance(event.outcome, Outcome)
+        with pytest.raises(ValueError):
+            journal.record("vm/a", "x", "deferred", "")
+
+
+def test_the_journal_closes_at_the_end_of_its_with_block(tmp_path: Path) -> None:
+    with Journal(tmp_path / "j.sqlite") as journal:
+        assert journal.recent() == []
+    with pytest.raises(sqlite3.ProgrammingError):
+        journal.recent()
 
 
 def test_container_pack_records_follow_the_container(tmp_path: Path) -> None:
