@@ -17,9 +17,10 @@ import pytest
 from click.testing import CliRunner
 
 from somnus_reconciler import journal as journal_module
-from somnus_reconciler.cli import views
+from somnus_reconciler.cli import history_view
 from somnus_reconciler.cli.commands import cli
 from somnus_reconciler.journal import Event, Journal
+from somnus_reconciler.passes.history_query import HistoryItem
 from somnus_reconciler.semantic import history, triage
 
 REPO = Path(__file__).resolve().parents[2]
@@ -260,7 +261,7 @@ def test_history_without_search_imports_neither_chromadb_nor_torch(state_dir: Pa
 def test_table_cuts_long_messages_to_the_width_on_one_line() -> None:
     long = Event(1, NOW, "vm/coder-1", "pack install x", "failed", "line one\n" + "word " * 100, "UNKNOWN")
     out = io.StringIO()
-    views.history_table([long], out=out, width=120)
+    history_view.HistoryTable(out, width=120).events([HistoryItem(long)])
     lines = out.getvalue().splitlines()
     assert len(lines) == 2 and all(len(line) <= 120 for line in lines)
     assert "[UNKNOWN] line one word word" in lines[1] and lines[1].endswith("...")
