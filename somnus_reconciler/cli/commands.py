@@ -36,8 +36,9 @@ def cli() -> None:
     """Declare persistent AI workstations (VMs, containers, packs) as code."""
 
 
-for _command in (guest_commands.snapshots, guest_commands.rollback, guest_commands.soft_reboot):
-    cli.add_command(_command)
+cli.add_command(guest_commands.snapshots)
+cli.add_command(guest_commands.rollback)
+cli.add_command(guest_commands.soft_reboot)
 
 
 @cli.command()
