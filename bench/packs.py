@@ -34,7 +34,6 @@ from somnus_reconciler.providers import (
     guest_access,  # noqa: E402
 )
 from somnus_reconciler.providers import backends as backends_mod
-from somnus_reconciler.providers.backends import Backends
 from tests.integration import apt_repo  # noqa: E402
 
 PREFIX = "bench-packs"

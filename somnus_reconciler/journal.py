@@ -148,14 +148,13 @@ class Journal:
         self.close()
 
     # -- events -------------------------------------------------------------------
-    def record(self, address: str, action: str, outcome: Outcome | str, message: str,
+    def record(self, address: str, action: str, outcome: Outcome, message: str,
                category: str | None = None) -> None:
-        """One event, its outcome stored as its word. A string (engine/ and cli/ still pass
-        words) must be an Outcome's word, else ValueError: nothing writes an unknown one."""
+        """One event, its outcome stored as its word."""
         with self._db:
             self._db.execute(
                 "INSERT INTO events (at, address, action, outcome, message, category) VALUES (?, ?, ?, ?, ?, ?)",
-                (time.time(), address, action, Outcome(outcome).value, message, category),
+                (time.time(), address, action, outcome.value, message, category),
             )
 
     def recent(self, address: str | None = None, limit: int = 20, *, action: str | None = None) -> list[Event]:
@@ -207,10 +206,10 @@ class Journal:
             )
         return int(cursor.lastrowid or 0)
 
-    def close_step(self, step_id: int, outcome: Outcome | str) -> None:
+    def close_step(self, step_id: int, outcome: Outcome) -> None:
         """The step ended: stored as "done" for Outcome.OK (this table's word since the first
-        release; the engine still passes "done"), else as the Outcome's word (rolled back, failed)."""
-        state = _STEP_DONE if outcome in (Outcome.OK, _STEP_DONE) else Outcome(outcome).value
+        release), else as the Outcome's word (rolled back, failed)."""
+        state = _STEP_DONE if outcome is Outcome.OK else outcome.value
         with self._db:
             self._db.execute("UPDATE steps SET state = ? WHERE id = ?", (state, step_id))
 

@@ -1,6 +1,6 @@
 """`somnus watch` and `somnus gitops`: the commands that run the reconcile loop.
 
-Registered on `commands.cli` when `commands` imports this module. Each parses
+Registered on the `somnus` group by `commands`. Each parses
 its options, makes a `passes.loop.Loop` whose events go to the view `-o` picks
 (`loop_views`), and hands it to `passes.watch.watch` or `passes.gitops.follow`
 until SIGINT or SIGTERM; then it exits 0. A bad option exits 2.
@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from somnus_reconciler.cli.commands import _fail, _paths, _state_dir, cli
+from somnus_reconciler.cli import arguments
 
 if TYPE_CHECKING:
     from somnus_reconciler.passes.loop import Loop
@@ -28,9 +28,9 @@ def _duration(value: str, option: str) -> float:
     try:
         seconds = parse_duration(value)
     except ValueError as e:
-        _fail(f"{option}: {e}")
+        arguments.fail(f"{option}: {e}")
     if seconds <= 0:
-        _fail(f"{option}: must be more than 0")
+        arguments.fail(f"{option}: must be more than 0")
     return seconds
 
 
@@ -52,7 +52,7 @@ _loop_options = [
     click.option("--prune", is_flag=True, help="Delete owned objects that are no longer declared."),
     click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text",
                  help="text: one line per reconcile; json: one event per line."),
-    _state_dir,
+    arguments.state_dir,
 ]
 
 
@@ -62,8 +62,8 @@ def _with_loop_options(command: _Command) -> _Command:
     return command
 
 
-@cli.command()
-@_paths
+@click.command()
+@arguments.paths
 @_with_loop_options
 def watch(paths: Sequence[Path], interval: str, prune: bool, output: str, state_dir: str | None) -> None:
     """Reconcile PATHS on every change and every --interval, until SIGINT or SIGTERM."""
@@ -77,7 +77,7 @@ def watch(paths: Sequence[Path], interval: str, prune: bool, output: str, state_
         loop.close()
 
 
-@cli.command()
+@click.command()
 @click.argument("repo")
 @click.option("--branch", default="main", show_default=True)
 @click.option("--path", "subpath", default=".", show_default=True, help="Manifests directory in the repository.")

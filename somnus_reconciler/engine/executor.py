@@ -158,7 +158,7 @@ class Engine:
         for hook in self._hooks:
             hook.step_event(change, line)
 
-    def _finish(self, result: StepResult, outcome: str) -> None:
+    def _finish(self, result: StepResult, outcome: Outcome) -> None:
         category = result.category.value if result.category is not None else None
         self._journal.record(result.change.address, _action_label(result.change), outcome, result.message, category)
         for hook in self._hooks:

@@ -21,7 +21,6 @@ from somnus_reconciler.journal import ApplyLock, Journal
 from somnus_reconciler.passes import prepare
 from somnus_reconciler.planning import plan as plan_mod
 from somnus_reconciler.planning.plan import Change, Plan
-from somnus_reconciler.providers import backends as backends_mod
 from somnus_reconciler.providers.backends import Backends
 from somnus_reconciler.semantic.triage import FailureClassifier
 from somnus_reconciler.values.desired import DesiredState

@@ -1,192 +1,242 @@
 """Status of actual objects with conditions, for `get` and `describe`.
 
 Reads the providers' observations, the journal's last step per object and,
-for each running VM, its in-guest agent (`agent_client`; all VMs at once);
-the result is plain dicts with the documented JSON shape (docs/output.md).
+for each running VM, its in-guest agent (`agent_health.probe`; all VMs at once).
+The result is typed frozen values (`VmStatus`, `ContainerStatus`); the CLI's
+status views render them as a table, as text, or in the JSON shape that
+docs/output.md documents.
 """
 
 from __future__ import annotations
 
+import contextlib
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, ClassVar
 
 from somnus_reconciler.journal import Event, Journal
-from somnus_reconciler.providers import agent_client
-from somnus_reconciler.values.actual import ActualContainer, ActualVm
+from somnus_reconciler.passes import agent_health
+from somnus_reconciler.passes.agent_health import AgentHealth
+from somnus_reconciler.values.actual import ActualContainer, ActualVm, PowerState
+from somnus_reconciler.values.errors import PermanentError
+from somnus_reconciler.values.outcome import Outcome
 
 if TYPE_CHECKING:
     from somnus_reconciler.providers.backends import Backends
 
-
-def _condition(type_: str, status: bool, message: str = "", reason: str = "") -> dict[str, str]:
-    condition = {"type": type_, "status": "True" if status else "False", "message": message}
-    if reason:  # as in Kubernetes: a CamelCase word for programs, here the triage category
-        condition["reason"] = reason
-    return condition
+SOFT_REBOOT_ACTION = "soft-reboot"  # the journal action `soft-reboot` records
 
 
-def _last_step(event: Event | None) -> list[dict[str, str]]:
+@dataclass(frozen=True)
+class Condition:
+    """As in Kubernetes: a named fact that holds or not, and why."""
+
+    type: str  # Running, Managed, AgentConnected, Ready, SoftRebootConfirmed, LastStepSucceeded
+    status: bool
+    message: str = ""
+    reason: str = ""  # a CamelCase word for programs: here a failed step's triage category
+
+
+@dataclass(frozen=True)
+class Forward:
+    """A VM's loopback port forward by name: ssh -> 127.0.0.1:PORT."""
+
+    name: str
+    address: str
+
+
+@dataclass(frozen=True)
+class VmStatus:
+    kind: ClassVar[str] = "vm"
+    name: str
+    managed: bool
+    state: PowerState
+    domain_id: int | None
+    vcpus: int
+    max_vcpus: int
+    memory: int  # bytes
+    max_memory: int  # bytes
+    image: str | None  # from the ownership mark: None when somnus does not own the VM
+    owner: str | None
+    forwards: tuple[Forward, ...]
+    console_log: str | None
+    agent: AgentHealth | None  # None: stopped, or not somnus's
+    conditions: tuple[Condition, ...]
+    revision: str | None = None  # the git revision it was last converged from (gitops)
+
+
+@dataclass(frozen=True)
+class ContainerStatus:
+    kind: ClassVar[str] = "container"
+    name: str
+    managed: bool
+    state: str  # Docker's: running, exited, created, ...
+    image: str
+    container_id: str  # the short, 12-character form
+    conditions: tuple[Condition, ...]
+    revision: str | None = None
+
+
+ObjectStatus = VmStatus | ContainerStatus
+
+
+@dataclass(frozen=True)
+class Description:
+    """What `describe` shows: one object's status and its recent journal events."""
+
+    status: ObjectStatus
+    events: tuple[Event, ...]  # oldest first; none when there is no journal yet
+
+
+class ObjectNotFound(PermanentError):
+    def __init__(self, kind: str | None, name: str) -> None:
+        super().__init__(f"{kind}/{name} not found")
+
+
+def _last_step(event: Event | None) -> list[Condition]:
     if event is None:
         return []
-    return [_condition("LastStepSucceeded", event.outcome == "ok", f"{event.action}: {event.message}",
-                       event.category or "")]
+    return [Condition("LastStepSucceeded", event.outcome == Outcome.OK, f"{event.action}: {event.message}",
+                      event.category or "")]
 
 
-SOFT_REBOOT_ACTION = "soft-reboot"
-_AGENT_PROBE_TIMEOUT_S = 3.0
-
-
-def probe_agent(vm: ActualVm, state_dir: Path, *, recent_errors: bool = False) -> dict[str, Any] | None:
-    """What a running VM's agent says: health, processes, stats; None for a stopped VM."""
-    if not vm.running:
-        return None
-    client = agent_client.for_vm(vm, state_dir, timeout_s=_AGENT_PROBE_TIMEOUT_S)
-    if client is None:
-        return {"address": None, "connected": False, "message": "no agent forward or token for this VM"}
-    view: dict[str, Any] = {"address": client.address}
-    try:
-        status = client.status()
-        view.update(connected=True, ok=bool(status.get("ok")), version=status.get("version"),
-                    processes=status.get("processes", []), stats=client.stats_basic())
-        if recent_errors:
-            view["recentErrors"] = client.stats_intelligent().get("errors", [])
-    except agent_client.AgentError as e:
-        view.update(connected=False, message=str(e))
-    return view
-
-
-def _agent_conditions(agent: dict[str, Any] | None, soft_reboot: Event | None) -> list[dict[str, str]]:
+def _agent_conditions(agent: AgentHealth | None, soft_reboot: Event | None) -> list[Condition]:
     if agent is None:
-        return [_condition("AgentConnected", False, "the VM is not running"),
-                _condition("Ready", False, "the VM is not running")]
-    connected = bool(agent.get("connected"))
-    down = [p["name"] for p in agent.get("processes", []) if not p.get("running")]
-    if not connected:
+        return [Condition("AgentConnected", False, "the VM is not running"),
+                Condition("Ready", False, "the VM is not running")]
+    report = agent.report
+    ok = report is not None and report.ok
+    down = report.not_running if report is not None else []
+    if not agent.connected:
         ready_message = "the agent does not answer"
-    elif not agent.get("ok"):
+    elif not ok:
         ready_message = "the agent reports not ok"
     elif down:
         ready_message = f"not running: {', '.join(down)}"
     else:
-        ready_message = f"{len(agent.get('processes', []))} process(es) running"
+        ready_message = f"{len(report.processes) if report else 0} process(es) running"
+    version = report.version if report is not None else None
     conditions = [
-        _condition("AgentConnected", connected,
-                   f"{agent['address']} version {agent.get('version')}" if connected else agent.get("message", "")),
-        _condition("Ready", connected and bool(agent.get("ok")) and not down, ready_message),
+        Condition("AgentConnected", agent.connected,
+                  f"{agent.address} version {version}" if agent.connected else agent.message),
+        Condition("Ready", agent.connected and ok and not down, ready_message),
     ]
     if soft_reboot is not None:
-        conditions.append(_condition("SoftRebootConfirmed", soft_reboot.outcome == "ok", soft_reboot.message))
+        conditions.append(Condition("SoftRebootConfirmed", soft_reboot.outcome == Outcome.OK, soft_reboot.message))
     return conditions
 
 
-def vm_row(vm: ActualVm, last: Event | None, agent: dict[str, Any] | None = None,
-           soft_reboot: Event | None = None) -> dict[str, Any]:
+def vm_status(vm: ActualVm, last: Event | None, agent: AgentHealth | None = None,
+              soft_reboot: Event | None = None, revision: str | None = None) -> VmStatus:
     mark = vm.mark
-    forwards = {f.name: f"127.0.0.1:{f.host_port}" for f in mark.forwards} if mark else {}
-    return {
-        "kind": "vm",
-        "name": vm.name,
-        "managed": vm.managed,
-        "state": vm.power.value,
-        "domainId": vm.domain_id,
-        "vcpus": vm.vcpus,
-        "maxVcpus": vm.max_vcpus,
-        "memory": vm.memory,
-        "maxMemory": vm.max_memory,
-        "image": mark.image if mark else None,
-        "owner": mark.owner if mark else None,
-        "forwards": forwards,
-        "consoleLog": vm.console_log,
-        "agent": agent,
-        "conditions": [
-            _condition("Running", vm.running, vm.power.value),
-            _condition("Managed", vm.managed, "" if vm.managed else "no somnus ownership mark"),
+    return VmStatus(
+        name=vm.name, managed=vm.managed, state=vm.power, domain_id=vm.domain_id,
+        vcpus=vm.vcpus, max_vcpus=vm.max_vcpus, memory=vm.memory, max_memory=vm.max_memory,
+        image=mark.image if mark else None, owner=mark.owner if mark else None,
+        forwards=tuple(Forward(f.name, f"127.0.0.1:{f.host_port}") for f in mark.forwards) if mark else (),
+        console_log=vm.console_log, agent=agent,
+        conditions=(
+            Condition("Running", vm.running, vm.power.value),
+            Condition("Managed", vm.managed, "" if vm.managed else "no somnus ownership mark"),
             *(_agent_conditions(agent, soft_reboot) if vm.managed else []),
             *_last_step(last),
-        ],
-    }
+        ),
+        revision=revision,
+    )
 
 
-def container_row(c: ActualContainer, last: Event | None) -> dict[str, Any]:
-    return {
-        "kind": "container",
-        "name": c.name,
-        "managed": c.managed,
-        "state": c.state,
-        "image": c.image,
-        "id": c.container_id[:12],
-        "conditions": [
-            _condition("Running", c.running, c.state),
-            _condition("Managed", c.managed, "" if c.managed else "no io.somnus labels"),
+def container_status(c: ActualContainer, last: Event | None, revision: str | None = None) -> ContainerStatus:
+    return ContainerStatus(
+        name=c.name, managed=c.managed, state=c.state, image=c.image, container_id=c.container_id[:12],
+        conditions=(
+            Condition("Running", c.running, c.state),
+            Condition("Managed", c.managed, "" if c.managed else "no io.somnus labels"),
             *_last_step(last),
-        ],
-    }
+        ),
+        revision=revision,
+    )
 
 
-def rows(backends: Backends, *, kind: str | None, name: str | None,
-         include_unmanaged: bool, recent_errors: bool = False) -> list[dict[str, Any]]:
+def gather(backends: Backends, *, kind: str | None, name: str | None,
+           include_unmanaged: bool, recent_errors: bool = False) -> list[ObjectStatus]:
+    """VMs (by name) then containers (by name), of `kind` (None: both), only `name` if given."""
     settings = backends.settings
-    journal = Journal(settings.journal_path) if settings.journal_path.exists() else None
-    applied = journal.applied() if journal is not None else {}
+    with contextlib.ExitStack() as stack:  # no journal yet: none is made by reading
+        journal = stack.enter_context(Journal(settings.journal_path)) if settings.journal_path.exists() else None
+        applied = journal.applied() if journal is not None else {}
 
-    def revision(address: str) -> dict[str, str | None]:
-        """The git revision an object was last converged from (gitops), when there is one."""
-        return {"revision": applied[address][1]} if address in applied and applied[address][1] else {}
+        def revision(address: str) -> str | None:
+            return (applied[address][1] or None) if address in applied else None
 
-    def last(address: str) -> tuple[Event | None, Event | None]:
-        """The object's last step, and its last soft reboot."""
-        events = journal.recent(address, limit=50) if journal is not None else []
-        step = next((e for e in events if e.action != SOFT_REBOOT_ACTION), None)
-        return step, next((e for e in events if e.action == SOFT_REBOOT_ACTION), None)
+        def last(address: str) -> tuple[Event | None, Event | None]:
+            """The object's last step, and its last soft reboot."""
+            events = journal.recent(address, limit=50) if journal is not None else []
+            step = next((e for e in events if e.action != SOFT_REBOOT_ACTION), None)
+            return step, next((e for e in events if e.action == SOFT_REBOOT_ACTION), None)
 
-    result: list[dict[str, Any]] = []
-    if kind in (None, "vm"):
-        vms = [
-            vm for vm in sorted(backends.vms.observe().values(), key=lambda v: v.name)
-            if (name is None or vm.name == name) and (vm.managed or include_unmanaged or name)
-        ]
-        with ThreadPoolExecutor(max_workers=16) as pool:
-            agents = list(pool.map(
-                lambda vm: probe_agent(vm, settings.state_dir, recent_errors=recent_errors) if vm.managed else None,
-                vms,
-            ))
-        for vm, agent in zip(vms, agents):
-            step, soft_reboot = last(f"vm/{vm.name}")
-            result.append({**vm_row(vm, step, agent, soft_reboot), **revision(f"vm/{vm.name}")})
-    if kind in (None, "container"):
-        for c in sorted(backends.containers.observe().values(), key=lambda c: c.name):
-            if (name is None or c.name == name) and (c.managed or include_unmanaged or name):
-                result.append({**container_row(c, last(f"container/{c.name}")[0]),
-                               **revision(f"container/{c.name}")})
-    if journal is not None:
-        journal.close()
+        result: list[ObjectStatus] = []
+        if kind in (None, "vm"):
+            vms = [
+                vm for vm in sorted(backends.vms.observe().values(), key=lambda v: v.name)
+                if (name is None or vm.name == name) and (vm.managed or include_unmanaged or name)
+            ]
+            with ThreadPoolExecutor(max_workers=16) as pool:
+                agents = list(pool.map(
+                    lambda vm: (agent_health.probe(vm, settings.state_dir, recent_errors=recent_errors)
+                                if vm.managed else None),
+                    vms,
+                ))
+            for vm, agent in zip(vms, agents):
+                step, soft_reboot = last(f"vm/{vm.name}")
+                result.append(vm_status(vm, step, agent, soft_reboot, revision(f"vm/{vm.name}")))
+        if kind in (None, "container"):
+            for c in sorted(backends.containers.observe().values(), key=lambda c: c.name):
+                if (name is None or c.name == name) and (c.managed or include_unmanaged or name):
+                    result.append(container_status(c, last(f"container/{c.name}")[0], revision(f"container/{c.name}")))
     return result
 
 
-def categorize_errors(errors: list[dict[str, Any]], journal_path: Path) -> None:
-    """Fill in each error line's `category` (in place), classifying only lines not seen before.
+def get(*, kind: str | None, name: str | None, include_unmanaged: bool,
+        state_dir: str | None) -> list[ObjectStatus]:
+    """`somnus get`: ObjectNotFound when `name` is given and there is no such object."""
+    from somnus_reconciler.providers import backends as backends_mod
 
-    Classifications are cached in the journal, so the model loads only when a
-    guest has logged a new error line.
-    """
-    import hashlib
-
-    journal = Journal(journal_path)
+    backends = backends_mod.open_backends(None, state_dir=state_dir)
     try:
-        keys = [hashlib.sha256(e["text"].encode()).hexdigest() for e in errors]
-        cached = {key: journal.cached_triage(key) for key in set(keys)}
-        new = sorted(key for key, hit in cached.items() if hit is None)
-        if new:
-            from somnus_reconciler.semantic import triage
-
-            texts = {key: e["text"] for key, e in zip(keys, errors)}
-            for key, verdict in zip(new, triage.default_classifier().classify_many([texts[k] for k in new])):
-                journal.cache_triage(key, verdict.category.value, verdict.score)
-                cached[key] = (verdict.category.value, verdict.score)
-        for key, error in zip(keys, errors):
-            hit = cached[key]
-            if hit is not None:
-                error["category"] = hit[0]
+        found = gather(backends, kind=kind, name=name, include_unmanaged=include_unmanaged)
     finally:
-        journal.close()
+        backends.close()
+    if name is not None and not found:
+        raise ObjectNotFound(kind, name)
+    return found
+
+
+def _categorized(agent: AgentHealth, journal_path: Path) -> AgentHealth:
+    """`agent` with the triage category of each of its recent error lines."""
+    report = agent.report
+    if report is None or not report.recent_errors:
+        return agent
+    categorized = agent_health.categorize(report.recent_errors, journal_path)
+    return replace(agent, report=replace(report, recent_errors=categorized))
+
+
+def describe(kind: str, name: str, *, state_dir: str | None) -> Description:
+    """`somnus describe`: the status with the agent's error lines categorized, and the last 10 events."""
+    from somnus_reconciler.providers import backends as backends_mod
+
+    backends = backends_mod.open_backends(None, state_dir=state_dir)
+    try:
+        found = gather(backends, kind=kind, name=name, include_unmanaged=True, recent_errors=True)
+    finally:
+        backends.close()
+    if not found:
+        raise ObjectNotFound(kind, name)
+    status, journal_path = found[0], backends.settings.journal_path
+    if isinstance(status, VmStatus) and status.agent is not None:
+        status = replace(status, agent=_categorized(status.agent, journal_path))
+    events: tuple[Event, ...] = ()
+    if journal_path.exists():  # none yet: no events, and none is made by reading
+        with Journal(journal_path) as journal:
+            events = tuple(reversed(journal.recent(f"{kind}/{name}", limit=10)))
+    return Description(status, events)

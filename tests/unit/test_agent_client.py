@@ -1,4 +1,5 @@
-"""agent_client against the real agent on loopback, and the conditions status.py derives.
+"""agent_client against the real agent on loopback, its answers as typed values
+(passes/agent_health.py), and the conditions passes/status.py derives.
 
 The agent runs as in tests/unit/test_agent.py (`running_agent`); the guest
 side of the same path is tested in tests/integration/test_guest_agent.py.
@@ -12,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from somnus_reconciler.passes import status
+from somnus_reconciler.passes import agent_health, status
+from somnus_reconciler.passes.agent_health import AgentHealth
 from somnus_reconciler.providers import agent_client
 from somnus_reconciler.providers.agent_client import AgentClient, AgentRefused, AgentUnreachable
 from somnus_reconciler.values.actual import ActualVm, PortForward, PowerState, VmMark
@@ -66,38 +68,56 @@ def test_a_soft_reboot_whose_process_does_not_come_back_times_out_naming_it(agen
     assert "quitter" in outcome.message and "timed out" in outcome.message
 
 
-def _vm(running: bool = True) -> ActualVm:
-    mark = VmMark("h", "debian-12", 2**30, "debian", forwards=(PortForward("agent", 4242, 7465),))
+def _vm(running: bool = True, port: int = 4242) -> ActualVm:
+    mark = VmMark("h", "debian-12", 2**30, "debian", forwards=(PortForward("agent", port, 7465),))
     return ActualVm("vm1", PowerState.RUNNING if running else PowerState.SHUTOFF, 1, 1, 1, 2**30, 2**30, mark)
 
 
-def _conditions(row: dict[str, Any]) -> dict[str, tuple[str, str]]:
-    return {c["type"]: (c["status"], c["message"]) for c in row["conditions"]}
+def _conditions(vm: status.VmStatus) -> dict[str, tuple[bool, str]]:
+    return {c.type: (c.status, c.message) for c in vm.conditions}
+
+
+STATS = agent_health.AgentStats(1.0, agent_health.MemoryUsage(100, 40, 60), agent_health.DiskUsage("/", 10, 4, 6),
+                                agent_health.LoadAverage(0.1, 0.2, 0.3), 70.0, "proc")
+
+
+def _connected(*processes: agent_health.AgentProcess) -> AgentHealth:
+    return AgentHealth("a", True, agent_health.AgentReport(True, "1", processes, STATS))
 
 
 @pytest.mark.parametrize(
     ("agent", "connected", "ready", "ready_message"),
     [
-        ({"address": "a", "connected": True, "ok": True, "version": "1",
-          "processes": [{"name": "jupyter", "running": True}]}, "True", "True", "1 process(es) running"),
-        ({"address": "a", "connected": True, "ok": True, "version": "1",
-          "processes": [{"name": "jupyter", "running": False}]}, "True", "False", "not running: jupyter"),
-        ({"address": "a", "connected": False, "message": "timed out"}, "False", "False",
-         "the agent does not answer"),
+        (_connected(agent_health.AgentProcess("jupyter", 7, True)), True, True, "1 process(es) running"),
+        (_connected(agent_health.AgentProcess("jupyter", None, False)), True, False, "not running: jupyter"),
+        (AgentHealth("a", False, message="timed out"), False, False, "the agent does not answer"),
     ],
 )
 def test_agent_connected_and_ready_follow_what_the_agent_says(
-        agent: dict[str, Any], connected: str, ready: str, ready_message: str) -> None:
-    conditions = _conditions(status.vm_row(_vm(), None, agent))
+        agent: AgentHealth, connected: bool, ready: bool, ready_message: str) -> None:
+    conditions = _conditions(status.vm_status(_vm(), None, agent))
     assert conditions["AgentConnected"][0] == connected
     assert conditions["Ready"] == (ready, ready_message)
 
 
 def test_a_stopped_vm_is_not_ready_and_its_agent_is_not_asked(tmp_path: pathlib.Path) -> None:
-    assert status.probe_agent(_vm(running=False), tmp_path) is None
-    assert _conditions(status.vm_row(_vm(running=False), None, None))["Ready"][0] == "False"
+    assert agent_health.probe(_vm(running=False), tmp_path) is None
+    assert _conditions(status.vm_status(_vm(running=False), None, None))["Ready"][0] is False
 
 
 def test_a_vm_without_a_token_is_not_connected_and_says_why(tmp_path: pathlib.Path) -> None:
-    view = status.probe_agent(_vm(), tmp_path)
-    assert view is not None and view["connected"] is False and "token" in view["message"]
+    health = agent_health.probe(_vm(), tmp_path)
+    assert health is not None and health.connected is False and "token" in health.message
+
+
+def test_the_real_agent_s_answers_parse_into_a_report(agent_and_client: Any, tmp_path: pathlib.Path) -> None:
+    agent, _ = agent_and_client
+    token_dir = tmp_path / "state" / "keys" / "vm1"
+    token_dir.mkdir(parents=True)
+    (token_dir / "agent-token").write_text(TOKEN)
+    health = agent_health.probe(_vm(port=agent.port), tmp_path / "state", recent_errors=True)
+    assert health is not None and health.connected, health
+    assert health.report is not None and health.report.ok
+    assert [p.name for p in health.report.processes] == ["sleeper"] and health.report.processes[0].running
+    assert health.report.stats.memory.total > 0 and health.report.stats.disk.path == "/"
+    assert health.report.recent_errors and health.report.recent_errors[0].text == "ERROR: CUDA device not found"

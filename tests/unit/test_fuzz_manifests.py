@@ -326,7 +326,7 @@ def test_an_image_under_the_home_of_nobody_is_a_diagnostic(manifest: Path) -> No
 def _chain(length: int, closed: bool) -> str:
     packs = [f"apiVersion: somnus/v1\nkind: CapabilityPack\nmetadata: {{name: p{i}}}\n"
              f"spec: {{requires: [p{i + 1}]}}\n" for i in range(length)]
-    last = f"requires: [p0]" if closed else ""
+    last = "requires: [p0]" if closed else ""
     packs.append(f"apiVersion: somnus/v1\nkind: CapabilityPack\nmetadata: {{name: p{length}}}\nspec: {{{last}}}\n")
     return "---\n".join(packs) + "---\n" + CONTAINER.replace("  image: x\n", "  image: x\n  packs: [p0]\n")
 

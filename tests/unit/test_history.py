@@ -17,66 +17,68 @@ import pytest
 from click.testing import CliRunner
 
 from somnus_reconciler import journal as journal_module
-from somnus_reconciler.cli import views
+from somnus_reconciler.cli import history_view
 from somnus_reconciler.cli.commands import cli
 from somnus_reconciler.journal import Event, Journal
+from somnus_reconciler.passes.history_query import HistoryItem
 from somnus_reconciler.semantic import history, triage
+from somnus_reconciler.values.outcome import Outcome
 
 REPO = Path(__file__).resolve().parents[2]
 DNS_FAILURE = ("task 'apt: install packages' failed: Failed to fetch http://deb.debian.org/debian/pool/main/n/"
                "nodejs/nodejs_18.19.0+dfsg-6_amd64.deb  Temporary failure resolving 'deb.debian.org'")
 
 # (address, action, outcome, message, category): what a few weeks of applies leave behind.
-EVENTS: list[tuple[str, str, str, str, str | None]] = [
-    ("vm/coder-1", "create", "ok", "created (debian-12, 2 vcpu, 4Gi, disk 20Gi)", None),
-    ("vm/coder-1", "pack install base-tools", "ok", "installed in 48.2s; 3 verify command(s) passed", None),
-    ("vm/coder-1", "pack install web-development", "retrying", DNS_FAILURE, "NETWORK_FAILURE"),
-    ("vm/coder-1", "pack install web-development", "rolled back",
+EVENTS: list[tuple[str, str, Outcome, str, str | None]] = [
+    ("vm/coder-1", "create", Outcome.OK, "created (debian-12, 2 vcpu, 4Gi, disk 20Gi)", None),
+    ("vm/coder-1", "pack install base-tools", Outcome.OK, "installed in 48.2s; 3 verify command(s) passed", None),
+    ("vm/coder-1", "pack install web-development", Outcome.RETRYING, DNS_FAILURE, "NETWORK_FAILURE"),
+    ("vm/coder-1", "pack install web-development", Outcome.ROLLED_BACK,
      DNS_FAILURE + "; reverted to somnus-pack-web-development-20240501T101500", "NETWORK_FAILURE"),
-    ("container/notebook", "create", "ok", "created (image somnus/base:bookworm, 1 cpu, 2Gi)", None),
-    ("container/notebook", "pack install data-analysis", "ok", "installed in 95.0s; 2 verify command(s) passed",
+    ("container/notebook", "create", Outcome.OK, "created (image somnus/base:bookworm, 1 cpu, 2Gi)", None),
+    ("container/notebook", "pack install data-analysis", Outcome.OK, "installed in 95.0s; 2 verify command(s) passed",
      None),
-    ("vm/trainer-1", "create", "ok", "created (debian-12, 4 vcpu, 16Gi, disk 40Gi)", None),
-    ("vm/trainer-1", "pack install ml-training", "rolled back",
+    ("vm/trainer-1", "create", Outcome.OK, "created (debian-12, 4 vcpu, 16Gi, disk 40Gi)", None),
+    ("vm/trainer-1", "pack install ml-training", Outcome.ROLLED_BACK,
      "task 'pip: install requirements' failed: ERROR: Could not install packages due to an OSError: [Errno 28] "
      "No space left on device: '/usr/local/lib/python3.11/dist-packages/torch/lib/libtorch_cuda.so'; "
      "reverted to somnus-pack-ml-training-20240501T110000", "DISK_FULL"),
-    ("vm/trainer-1", "pack install cuda-toolkit", "failed",
+    ("vm/trainer-1", "pack install cuda-toolkit", Outcome.FAILED,
      "verify 'python3 -c \"import torch; torch.zeros(1).cuda()\"' failed: RuntimeError: The NVIDIA driver on "
      "your system is too old (found version 11040). Please update your GPU driver", "CUDA_ERROR"),
-    ("container/scratch", "pack install base-tools", "rolled back",
+    ("container/scratch", "pack install base-tools", Outcome.ROLLED_BACK,
      "task 'copy: local apt source' failed: [Errno 13] Permission denied: '/etc/apt/sources.list.d/local.list'; "
      "restored from somnus-snapshots/scratch:somnus-pack-base-tools-20240501T111500", "PERMISSION_DENIED"),
-    ("vm/coder-2", "create", "ok", "created (profile small, 1 vcpu, 1Gi)", None),
-    ("vm/coder-2", "update", "ok", "memory 1Gi -> 1536Mi (live)", None),
-    ("vm/coder-1", "soft-reboot", "ok", "2 process(es) back in 3.1s", None),
-    ("vm/coder-1", "recover", "ok", "rolled back pack install web-development left open by pid 4121: "
+    ("vm/coder-2", "create", Outcome.OK, "created (profile small, 1 vcpu, 1Gi)", None),
+    ("vm/coder-2", "update", Outcome.OK, "memory 1Gi -> 1536Mi (live)", None),
+    ("vm/coder-1", "soft-reboot", Outcome.OK, "2 process(es) back in 3.1s", None),
+    ("vm/coder-1", "recover", Outcome.OK, "rolled back pack install web-development left open by pid 4121: "
      "reverted to somnus-pack-web-development-20240501T120000", None),
-    ("vm/coder-2", "rollback", "ok", "reverted by hand to somnus-pack-data-analysis-20240501T121500", None),
-    ("vm/coder-1", "drift", "corrected", "memory is 6Gi, declared 8Gi (changed outside somnus): set back to 8Gi",
+    ("vm/coder-2", "rollback", Outcome.OK, "reverted by hand to somnus-pack-data-analysis-20240501T121500", None),
+    ("vm/coder-1", "drift", Outcome.CORRECTED, "memory is 6Gi, declared 8Gi (changed outside somnus): set back to 8Gi",
      None),
-    ("container/notebook", "drift", "reported",
+    ("container/notebook", "drift", Outcome.REPORTED,
      "stopped outside somnus; declared running: left as it is (drift policy report)", None),
-    ("vm/coder-2", "pack install data-analysis", "ok", "installed in 61.7s; 2 verify command(s) passed", None),
-    ("container/api", "create", "failed", "container exited with code 1: Traceback (most recent call last):\n"
+    ("vm/coder-2", "pack install data-analysis", Outcome.OK, "installed in 61.7s; 2 verify command(s) passed", None),
+    ("container/api", "create", Outcome.FAILED, "container exited with code 1: Traceback (most recent call last):\n"
      '  File "/app/main.py", line 12, in <module>\n    url = os.environ["DATABASE_URL"]\n'
      "KeyError: 'DATABASE_URL'", "RUNTIME_ERROR"),
-    ("vm/coder-3", "create", "failed", "libvirt: internal error: process exited while connecting to monitor: "
+    ("vm/coder-3", "create", Outcome.FAILED, "libvirt: internal error: process exited while connecting to monitor: "
      "qemu-system-x86_64: Could not open '/var/lib/somnus/vms/coder-3.qcow2': Permission denied",
      "PERMISSION_DENIED"),
-    ("container/notebook", "pack install jupyter", "failed",
+    ("container/notebook", "pack install jupyter", Outcome.FAILED,
      "task 'apt: install packages' failed: E: Unable to locate package python3-jupyterlab", "DEPENDENCY_MISSING"),
-    ("vm/coder-2", "delete", "ok", "pruned: no longer declared", None),
-    ("vm/coder-1", "stop", "ok", "shut down in 4.2s", None),
-    ("vm/coder-1", "start", "ok", "started; agent connected after 14.0s", None),
-    ("vm/coder-1", "soft-reboot", "timed out", "1 of 2 process(es) not back after 60s: notebook", None),
-    ("container/notebook", "pack remove data-analysis", "ok", "removed in 12.3s", None),
-    ("vm/trainer-1", "pack install ml-training", "retrying",
+    ("vm/coder-2", "delete", Outcome.OK, "pruned: no longer declared", None),
+    ("vm/coder-1", "stop", Outcome.OK, "shut down in 4.2s", None),
+    ("vm/coder-1", "start", Outcome.OK, "started; agent connected after 14.0s", None),
+    ("vm/coder-1", "soft-reboot", Outcome.TIMED_OUT, "1 of 2 process(es) not back after 60s: notebook", None),
+    ("container/notebook", "pack remove data-analysis", Outcome.OK, "removed in 12.3s", None),
+    ("vm/trainer-1", "pack install ml-training", Outcome.RETRYING,
      "ssh: connect to host 127.0.0.1 port 40022: Connection timed out", "NETWORK_FAILURE"),
-    ("vm/trainer-1", "pack install ml-training", "ok", "installed in 402.5s; 4 verify command(s) passed", None),
-    ("container/api", "create", "ok", "created (image somnus/base:bookworm, 0.5 cpu, 512Mi)", None),
-    ("vm/coder-1", "pack install web-development", "ok", "installed in 130.4s; 3 verify command(s) passed", None),
-    ("container/api", "drift", "corrected",
+    ("vm/trainer-1", "pack install ml-training", Outcome.OK, "installed in 402.5s; 4 verify command(s) passed", None),
+    ("container/api", "create", Outcome.OK, "created (image somnus/base:bookworm, 0.5 cpu, 512Mi)", None),
+    ("vm/coder-1", "pack install web-development", Outcome.OK, "installed in 130.4s; 3 verify command(s) passed", None),
+    ("container/api", "drift", Outcome.CORRECTED,
      "image somnus/base:bookworm was replaced outside somnus: recreated from the declared spec", None),
 ]
 
@@ -260,7 +262,7 @@ def test_history_without_search_imports_neither_chromadb_nor_torch(state_dir: Pa
 def test_table_cuts_long_messages_to_the_width_on_one_line() -> None:
     long = Event(1, NOW, "vm/coder-1", "pack install x", "failed", "line one\n" + "word " * 100, "UNKNOWN")
     out = io.StringIO()
-    views.history_table([long], out=out, width=120)
+    history_view.HistoryTable(out, width=120).events([HistoryItem(long)])
     lines = out.getvalue().splitlines()
     assert len(lines) == 2 and all(len(line) <= 120 for line in lines)
     assert "[UNKNOWN] line one word word" in lines[1] and lines[1].endswith("...")

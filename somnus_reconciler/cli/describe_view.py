@@ -1,0 +1,83 @@
+"""`somnus describe KIND/NAME`: one object's fields, conditions, agent and recent events, as text.
+
+The field labels are the JSON keys of `get -o json` (docs/output.md), so the
+two read alike. Describe has no JSON output: `get KIND NAME -o json` is that.
+"""
+
+from __future__ import annotations
+
+import datetime
+
+from somnus_reconciler.cli import views
+from somnus_reconciler.journal import Event
+from somnus_reconciler.passes.agent_health import AgentHealth
+from somnus_reconciler.passes.status import Condition, Description, ObjectStatus, VmStatus
+from somnus_reconciler.values.quantity import format_bytes, format_bytes_rounded
+
+_RECENT_ERRORS_SHOWN = 5
+
+
+class DescribeHuman(views.View):
+    def describe(self, description: Description) -> None:
+        status = description.status
+        for label, value in _fields(status):
+            if value is not None and value != "":
+                self.echo(f"{label + ':':<12} {value}")
+        self.echo("conditions:")
+        for condition in status.conditions:
+            self.echo(condition_line(condition))
+        if isinstance(status, VmStatus) and status.agent is not None:
+            for line in agent_lines(status.agent):
+                self.echo(line)
+        self.echo("events:")
+        for event in description.events:
+            self.echo(event_line(event))
+
+
+def _fields(status: ObjectStatus) -> list[tuple[str, object]]:
+    """(label, value) in the order shown; a value of None or "" is left out."""
+    if not isinstance(status, VmStatus):
+        return [("kind", "container"), ("name", status.name), ("state", status.state),
+                ("managed", status.managed), ("image", status.image)]
+    return [
+        ("kind", "vm"), ("name", status.name), ("state", status.state.value), ("managed", status.managed),
+        ("vcpus", status.vcpus), ("maxVcpus", status.max_vcpus),
+        ("memory", format_bytes(status.memory)), ("maxMemory", format_bytes(status.max_memory)),
+        ("image", status.image), ("domainId", status.domain_id),
+        ("forwards", " ".join(f"{f.name}={f.address}" for f in status.forwards)),
+        ("consoleLog", status.console_log),
+    ]
+
+
+def condition_line(condition: Condition) -> str:
+    reason = f"[{condition.reason}] " if condition.reason else ""
+    return f"  {condition.type:<20} {condition.status!s:<6} {reason}{condition.message}".rstrip()
+
+
+def agent_lines(agent: AgentHealth) -> list[str]:
+    """The agent section: address, processes, stats, the last recent error lines."""
+    report = agent.report
+    version = f" version {report.version if report else None}" if agent.connected else " (not connected)"
+    lines = [f"agent:       {agent.address or '-'}{version}"]
+    if report is None:
+        return lines
+    for p in report.processes:
+        lines.append(f"  process   {p.name:<20} pid {p.pid} {'running' if p.running else 'NOT running'}")
+    stats = report.stats
+    lines += [
+        f"  cpu       {stats.cpu_percent:.1f}%",
+        f"  memory    {format_bytes_rounded(stats.memory.used)} used of {format_bytes_rounded(stats.memory.total)}",
+        (f"  disk      {format_bytes_rounded(stats.disk.used)} used of {format_bytes_rounded(stats.disk.total)}"
+         f" on {stats.disk.path}"),
+        f"  load      {stats.load.one_minute:.2f} {stats.load.five_minutes:.2f} {stats.load.fifteen_minutes:.2f}",
+        f"  uptime    {stats.uptime_s:.0f}s",
+    ]
+    for error in (report.recent_errors or ())[-_RECENT_ERRORS_SHOWN:]:
+        lines.append(f"  error     [{error.category or 'unclassified'}] {error.file}:{error.line}: {error.text[:160]}")
+    return lines
+
+
+def event_line(event: Event) -> str:
+    at = datetime.datetime.fromtimestamp(event.at).strftime("%Y-%m-%d %H:%M:%S")
+    category = f" [{event.category}]" if event.category else ""
+    return f"  {at}  {event.action:<8} {event.outcome:<7}{category} {event.message}"

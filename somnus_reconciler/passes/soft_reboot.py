@@ -1,0 +1,54 @@
+"""`somnus soft-reboot vm/NAME`: restart the processes the VM's agent supervises, not the VM.
+
+Asks the agent (`agent_client.confirm_soft_reboot`), waits until every
+monitored process is back under a new pid, and records the outcome in the
+journal, where `status` finds it for the `SoftRebootConfirmed` condition.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from somnus_reconciler.journal import Journal
+from somnus_reconciler.passes import status
+from somnus_reconciler.providers import agent_client
+from somnus_reconciler.providers import backends as backends_mod
+from somnus_reconciler.values.errors import PermanentError
+from somnus_reconciler.values.outcome import Outcome
+
+
+@dataclass(frozen=True)
+class SoftRebootResult:
+    address: str  # vm/NAME
+    confirmed: bool  # every monitored process came back in time
+    message: str
+    duration_s: float
+
+
+class SoftRebootRefused(PermanentError):
+    """No managed running VM with an agent to ask, or the agent did not take the request."""
+
+
+def soft_reboot(name: str, *, timeout_s: float, state_dir: str | None) -> SoftRebootResult:
+    """Soft-reboot vm/`name`; ProviderError when libvirt fails, SoftRebootRefused as above."""
+    address = f"vm/{name}"
+    backends = backends_mod.open_backends(None, state_dir=state_dir)
+    try:
+        vm = backends.vms.observe_one(name)
+    finally:
+        backends.close()
+    if vm is None or not vm.managed:
+        raise SoftRebootRefused(f"{address} not found among the VMs somnus manages")
+    if not vm.running:
+        raise SoftRebootRefused(f"{address} is not running")
+    client = agent_client.for_vm(vm, backends.settings.state_dir)
+    if client is None:
+        raise SoftRebootRefused(f"{address} has no agent forward or token (made before the agent existed?)")
+    try:
+        outcome = agent_client.confirm_soft_reboot(client, timeout_s)
+    except agent_client.AgentError as e:
+        raise SoftRebootRefused(f"{address}: {e}") from e
+    with Journal(backends.settings.journal_path) as journal:
+        journal.record(address, status.SOFT_REBOOT_ACTION, Outcome.OK if outcome.confirmed else Outcome.TIMED_OUT,
+                       outcome.message)
+    return SoftRebootResult(address, outcome.confirmed, outcome.message, outcome.duration_s)
