@@ -99,9 +99,10 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
     return fake
 
 
-def record_at(journal: Journal, clock: FakeClock, at: float, *event: Any) -> None:
+def record_at(journal: Journal, clock: FakeClock, at: float, address: str, action: str, outcome: str,
+              message: str, category: str | None = None) -> None:
     clock.now = at
-    journal.record(*event)
+    journal.record(address, action, Outcome(outcome), message, category)
 
 
 def run(*args: str) -> tuple[int, str, str]:
