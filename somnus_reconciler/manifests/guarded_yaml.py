@@ -16,7 +16,7 @@ import re
 import stat
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Protocol
 
 import yaml
 
@@ -92,10 +92,17 @@ def _character(char: str) -> str:
     return f"character U+{ord(char):04X} ({kind})"
 
 
+class _Mark(Protocol):
+    """Where an event or node starts: PyYAML's Mark, or libyaml's."""
+
+    @property
+    def line(self) -> int: ...  # 0-based
+
+
 class Refused(yaml.YAMLError):
     """Input the loader does not go on with, at a 1-based line."""
 
-    def __init__(self, mark: Any, message: str) -> None:
+    def __init__(self, mark: _Mark | None, message: str) -> None:
         super().__init__(message)
         self.line: int = mark.line + 1 if mark is not None else 1
         self.message = message
@@ -136,7 +143,8 @@ class GuardedComposer(yaml.composer.Composer):
         self._measured = {}
         return node
 
-    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+    # `index` only passes through (the stubs say int; for a mapping's value it is the key node).
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
         event = self.peek_event()
         if isinstance(event, yaml.AliasEvent):
             target = self.anchors.get(event.anchor)
@@ -225,7 +233,7 @@ class GuardedConstructor(yaml.constructor.SafeConstructor):
     fails later, where it is harder to place or cannot even be printed.
     """
 
-    def construct_document(self, node: yaml.Node) -> Any:
+    def construct_document(self, node: yaml.Node) -> object:
         try:
             return super().construct_document(node)
         except (ValueError, TypeError, OverflowError) as e:
@@ -240,7 +248,7 @@ class GuardedConstructor(yaml.constructor.SafeConstructor):
         self.constructed_objects, self.recursive_objects, self.state_generators = {}, {}, []
         self.deep_construct = False
 
-    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> object:
         try:
             return super().construct_object(node, deep)
         except (ValueError, OverflowError) as e:
@@ -291,7 +299,21 @@ class PureLoader(
         yaml.resolver.Resolver.__init__(self)
 
 
-Loader: Callable[[str], GuardedComposer] = PureLoader
+class ManifestLoader(Protocol):
+    """What the loader uses of `Loader`: documents as nodes, then as Python values."""
+
+    refusals: list[Refused]
+
+    def check_node(self) -> bool: ...
+
+    def get_node(self) -> yaml.Node | None: ...
+
+    def construct_document(self, node: yaml.Node) -> object: ...
+
+    def dispose(self) -> None: ...
+
+
+Loader: Callable[[str], ManifestLoader] = PureLoader
 if getattr(yaml, "__with_libyaml__", False):
     from yaml._yaml import CParser
 

@@ -20,7 +20,7 @@ import difflib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union, get_args
+from typing import TYPE_CHECKING, Union, get_args
 
 import pydantic
 import yaml
@@ -30,6 +30,9 @@ from somnus_reconciler.manifests import guarded_yaml
 from somnus_reconciler.manifests.guarded_yaml import SHOWN_CHARS, shown
 from somnus_reconciler.values import model
 from somnus_reconciler.values.diagnostics import Diagnostic, Diagnostics, Source
+
+if TYPE_CHECKING:
+    from pydantic_core import ErrorDetails  # what pydantic.ValidationError.errors() lists
 
 AnyManifest = Union[
     model.ResourceProfile, model.CapabilityPack, model.VirtualMachine, model.Container, model.Pool
@@ -127,11 +130,9 @@ def _load_file(path: Path) -> _FileResult:
     return result
 
 
-
-
-def _parse(path: Path, text: str, loader_class: Callable[[str], guarded_yaml.GuardedComposer]) -> _FileResult:
+def _parse(path: Path, text: str, loader_class: Callable[[str], guarded_yaml.ManifestLoader]) -> _FileResult:
     result = _FileResult(path)
-    yaml_loader: Any = loader_class(text)
+    yaml_loader = loader_class(text)
     try:
         while yaml_loader.check_node():
             node = yaml_loader.get_node()
@@ -162,7 +163,7 @@ def _parse(path: Path, text: str, loader_class: Callable[[str], guarded_yaml.Gua
     return result
 
 
-def _load_document(path: Path, node: yaml.Node, data: Any, result: _FileResult) -> None:
+def _load_document(path: Path, node: yaml.Node, data: object, result: _FileResult) -> None:
     if data is None:
         return  # an empty document
     start = Source(path, node.start_mark.line + 1)
@@ -213,7 +214,7 @@ def _kind_problem(kind: object) -> str:
     return f"unknown kind {shown(kind)}{hint}; expected one of {kinds}"
 
 
-def _raw_name(data: dict[Any, Any]) -> str | None:
+def _raw_name(data: Mapping[object, object]) -> str | None:
     metadata = data.get("metadata")
     name = metadata.get("name") if isinstance(metadata, dict) else None
     return _printable(name) if isinstance(name, str) and name else None
@@ -296,7 +297,7 @@ def _line_of(lines: Mapping[str, int], loc: Loc) -> int | None:
     return None
 
 
-def _explain(kind: str, loc: Loc, error: Any, lines: Mapping[str, int]) -> tuple[int | None, str]:
+def _explain(kind: str, loc: Loc, error: ErrorDetails, lines: Mapping[str, int]) -> tuple[int | None, str]:
     """Line and human message for one pydantic error."""
     error_type, value, ctx = error["type"], error.get("input"), error.get("ctx") or {}
     path, line = _path(loc), _line_of(lines, loc)
