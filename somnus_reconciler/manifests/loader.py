@@ -65,14 +65,6 @@ class Declared:
         return Source(self.source.file, self.field_lines.get(path, self.source.line))
 
 
-def find_manifest_files(paths: Sequence[Path]) -> list[Path]:
-    """Files as given; directories searched recursively for *.yaml / *.yml."""
-    diagnostics = Diagnostics()
-    files = _find(paths, diagnostics)
-    diagnostics.raise_if_any()
-    return files
-
-
 def load(paths: Sequence[Path]) -> list[Declared]:
     """Every manifest in `paths`, in file and document order; InvalidInput lists all problems."""
     diagnostics = Diagnostics()
@@ -89,6 +81,7 @@ def load(paths: Sequence[Path]) -> list[Declared]:
 
 
 def _find(paths: Sequence[Path], diagnostics: Diagnostics) -> list[Path]:
+    """Files as given; directories searched recursively for *.yaml / *.yml, each file once."""
     found: list[Path] = []
     for path in paths:
         if path.is_dir():

@@ -227,10 +227,6 @@ class Classifier:
         self._anchor_vectors: Vectors | None = None
         self._lock = threading.Lock()
 
-    @property
-    def loaded(self) -> bool:
-        return self._model is not None
-
     def load(self) -> None:
         """Load the model and the anchor embeddings (seconds, cold); later calls return at once."""
         with self._lock:

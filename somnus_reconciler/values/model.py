@@ -324,7 +324,6 @@ SHORT_KIND: dict[str, str] = {
     "ResourceProfile": "profile",
     "Pool": "pool",
 }
-KIND_BY_SHORT: dict[str, str] = {short: kind for kind, short in SHORT_KIND.items()}
 
 
 def json_schema() -> dict[str, object]:
