@@ -1,4 +1,4 @@
-"""Manifest files read as YAML under limits: the loader's first layer.
+"""Manifest files read as YAML under limits: the first layer of `manifests.loader`.
 
 `read_text` refuses what cannot be a manifest file (too large, not UTF-8, characters
 YAML forbids). `Loader` (libyaml's parser when PyYAML has it, else `PureLoader`)
@@ -6,8 +6,8 @@ composes under `GuardedComposer`, which measures each document as it is composed
 before any Python object exists: aliases that would expand beyond MAX_NODES values
 (a file: MAX_FILE_NODES), nesting deeper than MAX_DEPTH, values longer than
 MAX_SCALAR_CHARS or holding forbidden characters. `GuardedConstructor` turns every
-failure to convert a value into a `Refused` at its line. loader.py places what is
-refused in its diagnostics.
+failure to convert a value into a `Refused` at its line. `manifests.loader` places
+what is refused in its diagnostics.
 """
 
 from __future__ import annotations

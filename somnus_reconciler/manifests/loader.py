@@ -1,16 +1,17 @@
 """Read manifest files into validated kinds, each with the file and line it came from.
 
-`load(paths)` is the first step of every command (`references.resolve` takes its
-result). It never stops at the first problem: every YAML error, every document
-that is not a manifest and every schema error of every file is collected, each
-placed at the line of the offending field, and raised together as one
-`InvalidInput` (`FILE:LINE: vm/coder-1: spec.diskSize: ...`).
+`load(paths)` is the first step of every command (`manifests.references.resolve`
+takes its result; `passes.prepare.load_desired` calls both). It never stops at
+the first problem: every YAML error, every document that is not a manifest and
+every schema error of every file is collected, each placed at the line of the
+offending field, and raised together as one `InvalidInput`
+(`FILE:LINE: vm/coder-1: spec.diskSize: ...`).
 
 Files that a CapabilityPack names as its `playbook` are Ansible playbooks, not
 manifests: a directory scan skips them, so packs can keep playbooks beside them.
 
 Any file at all ends in declared objects or in diagnostics, in bounded time and
-memory, never in another exception: guarded_yaml reads and composes it under
+memory, never in another exception: `guarded_yaml` reads and composes it under
 limits (size, encoding, alias expansion, depth, value length, numbers).
 """
 

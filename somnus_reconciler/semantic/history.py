@@ -9,7 +9,7 @@ dropped and rebuilt from the journal at any time.
 kept in the collection's metadata, written after the events themselves) and upserts
 them by event id: incremental, idempotent, and safe when two processes sync at once, as
 both then write the same vectors under the same ids. The CLI syncs before each search;
-the long-running watch loop calls `index_new_events` after each reconcile.
+the long-running loop (`passes.loop`) calls `index_new_events` after each pass.
 
 chromadb and torch are imported on first use of an index only, so `somnus history`
 without `--search` never loads them. `parse_since` reads `--since`.

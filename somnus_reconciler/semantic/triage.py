@@ -1,6 +1,6 @@
 """Host-side error intelligence: a failure text -> a `Category` and a score.
 
-The engine (and `somnus triage`) hands it what a failed step printed: an Ansible
+`engine.executor` (and `somnus triage`) hands it what a failed step printed: an Ansible
 task's stderr, a traceback, one line of apt. Three stages:
 
 1. `informative_text` cuts a long text down to its error lines (no stack frames).

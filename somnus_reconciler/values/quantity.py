@@ -1,7 +1,7 @@
 """Kubernetes-style quantities (`512Mi`, `8Gi`, `1.5G`) as byte counts.
 
-Used by the manifest kinds (`values.model`, as the `Quantity` field type) and by every view
-that prints a size back to the user (`format_bytes`).
+Used by the manifest kinds (`values.model`, as the `Quantity` field type) and by
+every view that prints a size back to the user (`format_bytes`).
 """
 
 from __future__ import annotations
