@@ -121,7 +121,7 @@ def main() -> None:
         rows.append(pytest_row("concurrent appliers", "tests/integration/test_concurrent_applies.py"))
     rows.append(hostile_row())
 
-    widths = [max(len(r[i]) for r in rows + [("check", "tried", "detail", 0)]) for i in range(3)]
+    widths = [max(len(str(r[i])) for r in rows + [("check", "tried", "detail", 0)]) for i in range(3)]
     print(f"{'check':<{widths[0]}}  {'tried':>{widths[1]}}  {'lost':>4}  detail")
     for check, tried, detail, lost in rows:
         print(f"{check:<{widths[0]}}  {tried:>{widths[1]}}  {lost:>4}  {detail}")
