@@ -31,7 +31,7 @@ sys.path.insert(0, str(REPO))
 
 from somnus_reconciler.providers import guest_access  # noqa: E402
 from somnus_reconciler.providers.agent_client import AgentClient, AgentUnreachable  # noqa: E402
-from tests.unit.test_agent import TOKEN, running_agent  # noqa: E402
+from testkit.agent_process import TOKEN, running_agent  # noqa: E402
 
 PREFIX = "bench-agent"
 

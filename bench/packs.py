@@ -5,7 +5,7 @@ cost of one snapshot and one rollback, for a VM and for a container.
     python bench/packs.py [--repeat 3]
 
 The packs are hermetic (a local apt repository built here, see
-tests/integration/apt_repo.py): local-repo, hello (an apt package), marker (its
+testkit/apt_repo.py): local-repo, hello (an apt package), marker (its
 own playbook). The VM is the debian-12 image under QEMU TCG, reached over SSH on
 127.0.0.1. Everything is named `bench-packs-*` and removed at the end.
 """
@@ -34,7 +34,7 @@ from somnus_reconciler.providers import (
     guest_access,  # noqa: E402
 )
 from somnus_reconciler.providers import backends as backends_mod
-from tests.integration import apt_repo  # noqa: E402
+from testkit import apt_repo  # noqa: E402
 
 PREFIX = "bench-packs"
 PACKS = ["local-repo", "hello", "marker"]

@@ -3,16 +3,16 @@
     python bench/reliability.py [--fuzz 10000] [--crashes 20] [--seed N] [--skip-faults] [--quick]
 
 Rows (each runs for real, against the running libvirtd and dockerd):
-  * fuzzed manifests (tests/fuzz_manifests.py): generated files loaded as `validate` does;
+  * fuzzed manifests (testkit/fuzz_manifests.py, testkit/fuzz_check.py): generated files loaded as `validate` does;
     lost = tracebacks + hangs + diagnostics without a file and line;
-  * crashes injected (tests/crash_trials.py): `apply` SIGKILLed at random moments of a plan
+  * crashes injected (testkit/crash_trials.py): `apply` SIGKILLed at random moments of a plan
     with a VM, containers and a pack step; lost = trials whose next apply did not converge
     or that left an open step, an orphan snapshot or image, or an unmarked object;
   * daemon faults injected (tests/integration/test_daemon_faults.py, through pytest):
     dockerd / libvirtd down before an apply, and stopped and restarted mid-apply; lost =
     failed scenarios (a half-done object, no convergence, no clear error);
   * concurrent appliers (tests/integration/test_concurrent_applies.py): lost = both acted;
-  * hostile inputs (tests/hostile_cases.py) through `somnus validate` / `apply`: lost =
+  * hostile inputs (testkit/hostile_cases.py) through `somnus validate` / `apply`: lost =
     cases not refused with their message at their line, or that created anything.
 The daemon-fault row stops and starts the daemons: never run it beside another test run
 (--skip-faults leaves it out; --quick runs only the fuzz and hostile rows).
@@ -33,9 +33,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests import hostile_cases  # noqa: E402
-from tests.crash_trials import run_trials  # noqa: E402
-from tests.fuzz_manifests import run_fuzz  # noqa: E402
+from testkit import hostile_cases  # noqa: E402
+from testkit.crash_trials import run_trials  # noqa: E402
+from testkit.fuzz_check import run_fuzz  # noqa: E402
 
 Row = tuple[str, str, str, int]  # check, tried, detail, lost
 
@@ -121,7 +121,7 @@ def main() -> None:
         rows.append(pytest_row("concurrent appliers", "tests/integration/test_concurrent_applies.py"))
     rows.append(hostile_row())
 
-    widths = [max(len(r[i]) for r in rows + [("check", "tried", "detail", 0)]) for i in range(3)]
+    widths = [max(len(str(r[i])) for r in rows + [("check", "tried", "detail", 0)]) for i in range(3)]
     print(f"{'check':<{widths[0]}}  {'tried':>{widths[1]}}  {'lost':>4}  detail")
     for check, tried, detail, lost in rows:
         print(f"{check:<{widths[0]}}  {tried:>{widths[1]}}  {lost:>4}  {detail}")

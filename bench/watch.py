@@ -40,6 +40,52 @@ def percentile(samples: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, round(p * (len(ordered) - 1)))]
 
 
+class WatchEvents:
+    """The JSON events `somnus watch -o json` prints, read in a thread as they come."""
+
+    def __init__(self, watcher: subprocess.Popen[str]) -> None:
+        self.events: list[dict[str, object]] = []
+        self._watcher = watcher
+        self._arrived = threading.Condition()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self._watcher.stdout is not None
+        for line in self._watcher.stdout:
+            with self._arrived:
+                self.events.append(json.loads(line))
+                self._arrived.notify_all()
+
+    def next_reconciled(self, after: int) -> int:
+        """Index of the first `reconciled` event from `after` on, waited for up to 60 s."""
+        events = self.events
+        with self._arrived:
+            while not any(e["event"] == "reconciled" for e in events[after:]):
+                if not self._arrived.wait(60):
+                    raise SystemExit(f"no reconcile within 60 s; events: {events[after:]}")
+            return next(i for i in range(after, len(events)) if events[i]["event"] == "reconciled")
+
+
+def time_edits(path: Path, stream: WatchEvents, edits: int) -> tuple[list[float], list[float]]:
+    """Seconds from each write of `path` to the plan's start and to the reconcile's end."""
+    events = stream.events
+    to_plan: list[float] = []
+    to_done: list[float] = []
+    stream.next_reconciled(0)  # the first pass, at start
+    body = path.read_text()
+    for edit in range(edits):
+        time.sleep(0.5)
+        mark = len(events)
+        written = time.time()
+        path.write_text(f"# edit {edit}\n{body}")
+        done = stream.next_reconciled(mark)
+        planned = next(e for e in events[mark:done] if e["event"] == "planned")
+        assert events[done]["outcome"] == "in sync", events[done]
+        to_plan.append(float(planned["at"]) - written)  # type: ignore[arg-type]
+        to_done.append(float(events[done]["at"]) - written)  # type: ignore[arg-type]
+    return to_plan, to_done
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--objects", type=int, default=100, help="VMs + containers, half each")
@@ -64,40 +110,8 @@ def main() -> None:
             [sys.executable, "-m", "somnus_reconciler", "watch", str(root / "m"), "--interval", "1h", "-o", "json"],
             stdout=subprocess.PIPE, text=True, env=env, cwd=REPO,
         )
-        events: list[dict[str, object]] = []
-        arrived = threading.Condition()
-
-        def read() -> None:
-            assert watcher.stdout is not None
-            for line in watcher.stdout:
-                with arrived:
-                    events.append(json.loads(line))
-                    arrived.notify_all()
-
-        threading.Thread(target=read, daemon=True).start()
-
-        def next_reconciled(after: int) -> int:
-            with arrived:
-                while not any(e["event"] == "reconciled" for e in events[after:]):
-                    if not arrived.wait(60):
-                        raise SystemExit(f"no reconcile within 60 s; events: {events[after:]}")
-                return next(i for i in range(after, len(events)) if events[i]["event"] == "reconciled")
-
-        to_plan: list[float] = []
-        to_done: list[float] = []
         try:
-            next_reconciled(0)  # the first pass, at start
-            body = path.read_text()
-            for edit in range(args.edits):
-                time.sleep(0.5)
-                mark = len(events)
-                written = time.time()
-                path.write_text(f"# edit {edit}\n{body}")
-                done = next_reconciled(mark)
-                planned = next(e for e in events[mark:done] if e["event"] == "planned")
-                assert events[done]["outcome"] == "in sync", events[done]
-                to_plan.append(float(planned["at"]) - written)  # type: ignore[arg-type]
-                to_done.append(float(events[done]["at"]) - written)  # type: ignore[arg-type]
+            to_plan, to_done = time_edits(path, WatchEvents(watcher), args.edits)
         finally:
             watcher.terminate()
             watcher.wait(timeout=60)

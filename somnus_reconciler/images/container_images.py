@@ -2,7 +2,8 @@
 
 No registry is reachable, so base images are made here: a rootfs tarball built
 in a temporary directory, then `docker import`ed through
-`docker_provider.DockerProvider.import_rootfs`. `somnus image build` and the
+`providers.docker_provider.DockerProvider.import_rootfs` (reached through the
+`ImageImporter` protocol here). `somnus image build` and the
 integration tests call `build_container_image`.
 
 Two recipes: somnus/busybox (one static busybox, for tiny tests) and

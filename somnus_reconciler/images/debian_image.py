@@ -1,13 +1,13 @@
 """The "debian-12" VM image recipe: a debootstrapped Debian bookworm that boots its own kernel.
 
-`images.build_vm_image` calls `build` with `DebianRecipe()`; `images` also
+`vm_images.build_vm_image` calls `build` with `DebianRecipe()`; `vm_images` also
 reads the recipe's digest (which keys the image's directory) and its kernel
 command line.
 
 The guest has its own kernel and initramfs, systemd, OpenSSH (root by key
 only), python3 and python3-apt (what Ansible needs). Keys and other secrets
 reach it at boot from a read-only seed disk labelled `SEED_LABEL` (made by
-`guest_access.build_seed_disk`, which reads the label as `images.SEED_LABEL`);
+`providers.guest_access.build_seed_disk`, which reads the label as `vm_images.SEED_LABEL`);
 it prints `store.GUEST_READY_LINE` on the serial console once
 multi-user.target is reached. Its root file system comes from
 `rootfs.debootstrap_rootfs`; its apt sources and the addresses of their hosts
@@ -304,7 +304,7 @@ def _configure_debian(
         "127.0.0.1\tlocalhost",
         f"127.0.1.1\t{recipe.hostname}",
         "::1\tlocalhost ip6-localhost ip6-loopback",
-        "# The build host's addresses of its package mirrors (see somnus images.py).",
+        "# The build host's addresses of its package mirrors (see somnus_reconciler/images/rootfs.py).",
         *hosts_lines,
     ]
     _write_guest_file(root, "etc/hosts", "\n".join(hosts) + "\n", 0o644)

@@ -1,10 +1,11 @@
 """What every image build shares: the layout of a built VM image, its error, and its file helpers.
 
-`images` (finding and building VM images), the recipe modules `tiny_linux` and
+`vm_images` (finding and building VM images), the recipe modules `tiny_linux` and
 `debian_image`, and `rootfs` (debootstrapped Debian trees, also used by
-`container_images`) call these. It imports no other somnus module but the
-error base (`values.errors`), so each of them can use it without an import cycle; `images` re-exports the names that
-are part of its own API (`ImageError`, the file names, `GUEST_READY_LINE`).
+`container_images`) call these. It imports no other somnus module but the error
+base (`values.errors`), so each of them can use it without an import cycle;
+`vm_images` re-exports the names that are part of its own API (`ImageError`,
+the file names).
 
 A build happens in a staging directory next to its target, under a
 per-target lock (`build_lock`), and is renamed into place (`publish`) only

@@ -1,13 +1,14 @@
 """The "tiny-linux" VM image recipe: Debian's cloud kernel plus a busybox initramfs.
 
-`images.build_vm_image` calls `build` with `TinyLinuxRecipe()`; `images`
+`vm_images.build_vm_image` calls `build` with `TinyLinuxRecipe()`; `vm_images`
 also reads the recipe's digest (which keys the image's directory) and its
 kernel command line.
 
 The initramfs's /init loads the virtio modules, configures eth0 for QEMU
-user-mode networking, serves `GET /status` -> `ok` on guest port
-`GUEST_STATUS_PORT`, prints `store.GUEST_READY_LINE` on the serial
-console and powers off on an ACPI power-button press. The disk is an empty
+user-mode networking, serves `GET /status` -> `ok` on guest port 7465 (the
+agent's port on other images, so a VM's "agent" forward reaches it), prints
+`store.GUEST_READY_LINE` on the serial console and powers off on an ACPI
+power-button press. The disk is an empty
 qcow2: the guest lives in RAM. The kernel and busybox come from the host's apt
 (`apt-get download`); the initramfs is written here (`_NewcArchive`), so no
 root, mknod or cpio(1) is needed.
@@ -29,9 +30,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from somnus_reconciler.images import store
-
-# Guest TCP port of the tiny-linux status server (`GET /status` -> `ok`).
-GUEST_STATUS_PORT = 7465
 
 # /init of the tiny-linux initramfs. Any failure drops to a shell on the console
 # (a panic would reboot the guest in a loop with panic=-1).

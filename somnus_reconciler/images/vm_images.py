@@ -1,18 +1,17 @@
 """VM base images: build them from a recipe and find them by name or by path.
 
-`somnus image build` calls `build_vm_image`; the libvirt provider calls
+`somnus image build` calls `build_vm_image`; `providers.libvirt_provider` calls
 `find_vm_image` when it defines a guest, to learn which qcow2 its overlay
-backs onto and which kernel, initrd and command line to boot directly;
-`reconcile` asks `is_vm_image_available` before planning.
+backs onto and which kernel, initrd and command line to boot directly.
 
 Two recipes, each in its own module: "tiny-linux" (`tiny_linux`: a kernel
 and a busybox initramfs, the guest lives in RAM) and "debian-12"
 (`debian_image`: a debootstrapped Debian with SSH, booted from its own disk).
 This module only finds built images and dispatches builds; what every build
-shares (staging, locks, publishing, the file names) is in `image_build`.
+shares (staging, locks, publishing, the file names) is in `store`.
 
 A VM's image may also be the path of a qcow2 file of its own. `path_problem`
-(called by `references` when manifests are loaded) keeps such paths inside the
+(called by `manifests.references` when manifests are loaded) keeps such paths inside the
 allowed roots, symbolic links and `..` resolved first; `find_vm_image` accepts
 only a standalone qcow2, without a backing file or an external data file, since
 either would make QEMU open a second path that no root check has seen.
@@ -48,10 +47,7 @@ DISK_FILE = store.DISK_FILE
 KERNEL_FILE = store.KERNEL_FILE
 INITRD_FILE = store.INITRD_FILE
 RECIPE_FILE = store.RECIPE_FILE
-GUEST_READY_LINE = store.GUEST_READY_LINE
-GUEST_STATUS_PORT = tiny_linux.GUEST_STATUS_PORT
 SEED_LABEL = debian_image.SEED_LABEL
-ROOT_LABEL = debian_image.ROOT_LABEL
 
 _BUILD_HINT = "run: somnus image build {name}"
 _QCOW2_MAGIC = b"QFI\xfb"
@@ -107,14 +103,6 @@ def path_problem(image: str, allowed_roots: Sequence[Path]) -> str | None:
     via = f" (it resolves to {resolved})" if str(resolved) != image else ""
     return (f"{image!r} is outside the allowed image roots{via}: "
             f"{', '.join(str(root) for root in roots)}; a Pool may allow more with allowedImageRoots")
-
-
-def is_vm_image_available(image: str, images_dir: Path) -> bool:
-    try:
-        find_vm_image(image, images_dir)
-    except ImageError:
-        return False
-    return True
 
 
 def image_dir(name: str, images_dir: Path) -> Path:

@@ -1,4 +1,4 @@
-"""Manifest files read as YAML under limits: the loader's first layer.
+"""Manifest files read as YAML under limits: the first layer of `manifests.loader`.
 
 `read_text` refuses what cannot be a manifest file (too large, not UTF-8, characters
 YAML forbids). `Loader` (libyaml's parser when PyYAML has it, else `PureLoader`)
@@ -6,8 +6,8 @@ composes under `GuardedComposer`, which measures each document as it is composed
 before any Python object exists: aliases that would expand beyond MAX_NODES values
 (a file: MAX_FILE_NODES), nesting deeper than MAX_DEPTH, values longer than
 MAX_SCALAR_CHARS or holding forbidden characters. `GuardedConstructor` turns every
-failure to convert a value into a `Refused` at its line. loader.py places what is
-refused in its diagnostics.
+failure to convert a value into a `Refused` at its line. `manifests.loader` places
+what is refused in its diagnostics.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import re
 import stat
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Protocol
 
 import yaml
 
@@ -93,11 +93,18 @@ def _character(char: str) -> str:
     return f"character U+{ord(char):04X} ({kind})"
 
 
+class _Mark(Protocol):
+    """Where an event or node starts: PyYAML's Mark, or libyaml's."""
+
+    @property
+    def line(self) -> int: ...  # 0-based
+
+
 class Refused(yaml.YAMLError, PermanentError):
     """Input the loader does not go on with, at a 1-based line (a YAMLError too, for
     code that catches PyYAML's errors)."""
 
-    def __init__(self, mark: Any, message: str) -> None:
+    def __init__(self, mark: _Mark | None, message: str) -> None:
         super().__init__(message)
         self.line: int = mark.line + 1 if mark is not None else 1
         self.message = message
@@ -138,7 +145,8 @@ class GuardedComposer(yaml.composer.Composer):
         self._measured = {}
         return node
 
-    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+    # `index` only passes through (the stubs say int; for a mapping's value it is the key node).
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
         event = self.peek_event()
         if isinstance(event, yaml.AliasEvent):
             target = self.anchors.get(event.anchor)
@@ -227,7 +235,7 @@ class GuardedConstructor(yaml.constructor.SafeConstructor):
     fails later, where it is harder to place or cannot even be printed.
     """
 
-    def construct_document(self, node: yaml.Node) -> Any:
+    def construct_document(self, node: yaml.Node) -> object:
         try:
             return super().construct_document(node)
         except (ValueError, TypeError, OverflowError) as e:
@@ -242,7 +250,7 @@ class GuardedConstructor(yaml.constructor.SafeConstructor):
         self.constructed_objects, self.recursive_objects, self.state_generators = {}, {}, []
         self.deep_construct = False
 
-    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> object:
         try:
             return super().construct_object(node, deep)
         except (ValueError, OverflowError) as e:
@@ -293,7 +301,21 @@ class PureLoader(
         yaml.resolver.Resolver.__init__(self)
 
 
-Loader: Callable[[str], GuardedComposer] = PureLoader
+class ManifestLoader(Protocol):
+    """What the loader uses of `Loader`: documents as nodes, then as Python values."""
+
+    refusals: list[Refused]
+
+    def check_node(self) -> bool: ...
+
+    def get_node(self) -> yaml.Node | None: ...
+
+    def construct_document(self, node: yaml.Node) -> object: ...
+
+    def dispose(self) -> None: ...
+
+
+Loader: Callable[[str], ManifestLoader] = PureLoader
 if getattr(yaml, "__with_libyaml__", False):
     from yaml._yaml import CParser
 

@@ -1,16 +1,17 @@
 """Read manifest files into validated kinds, each with the file and line it came from.
 
-`load(paths)` is the first step of every command (`references.resolve` takes its
-result). It never stops at the first problem: every YAML error, every document
-that is not a manifest and every schema error of every file is collected, each
-placed at the line of the offending field, and raised together as one
-`InvalidInput` (`FILE:LINE: vm/coder-1: spec.diskSize: ...`).
+`load(paths)` is the first step of every command (`manifests.references.resolve`
+takes its result; `passes.prepare.load_desired` calls both). It never stops at
+the first problem: every YAML error, every document that is not a manifest and
+every schema error of every file is collected, each placed at the line of the
+offending field, and raised together as one `InvalidInput`
+(`FILE:LINE: vm/coder-1: spec.diskSize: ...`).
 
 Files that a CapabilityPack names as its `playbook` are Ansible playbooks, not
 manifests: a directory scan skips them, so packs can keep playbooks beside them.
 
 Any file at all ends in declared objects or in diagnostics, in bounded time and
-memory, never in another exception: guarded_yaml reads and composes it under
+memory, never in another exception: `guarded_yaml` reads and composes it under
 limits (size, encoding, alias expansion, depth, value length, numbers).
 """
 
@@ -20,7 +21,7 @@ import difflib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union, get_args
+from typing import TYPE_CHECKING, Union, get_args
 
 import pydantic
 import yaml
@@ -30,6 +31,9 @@ from somnus_reconciler.manifests import guarded_yaml
 from somnus_reconciler.manifests.guarded_yaml import SHOWN_CHARS, shown
 from somnus_reconciler.values import model
 from somnus_reconciler.values.diagnostics import Diagnostic, Diagnostics, Source
+
+if TYPE_CHECKING:
+    from pydantic_core import ErrorDetails  # what pydantic.ValidationError.errors() lists
 
 AnyManifest = Union[
     model.ResourceProfile, model.CapabilityPack, model.VirtualMachine, model.Container, model.Pool
@@ -62,14 +66,6 @@ class Declared:
         return Source(self.source.file, self.field_lines.get(path, self.source.line))
 
 
-def find_manifest_files(paths: Sequence[Path]) -> list[Path]:
-    """Files as given; directories searched recursively for *.yaml / *.yml."""
-    diagnostics = Diagnostics()
-    files = _find(paths, diagnostics)
-    diagnostics.raise_if_any()
-    return files
-
-
 def load(paths: Sequence[Path]) -> list[Declared]:
     """Every manifest in `paths`, in file and document order; InvalidInput lists all problems."""
     diagnostics = Diagnostics()
@@ -86,6 +82,7 @@ def load(paths: Sequence[Path]) -> list[Declared]:
 
 
 def _find(paths: Sequence[Path], diagnostics: Diagnostics) -> list[Path]:
+    """Files as given; directories searched recursively for *.yaml / *.yml, each file once."""
     found: list[Path] = []
     for path in paths:
         if path.is_dir():
@@ -127,11 +124,9 @@ def _load_file(path: Path) -> _FileResult:
     return result
 
 
-
-
-def _parse(path: Path, text: str, loader_class: Callable[[str], guarded_yaml.GuardedComposer]) -> _FileResult:
+def _parse(path: Path, text: str, loader_class: Callable[[str], guarded_yaml.ManifestLoader]) -> _FileResult:
     result = _FileResult(path)
-    yaml_loader: Any = loader_class(text)
+    yaml_loader = loader_class(text)
     try:
         while yaml_loader.check_node():
             node = yaml_loader.get_node()
@@ -162,7 +157,7 @@ def _parse(path: Path, text: str, loader_class: Callable[[str], guarded_yaml.Gua
     return result
 
 
-def _load_document(path: Path, node: yaml.Node, data: Any, result: _FileResult) -> None:
+def _load_document(path: Path, node: yaml.Node, data: object, result: _FileResult) -> None:
     if data is None:
         return  # an empty document
     start = Source(path, node.start_mark.line + 1)
@@ -213,7 +208,7 @@ def _kind_problem(kind: object) -> str:
     return f"unknown kind {shown(kind)}{hint}; expected one of {kinds}"
 
 
-def _raw_name(data: dict[Any, Any]) -> str | None:
+def _raw_name(data: Mapping[object, object]) -> str | None:
     metadata = data.get("metadata")
     name = metadata.get("name") if isinstance(metadata, dict) else None
     return _printable(name) if isinstance(name, str) and name else None
@@ -296,7 +291,7 @@ def _line_of(lines: Mapping[str, int], loc: Loc) -> int | None:
     return None
 
 
-def _explain(kind: str, loc: Loc, error: Any, lines: Mapping[str, int]) -> tuple[int | None, str]:
+def _explain(kind: str, loc: Loc, error: ErrorDetails, lines: Mapping[str, int]) -> tuple[int | None, str]:
     """Line and human message for one pydantic error."""
     error_type, value, ctx = error["type"], error.get("input"), error.get("ctx") or {}
     path, line = _path(loc), _line_of(lines, loc)

@@ -1,6 +1,6 @@
 """Resolve references between loaded manifests into the `DesiredState`.
 
-Called on the result of `loader.load`. Checks what no single document can:
+Called on the result of `manifests.loader.load`. Checks what no single document can:
 unique names per kind, at most one Pool, VM -> profile, VM/Container -> packs,
 pack -> requires (without cycles), pack playbooks on disk (inside the directory of
 the manifest that names them), VM image paths inside the allowed roots (the

@@ -1,7 +1,7 @@
 """Admission: does what will run after apply fit the host and the Pool's limits?
 
 A pure function of the desired state and host figures the caller measures
-(`reconcile` fills `HostCapacity` from psutil). Counted is what runs once the
+(`passes.prepare.host_capacity` fills `HostCapacity` from psutil). Counted is what runs once the
 plan is applied: VMs declared `running: true`, every declared container, and
 owned leftovers that stay running because `--prune` was not given. Disk is
 counted whether a VM runs or not: no VM's disk may exceed the file system of
@@ -20,6 +20,7 @@ from typing import TypeVar
 from somnus_reconciler.values import quantity
 from somnus_reconciler.values.desired import DesiredState
 from somnus_reconciler.values.diagnostics import Diagnostic, Source
+from somnus_reconciler.values.model import PoolSpec
 
 T = TypeVar("T")
 
@@ -53,6 +54,14 @@ class _Guest:
         return self.address.startswith("vm/")
 
 
+@dataclass(frozen=True)
+class _Excess:
+    """A limit the running guests go past, and the guest that first goes past it."""
+
+    over: _Guest | None
+    message: str
+
+
 def check(
     desired: DesiredState,
     host: HostCapacity,
@@ -60,8 +69,24 @@ def check(
     also_running: Sequence[tuple[str, int, int, str | None]] = (),
     new_disks: Collection[str] = (),
 ) -> list[Diagnostic]:
-    """`new_disks`: names of the VMs whose disks the plan creates (create or replace)."""
+    """`also_running`: (address, vcpus, memory, owner) of owned leftovers that stay up.
+    `new_disks`: names of the VMs whose disks the plan creates (create or replace)."""
+    guests = _running_after_apply(desired, also_running)
     pool = desired.pool
+    excesses = [
+        *_memory_excess(guests, host, pool),
+        *_cpu_excess(guests, host, pool),
+        *_vm_count_excess(guests, pool),
+    ]
+    problems = [_refusal(desired, excess) for excess in excesses]
+    if host.disk is not None:
+        problems += _check_disks(desired, host.disk, new_disks)
+    return problems
+
+
+def _running_after_apply(
+    desired: DesiredState, also_running: Sequence[tuple[str, int, int, str | None]]
+) -> list[_Guest]:
     # Leftovers first: they run already, so a declared guest is the one that tips the scale.
     guests = [_Guest(address, vcpus, memory, owner, None)
               for address, vcpus, memory, owner in also_running]
@@ -73,54 +98,65 @@ def check(
         _Guest(c.address, c.cpus, c.memory, c.owner, c.source)
         for _, c in sorted(desired.containers.items())
     ]
-    problems: list[Diagnostic] = []
+    return guests
 
-    def refuse(over: _Guest | None, message: str) -> None:
-        if desired.pool_name is not None:
-            if over is not None:
-                message += f"; {over.address} is the first that does not fit"
-            problems.append(Diagnostic(desired.pool_source, f"pool/{desired.pool_name}", message))
-        elif over is not None:
-            problems.append(Diagnostic(over.source, over.address, message))
-        else:
-            problems.append(Diagnostic(None, None, message))
 
-    reserved = pool.reserved
-    free_memory = max(0, host.memory - reserved.memory)
+def _refusal(desired: DesiredState, excess: _Excess) -> Diagnostic:
+    """A declared Pool answers for its limits; without one, the guest that tips the scale does."""
+    over, message = excess.over, excess.message
+    if desired.pool_name is not None:
+        if over is not None:
+            message += f"; {over.address} is the first that does not fit"
+        return Diagnostic(desired.pool_source, f"pool/{desired.pool_name}", message)
+    if over is not None:
+        return Diagnostic(over.source, over.address, message)
+    return Diagnostic(None, None, message)
+
+
+def _memory_excess(guests: Sequence[_Guest], host: HostCapacity, pool: PoolSpec) -> list[_Excess]:
+    reserved = pool.reserved.memory
+    free_memory = max(0, host.memory - reserved)
     memory = sum(g.memory for g in guests)
-    if memory > free_memory:
-        refuse(_first_over(guests, lambda g: g.memory, free_memory), (
-            f"running guests need {_size(memory)} of memory but the host offers "
-            f"{_size(host.memory)} - {_size(reserved.memory)} reserved = {_size(free_memory)}"
-        ))
+    if memory <= free_memory:
+        return []
+    return [_Excess(_first_over(guests, lambda g: g.memory, free_memory), (
+        f"running guests need {_size(memory)} of memory but the host offers "
+        f"{_size(host.memory)} - {_size(reserved)} reserved = {_size(free_memory)}"
+    ))]
 
-    free_cores = max(0, host.cpus - reserved.vcpus)
-    vcpu_limit = free_cores * pool.cpu_overcommit
+
+def _cpu_excess(guests: Sequence[_Guest], host: HostCapacity, pool: PoolSpec) -> list[_Excess]:
+    reserved = pool.reserved.vcpus
+    vcpu_limit = max(0, host.cpus - reserved) * pool.cpu_overcommit
     vcpus = sum(g.vcpus for g in guests)
-    if vcpus > vcpu_limit:
-        refuse(_first_over(guests, lambda g: g.vcpus, vcpu_limit), (
-            f"running guests need {vcpus:g} vCPUs but the host allows ({host.cpus} cores - "
-            f"{reserved.vcpus} reserved) x {pool.cpu_overcommit:g} overcommit = {vcpu_limit:g}"
-        ))
+    if vcpus <= vcpu_limit:
+        return []
+    return [_Excess(_first_over(guests, lambda g: g.vcpus, vcpu_limit), (
+        f"running guests need {vcpus:g} vCPUs but the host allows ({host.cpus} cores - "
+        f"{reserved} reserved) x {pool.cpu_overcommit:g} overcommit = {vcpu_limit:g}"
+    ))]
 
+
+def _vm_count_excess(guests: Sequence[_Guest], pool: PoolSpec) -> list[_Excess]:
+    """maxVms over all running VMs, then maxVmsPerOwner owner by owner."""
+    excesses: list[_Excess] = []
     vms = [g for g in guests if g.is_vm]
     if len(vms) > pool.max_vms:
-        refuse(vms[pool.max_vms],
-               f"{len(vms)} VMs would be running but the pool allows at most {pool.max_vms} (maxVms)")
-
+        excesses.append(_Excess(
+            vms[pool.max_vms],
+            f"{len(vms)} VMs would be running but the pool allows at most {pool.max_vms} (maxVms)",
+        ))
     by_owner: dict[str, list[_Guest]] = {}
     for vm in vms:
         if vm.owner is not None:
             by_owner.setdefault(vm.owner, []).append(vm)
     for owner, owned in sorted(by_owner.items()):
         if len(owned) > pool.max_vms_per_owner:
-            refuse(owned[pool.max_vms_per_owner], (
+            excesses.append(_Excess(owned[pool.max_vms_per_owner], (
                 f"owner {owner!r} would have {len(owned)} running VMs but the pool allows at most "
                 f"{pool.max_vms_per_owner} per owner (maxVmsPerOwner)"
-            ))
-    if host.disk is not None:
-        problems += _check_disks(desired, host.disk, new_disks)
-    return problems
+            )))
+    return excesses
 
 
 def _check_disks(desired: DesiredState, disk: DiskCapacity, new_disks: Collection[str]) -> list[Diagnostic]:

@@ -1,8 +1,9 @@
 """The plan: a pure function from desired and actual state to a list of changes.
 
 `compute(desired, actual, prune=...)` does no I/O and reads no clock; what
-`apply` does is defined by the returned `Plan` alone. Views render it (views.py),
-admission checks it (admission.py), the engine executes it (engine.py).
+`apply` does is defined by the returned `Plan` alone. `cli.views` renders it,
+`planning.admission` checks what it would run, `engine.executor` executes it,
+and `passes.prepare` is the caller that puts them together.
 """
 
 from __future__ import annotations
@@ -112,43 +113,65 @@ def compute(desired: DesiredState, actual: ActualState, *, prune: bool,
     commands failed in the guest at a resync) plans those packs again as drift.
     """
     applied = applied or {}
-    changes: list[Change] = []
-    conflicts: list[Diagnostic] = []
+    declared = [
+        _declared_vm(want, actual.vms.get(name), desired, applied, failing_packs)
+        for name, want in sorted(desired.vms.items())
+    ] + [
+        _declared_container(want, actual.containers.get(name), desired, applied, failing_packs)
+        for name, want in sorted(desired.containers.items())
+    ]
+    changes = [change for steps in declared if isinstance(steps, list) for change in steps]
+    conflicts = [conflict for conflict in declared if isinstance(conflict, Diagnostic)]
     leftovers: list[str] = []
+    for obj in _undeclared(desired, actual):
+        address = f"{'vm' if isinstance(obj, ActualVm) else 'container'}/{obj.name}"
+        if prune:
+            changes.append(
+                Change(address, Action.DELETE, Disruption.RECREATE, actual=obj, reason="prune")
+            )
+        else:
+            leftovers.append(address)
+    return Plan(tuple(changes), tuple(leftovers), tuple(conflicts))
 
+
+def _declared_vm(want: DesiredVm, have: ActualVm | None, desired: DesiredState,
+                 applied: Mapping[str, str], failing_packs: frozenset[tuple[str, str]],
+                 ) -> list[Change] | Diagnostic:
+    """The VM's own change and its pack steps, or the conflict that leaves it alone."""
+    mark = have.mark if have is not None else None
+    if have is not None and mark is None:
+        return _unowned(want, "a libvirt domain")
+    if mark is not None and mark.pool != desired.scope:
+        return _other_pool(want, mark.pool)
+    change = _with_drift(vm_change(want, have), mark.spec_hash if mark else None,
+                         applied.get(want.address), want.spec_hash)
+    steps = [change] if change is not None else []
+    if want.running:  # a stopped guest gets its packs when it runs
+        steps += pack_changes(want, _packs_kept(change, mark.packs if mark else ()),
+                              desired.pack_fingerprints, have, failing_packs)
+    return steps
+
+
+def _declared_container(want: DesiredContainer, have: ActualContainer | None, desired: DesiredState,
+                        applied: Mapping[str, str], failing_packs: frozenset[tuple[str, str]],
+                        ) -> list[Change] | Diagnostic:
+    """The container's own change and its pack steps, or the conflict that leaves it alone."""
+    if have is not None and not have.managed:
+        return _unowned(want, "a Docker container")
+    if have is not None and have.pool != desired.scope:
+        return _other_pool(want, have.pool)
+    change = _with_drift(container_change(want, have), have.spec_hash if have else None,
+                         applied.get(want.address), want.spec_hash)
+    steps = [change] if change is not None else []
+    steps += pack_changes(want, _packs_kept(change, have.packs if have else ()),
+                          desired.pack_fingerprints, have, failing_packs)
+    return steps
+
+
+def _undeclared(desired: DesiredState, actual: ActualState) -> list[ActualVm | ActualContainer]:
+    """Owned objects no manifest declares. Only objects applied under the same Pool
+    are ours to list or prune."""
     scope = desired.scope
-    for name, want in sorted(desired.vms.items()):
-        have = actual.vms.get(name)
-        if have is not None and have.mark is None:
-            conflicts.append(_unowned(want, "a libvirt domain"))
-            continue
-        if have is not None and have.mark is not None and have.mark.pool != scope:
-            conflicts.append(_other_pool(want, have.mark.pool))
-            continue
-        change = _with_drift(vm_change(want, have), have.mark.spec_hash if have and have.mark else None,
-                             applied.get(want.address), want.spec_hash)
-        if change is not None:
-            changes.append(change)
-        if want.running:  # a stopped guest gets its packs when it runs
-            changes += pack_changes(want, _packs_kept(change, have.mark.packs if have and have.mark else ()),
-                                    desired.pack_fingerprints, have, failing_packs)
-
-    for name, want_c in sorted(desired.containers.items()):
-        have_c = actual.containers.get(name)
-        if have_c is not None and not have_c.managed:
-            conflicts.append(_unowned(want_c, "a Docker container"))
-            continue
-        if have_c is not None and have_c.pool != scope:
-            conflicts.append(_other_pool(want_c, have_c.pool))
-            continue
-        change = _with_drift(container_change(want_c, have_c), have_c.spec_hash if have_c else None,
-                             applied.get(want_c.address), want_c.spec_hash)
-        if change is not None:
-            changes.append(change)
-        changes += pack_changes(want_c, _packs_kept(change, have_c.packs if have_c else ()),
-                                desired.pack_fingerprints, have_c, failing_packs)
-
-    # Only objects applied under the same Pool are ours to list or prune.
     undeclared: list[ActualVm | ActualContainer] = [
         vm for name, vm in sorted(actual.vms.items())
         if vm.mark is not None and vm.mark.pool == scope and name not in desired.vms
@@ -157,16 +180,7 @@ def compute(desired: DesiredState, actual: ActualState, *, prune: bool,
         c for name, c in sorted(actual.containers.items())
         if c.managed and c.pool == scope and name not in desired.containers
     ]
-    for obj in undeclared:
-        address = f"{'vm' if isinstance(obj, ActualVm) else 'container'}/{obj.name}"
-        if prune:
-            changes.append(
-                Change(address, Action.DELETE, Disruption.RECREATE, actual=obj, reason="prune")
-            )
-        else:
-            leftovers.append(address)
-
-    return Plan(tuple(changes), tuple(leftovers), tuple(conflicts))
+    return undeclared
 
 
 def _with_drift(change: Change | None, marked: str | None, applied: str | None, wanted: str) -> Change | None:

@@ -22,7 +22,7 @@ import contextlib
 import datetime
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from somnus_reconciler import settings as settings_mod
 from somnus_reconciler.journal import Event, Journal, read_outcome
@@ -30,6 +30,12 @@ from somnus_reconciler.semantic import triage
 from somnus_reconciler.values.errors import PermanentError
 from somnus_reconciler.values.outcome import Outcome
 from somnus_reconciler.values.quantity import parse_duration
+
+if TYPE_CHECKING:
+    from chromadb.api.models.Collection import Collection
+    from chromadb.base_types import LiteralValue, LogicalOperator, Metadata, Where, WhereOperator
+
+    from somnus_reconciler.semantic.triage import Vectors
 
 INDEX_DIR = "history-index"
 COLLECTION = "journal-events"
@@ -73,7 +79,7 @@ class HistoryIndex:
             self._client = chromadb.PersistentClient(path=str(self.path),
                                                      settings=Settings(anonymized_telemetry=False))
 
-    def _collection(self) -> Any:
+    def _collection(self) -> Collection:
         """Fetched anew each time: the high-water mark in its metadata is cached per object."""
         return self._client.get_or_create_collection(
             COLLECTION, embedding_function=None, configuration={"hnsw": {"space": "cosine"}})
@@ -128,12 +134,14 @@ class HistoryIndex:
         event's category: "the mirror could not be reached" is a NETWORK_FAILURE to
         triage's labelled examples, while its words are nearer an unrelated apt failure.
         """
-        filters: list[dict[str, Any]] = [
-            condition for condition, value in (
-                ({"address": address}, address), ({"outcome": str(outcome)}, outcome),
-                ({"at": {"$gte": since}}, since),
-            ) if value is not None
-        ]
+        filters: list[Where] = []
+        if address is not None:
+            filters.append({"address": address})
+        if outcome is not None:
+            filters.append({"outcome": str(outcome)})
+        if since is not None:
+            at_or_after: dict[WhereOperator | LogicalOperator, LiteralValue] = {"$gte": since}
+            filters.append({"at": at_or_after})
         with _chroma_errors(self.path):
             query_triage = triage.default_classifier().classify(text)
             category = None if query_triage.category is triage.Category.UNKNOWN else query_triage.category.value
@@ -182,21 +190,27 @@ def parse_since(text: str, now: float) -> float:
 # -- chromadb and the model --------------------------------------------------------------
 
 
-def _embed(texts: Sequence[str]) -> Any:
+def _embed(texts: Sequence[str]) -> Vectors:
     """Unit vectors (numpy, one row per text), so chroma's cosine distance is 1 - dot product."""
     return triage.load_embedding_model().encode(
         [triage.embedding_input(text) for text in texts], batch_size=32, normalize_embeddings=True,
         convert_to_numpy=True, show_progress_bar=False)
 
 
-def _nearest(collection: Any, vector: Any, count: int,
-             filters: list[dict[str, Any]]) -> dict[int, tuple[Event, float]]:
+def _nearest(collection: Collection, vector: Vectors, count: int,
+             filters: list[Where]) -> dict[int, tuple[Event, float]]:
     """event id -> (event, cosine similarity) of the `count` nearest events that pass `filters`."""
-    where = None if not filters else filters[0] if len(filters) == 1 else {"$and": filters}
+    where: Where | None = None
+    if len(filters) == 1:
+        where = filters[0]
+    elif filters:
+        where = {"$and": list(filters)}
     found = collection.query(query_embeddings=vector, n_results=count, where=where,
                              include=["metadatas", "distances"])
-    entries = [_entry(metadata) for metadata in found["metadatas"][0]]
-    return {entry.id: (entry, 1.0 - float(distance)) for entry, distance in zip(entries, found["distances"][0])}
+    metadatas, distances = found["metadatas"], found["distances"]
+    assert metadatas is not None and distances is not None  # both are in `include`
+    entries = [_entry(metadata) for metadata in metadatas[0]]
+    return {entry.id: (entry, 1.0 - float(distance)) for entry, distance in zip(entries, distances[0])}
 
 
 def _metadata(entry: Event) -> dict[str, str | int | float]:
@@ -204,10 +218,17 @@ def _metadata(entry: Event) -> dict[str, str | int | float]:
             "outcome": str(entry.outcome), "category": entry.category or "", "message": entry.message}
 
 
-def _entry(metadata: Any) -> Event:
-    return Event(id=int(metadata["id"]), at=float(metadata["at"]), address=str(metadata["address"]),
+def _entry(metadata: Metadata) -> Event:
+    return Event(id=int(_number(metadata["id"])), at=_number(metadata["at"]), address=str(metadata["address"]),
                  action=str(metadata["action"]), outcome=read_outcome(str(metadata["outcome"])),
                  message=str(metadata["message"]), category=str(metadata["category"]) or None)
+
+
+def _number(value: object) -> float:
+    """A number `_metadata` stored; chromadb types every metadata value alike."""
+    if not isinstance(value, (int, float)):
+        raise HistoryIndexError(f"history index: an event's id or time is {value!r}, not a number")
+    return value
 
 
 @contextlib.contextmanager

@@ -1,6 +1,6 @@
 """Host-side error intelligence: a failure text -> a `Category` and a score.
 
-The engine (and `somnus triage`) hands it what a failed step printed: an Ansible
+`engine.executor` (and `somnus triage`) hands it what a failed step printed: an Ansible
 task's stderr, a traceback, one line of apt. Three stages:
 
 1. `informative_text` cuts a long text down to its error lines (no stack frames).
@@ -32,7 +32,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import yaml
 
@@ -180,11 +180,19 @@ def default_cache_dir() -> Path:
 
 # -- model ---------------------------------------------------------------------------
 
-_model: Any = None
+
+class EmbeddingModel(Protocol):
+    """What is used of a SentenceTransformer: one vector per text."""
+
+    def encode(self, sentences: list[str], *, batch_size: int, normalize_embeddings: bool,
+               convert_to_numpy: bool, show_progress_bar: bool) -> Vectors: ...
+
+
+_model: EmbeddingModel | None = None
 _model_lock = threading.Lock()
 
 
-def load_embedding_model() -> Any:
+def load_embedding_model() -> EmbeddingModel:
     """The packaged all-MiniLM-L6-v2 SentenceTransformer on the CPU, loaded once per process.
 
     Shared by the classifier and `history`'s search index. Seconds when cold; torch is
@@ -215,13 +223,9 @@ class Classifier:
         self.top_k = top_k
         self.threshold = threshold
         self.cache_dir = cache_dir or default_cache_dir()
-        self._model: Any = None
+        self._model: EmbeddingModel | None = None
         self._anchor_vectors: Vectors | None = None
         self._lock = threading.Lock()
-
-    @property
-    def loaded(self) -> bool:
-        return self._model is not None
 
     def load(self) -> None:
         """Load the model and the anchor embeddings (seconds, cold); later calls return at once."""
@@ -244,7 +248,7 @@ class Classifier:
         if not todo:
             return results
         self.load()
-        assert self._anchor_vectors is not None
+        assert self._model is not None and self._anchor_vectors is not None
         similarities = self._embed(self._model, [prepared[i] for i in todo]) @ self._anchor_vectors.T
         for i, row in zip(todo, similarities):
             results[i] = self._decide(row)
@@ -261,7 +265,7 @@ class Classifier:
             best_category = Category.UNKNOWN
         return Triage(best_category, round(min(max(best_top, 0.0), 1.0), 3))
 
-    def _cached_anchor_vectors(self, model: Any, model_version: str) -> Vectors:
+    def _cached_anchor_vectors(self, model: EmbeddingModel, model_version: str) -> Vectors:
         import numpy
 
         inputs = [embedding_input(text) for text in self.anchors.texts]
@@ -284,7 +288,7 @@ class Classifier:
         return vectors
 
     @staticmethod
-    def _embed(model: Any, texts: Sequence[str]) -> Vectors:
+    def _embed(model: EmbeddingModel, texts: Sequence[str]) -> Vectors:
         vectors: Vectors = model.encode(
             [embedding_input(text) for text in texts], batch_size=32, normalize_embeddings=True,
             convert_to_numpy=True, show_progress_bar=False)

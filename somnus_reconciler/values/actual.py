@@ -1,7 +1,7 @@
 """Actual state as the providers observe it: plain frozen values, no backend types.
 
-`libvirt_provider.observe` and `docker_provider.observe` return these; the
-planner compares them with `desired` values.
+The providers' `observe` (`providers.libvirt_provider`, `providers.docker_provider`)
+return these; `planning.plan` compares them with `values.desired` values.
 """
 
 from __future__ import annotations

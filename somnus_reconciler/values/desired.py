@@ -1,6 +1,6 @@
 """Desired state: validated manifests resolved into values the planner compares.
 
-`references.resolve` builds a `DesiredState` from loaded manifests (profiles
+`manifests.references.resolve` builds a `DesiredState` from loaded manifests (profiles
 folded into VMs, packs ordered by `requires`). Everything here is a frozen value
 with a stable `spec_hash`, recorded in the ownership mark of what gets created.
 """
@@ -108,7 +108,7 @@ class DesiredState:
     pool_source: Source | None = None
     pool_name: str | None = None  # None: no Pool declared, the defaults apply
     # pack name -> fingerprint of its spec and playbook files; filled in by
-    # reconcile (it reads files) so that planning stays pure.
+    # passes.prepare.load_desired (it reads files) so that planning stays pure.
     pack_fingerprints: dict[str, str] = field(default_factory=dict)
 
     @property

@@ -1,8 +1,8 @@
 """Problems found in user input, each with its place: `FILE:LINE: kind/name: message`.
 
-Validation collects every problem before reporting (terraform's tfdiags), so the
-loader, the reference checks and admission append to a `Diagnostics` list and
-raise `InvalidInput` once at the end. The CLI turns `InvalidInput` into exit 2.
+Validation collects every problem before reporting (terraform's tfdiags), so
+`manifests.loader`, `manifests.references` and `planning.admission` append to a
+`Diagnostics` list and raise `InvalidInput` once at the end. The CLI turns `InvalidInput` into exit 2.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The manifest kinds of SPEC section 2 as frozen pydantic models.
 
-The loader validates every YAML document into one of these; `somnus schema`
+`manifests.loader` validates every YAML document into one of these; `somnus schema`
 prints the JSON Schema generated from `MANIFEST_ADAPTER`. Fields are snake_case
 in Python and camelCase in YAML. Unknown fields are errors.
 
@@ -307,7 +307,10 @@ Manifest = Annotated[
     Union[ResourceProfile, CapabilityPack, VirtualMachine, Container, Pool],
     Field(discriminator="kind"),
 ]
-MANIFEST_ADAPTER: TypeAdapter[Manifest] = TypeAdapter(Manifest)
+# pydantic types TypeAdapter's argument as a PEP 747 TypeForm: mypy accepts the
+# Annotated union when it reads pydantic afresh, but refuses it (as not a type[T])
+# when it reads pydantic from its incremental cache. Hence both codes.
+MANIFEST_ADAPTER: TypeAdapter[Manifest] = TypeAdapter(Manifest)  # type: ignore[arg-type, unused-ignore]
 
 KINDS: dict[str, type[_Document]] = {
     "ResourceProfile": ResourceProfile,
@@ -324,7 +327,6 @@ SHORT_KIND: dict[str, str] = {
     "ResourceProfile": "profile",
     "Pool": "pool",
 }
-KIND_BY_SHORT: dict[str, str] = {short: kind for kind, short in SHORT_KIND.items()}
 
 
 def json_schema() -> dict[str, object]:

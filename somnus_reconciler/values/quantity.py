@@ -1,14 +1,14 @@
 """Kubernetes-style quantities (`512Mi`, `8Gi`, `1.5G`) as byte counts.
 
-Used by the manifest models (as the `Quantity` field type) and by every view
-that prints a size back to the user (`format_bytes`).
+Used by the manifest kinds (`values.model`, as the `Quantity` field type) and by
+every view that prints a size back to the user (`format_bytes`).
 """
 
 from __future__ import annotations
 
 import re
 from decimal import Decimal, InvalidOperation
-from typing import Annotated, Any
+from typing import Annotated
 
 from pydantic import BeforeValidator, PlainSerializer, WithJsonSchema
 
@@ -21,7 +21,7 @@ _PATTERN = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P
 QUANTITY_REGEX = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$"
 
 
-def parse_quantity(value: Any) -> int:
+def parse_quantity(value: object) -> int:
     """Return the number of bytes `value` stands for; raise ValueError otherwise."""
     if isinstance(value, bool):
         raise ValueError(f"expected a quantity such as 512Mi or 8Gi, got {value!r}")

@@ -35,7 +35,7 @@ from somnus_reconciler.providers.protocols import ProviderError
 from somnus_reconciler.values.desired import DesiredPack
 from somnus_reconciler.values.diagnostics import Source
 from somnus_reconciler.values.model import CapabilityPackSpec
-from tests.integration import apt_repo
+from testkit import apt_repo
 
 try:
     from somnus_reconciler.providers import ansible_inputs, ansible_provider, ansible_results

@@ -1,4 +1,4 @@
-"""Crash at any point (tests/crash_trials.py): SOMNUS_CRASH_TRIALS trials (20 by default)
+"""Crash at any point (testkit/crash_trials.py): SOMNUS_CRASH_TRIALS trials (20 by default)
 of SIGKILL mid-apply with a VM, containers and pack steps; the seed is printed and can be
 given back with SOMNUS_CRASH_SEED to replay a run."""
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.crash_trials import run_trials
+from testkit.crash_trials import run_trials
 from tests.integration.conftest import Workspace
 
 pytestmark = pytest.mark.integration

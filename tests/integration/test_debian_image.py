@@ -32,7 +32,8 @@ import libvirt
 import pytest
 
 from somnus_reconciler import settings
-from somnus_reconciler.images import container_images, rootfs, vm_images
+from somnus_reconciler.images import container_images, rootfs, store, vm_images
+from somnus_reconciler.images.debian_image import ROOT_LABEL
 from somnus_reconciler.providers import domain_xml, guest_access
 from somnus_reconciler.providers.docker_provider import DockerProvider
 from somnus_reconciler.providers.protocols import BackendUnavailable
@@ -139,7 +140,7 @@ def guest(
 def test_image_files_are_readable_by_qemu(debian_image: vm_images.VmImage, images_dir: Path) -> None:
     image_dir = vm_images.image_dir("debian-12", images_dir)
     assert debian_image.kernel is not None and debian_image.initrd is not None
-    assert f"root=LABEL={vm_images.ROOT_LABEL}" in debian_image.cmdline
+    assert f"root=LABEL={ROOT_LABEL}" in debian_image.cmdline
     for path in (debian_image.disk, debian_image.kernel, debian_image.initrd, image_dir / vm_images.RECIPE_FILE):
         assert path.parent == image_dir
         assert path.stat().st_mode & 0o777 == 0o644, path
@@ -198,9 +199,9 @@ def test_guest_finds_the_hosts_package_mirrors_without_a_nameserver(guest: Guest
 
 def test_guest_prints_the_ready_line_on_the_serial_console(guest: Guest) -> None:
     deadline = time.monotonic() + READY_LINE_TIMEOUT_S
-    while vm_images.GUEST_READY_LINE not in read_or_empty(guest.console_log) and time.monotonic() < deadline:
+    while store.GUEST_READY_LINE not in read_or_empty(guest.console_log) and time.monotonic() < deadline:
         time.sleep(0.5)
-    assert vm_images.GUEST_READY_LINE in read_or_empty(guest.console_log), read_or_empty(guest.console_log)[-4000:]
+    assert store.GUEST_READY_LINE in read_or_empty(guest.console_log), read_or_empty(guest.console_log)[-4000:]
 
 
 def test_internal_snapshot_of_the_running_guest_reverts_its_disk(guest: Guest) -> None:

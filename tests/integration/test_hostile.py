@@ -1,5 +1,5 @@
 """Hostile manifests against the real libvirtd and dockerd: `somnus apply` refuses every case
-of tests/hostile_cases.py with exit 2 at its line, and nothing is created.
+of testkit/hostile_cases.py with exit 2 at its line, and nothing is created.
 
 Also the container that a plain apply makes, as dockerd reports it: nothing privileged,
 no host paths, no published ports, and env and command exactly as declared.
@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 from somnus_reconciler import settings as settings_mod
-from tests import hostile_cases
+from testkit import hostile_cases
 from tests.integration.conftest import Workspace, container_doc
 
 pytestmark = pytest.mark.integration

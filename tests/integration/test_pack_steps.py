@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.crash_trials import playbooks_running_in
-from tests.integration import apt_repo
+from testkit import apt_repo
+from testkit.crash_trials import playbooks_running_in
 from tests.integration.conftest import Workspace
 
 pytestmark = pytest.mark.integration

@@ -24,7 +24,7 @@ from pathlib import Path
 import libvirt
 import pytest
 
-from somnus_reconciler.images import vm_images
+from somnus_reconciler.images import store, vm_images
 from somnus_reconciler.providers import domain_xml
 from tests.integration.conftest import (
     destroy_and_undefine,
@@ -90,7 +90,6 @@ def test_second_build_reuses_the_cached_image(tiny_image: vm_images.VmImage, tes
 
 
 def test_missing_image_names_the_build_command(tmp_path: Path) -> None:
-    assert not vm_images.is_vm_image_available("tiny-linux", tmp_path)
     with pytest.raises(vm_images.ImageError, match="somnus image build tiny-linux"):
         vm_images.find_vm_image("tiny-linux", tmp_path)
 
@@ -104,7 +103,8 @@ def test_leftovers_of_a_killed_build_are_not_an_image_and_get_replaced(test_root
     half_published.mkdir()
     for file in (vm_images.DISK_FILE, vm_images.KERNEL_FILE, vm_images.INITRD_FILE):
         (half_published / file).write_bytes(b"")
-    assert not vm_images.is_vm_image_available("tiny-linux", images_dir)
+    with pytest.raises(vm_images.ImageError):
+        vm_images.find_vm_image("tiny-linux", images_dir)
 
     image = vm_images.build_vm_image("tiny-linux", images_dir)
 
@@ -135,13 +135,13 @@ def test_tiny_linux_boots_balloons_and_shuts_down_under_libvirt(
     port = free_loopback_port()
 
     dom = conn.defineXML(image_domain_xml(name, tiny_image, overlay, console_log,
-                                         {"agent": (port, vm_images.GUEST_STATUS_PORT)}, memory_mib=MEMORY_KIB // 1024))
+                                         {"agent": (port, domain_xml.GUEST_PORTS["agent"])}, memory_mib=MEMORY_KIB // 1024))
     cleanup.callback(destroy_and_undefine, dom)
     started = time.monotonic()
     dom.create()
 
-    assert _wait_until(lambda: vm_images.GUEST_READY_LINE in read_or_empty(console_log), READY_TIMEOUT_S), (
-        f"no {vm_images.GUEST_READY_LINE!r} within {READY_TIMEOUT_S} s; console:\n{read_or_empty(console_log)}"
+    assert _wait_until(lambda: store.GUEST_READY_LINE in read_or_empty(console_log), READY_TIMEOUT_S), (
+        f"no {store.GUEST_READY_LINE!r} within {READY_TIMEOUT_S} s; console:\n{read_or_empty(console_log)}"
     )
     ready_s = time.monotonic() - started
     body = _poll_http(f"http://127.0.0.1:{port}/status", HTTP_TIMEOUT_S)

@@ -1,152 +1,32 @@
 """The in-guest agent (SPEC section 7), run for real as a subprocess on loopback.
 
-Each agent is started with ``python -m somnus_agent`` from ``agent/`` and is
-spoken to over HTTP with urllib; teardown stops the agent and any monitored
-process it reported.
+Each agent is started with ``python -m somnus_agent`` from ``agent/`` by
+`testkit.agent_process.running_agent` and is spoken to over HTTP with urllib;
+teardown stops the agent and any monitored process it reported.
 """
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import json
 import os
 import pathlib
-import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from typing import Any, Iterator
 
 import pytest
 
-AGENT_DIR = pathlib.Path(__file__).resolve().parents[2] / "agent"
-OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-TOKEN = "test-token-5f1c0e"
-ERROR_LOG_LINES = [
-    "starting up",
-    "ERROR: CUDA device not found",
-    "all fine",
-    "Traceback (most recent call last):",
-    "download failed after 3 attempts",
-    "done",
-]
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie still answers kill(0); treat it as gone.
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
-@dataclasses.dataclass
-class Agent:
-    proc: subprocess.Popen[bytes]
-    port: int
-    token_file: pathlib.Path
-    config_file: pathlib.Path
-    log_file: pathlib.Path
-    seen_pids: set[int] = dataclasses.field(default_factory=set)
-
-    def request(
-        self,
-        method: str,
-        path: str,
-        body: Any = None,
-        *,
-        token: str | None = TOKEN,
-        authorization: str | None = None,
-        raw: bytes | None = None,
-        timeout: float = 15.0,
-    ) -> tuple[int, dict[str, Any]]:
-        data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
-        req = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", data=data, method=method)
-        if authorization is not None:
-            req.add_header("Authorization", authorization)
-        elif token is not None:
-            req.add_header("Authorization", f"Bearer {token}")
-        if data is not None:
-            req.add_header("Content-Type", "application/json")
-        try:
-            with OPENER.open(req, timeout=timeout) as resp:
-                status, payload = resp.status, json.loads(resp.read())
-        except urllib.error.HTTPError as e:
-            status, payload = e.code, json.loads(e.read())
-        for p in payload.get("processes", []) if isinstance(payload, dict) else []:
-            if p.get("pid"):
-                self.seen_pids.add(p["pid"])
-        return status, payload
-
-    def pids(self) -> dict[str, int]:
-        status, payload = self.request("GET", "/status")
-        assert status == 200
-        return {p["name"]: p["pid"] for p in payload["processes"]}
-
-
-def _write_token(path: pathlib.Path, token: str, mode: int = 0o600) -> None:
-    path.write_text(token + "\n")
-    os.chmod(path, mode)
-
-
-def _launch(token_file: pathlib.Path, config_file: pathlib.Path, port: int) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "PYTHONPATH": str(AGENT_DIR)}
-    return subprocess.Popen(
-        [sys.executable, "-m", "somnus_agent", "--listen", f"127.0.0.1:{port}",
-         "--token-file", str(token_file), "--config", str(config_file)],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-    )
-
-
-@contextlib.contextmanager
-def running_agent(root: pathlib.Path) -> Iterator[Agent]:
-    token_file = root / "token"
-    _write_token(token_file, TOKEN)
-    log_file = root / "app.log"
-    log_file.write_text("\n".join(ERROR_LOG_LINES) + "\n")
-    config_file = root / "agent.json"
-    config_file.write_text(json.dumps({
-        "processes": [{"name": "sleeper", "argv": ["sleep", "600"]}],
-        "watch_logs": [str(log_file)],
-    }))
-    port = _free_port()
-    agent = Agent(_launch(token_file, config_file, port), port, token_file, config_file, log_file)
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            assert agent.proc.poll() is None, agent.proc.communicate()[1].decode()
-            try:
-                agent.pids()
-                break
-            except (urllib.error.URLError, ConnectionError):
-                assert time.monotonic() < deadline, "agent did not answer within 10 s"
-                time.sleep(0.05)
-        yield agent
-    finally:
-        agent.proc.send_signal(signal.SIGTERM)
-        try:
-            agent.proc.communicate(timeout=10)
-        except subprocess.TimeoutExpired:
-            agent.proc.kill()
-            agent.proc.communicate()
-        for pid in agent.seen_pids:  # monitored processes the agent started for us
-            if _pid_alive(pid):
-                os.kill(pid, signal.SIGKILL)
+from testkit.agent_process import (
+    AGENT_DIR,
+    TOKEN,
+    Agent,
+    free_port,
+    launch_agent,
+    pid_alive,
+    running_agent,
+    write_token,
+)
 
 
 @pytest.fixture(scope="module")
@@ -170,7 +50,7 @@ def test_status_reports_the_monitored_process_running(agent: Agent) -> None:
     assert payload["ok"] is True and payload["version"]
     [proc] = payload["processes"]
     assert proc["name"] == "sleeper" and proc["running"] is True
-    assert _pid_alive(proc["pid"])
+    assert pid_alive(proc["pid"])
 
 
 def test_stats_basic_has_cpu_memory_disk_load_uptime(agent: Agent) -> None:
@@ -329,7 +209,7 @@ def test_bad_auth_soft_reboot_restarts_nothing(agent: Agent, how: str) -> None:
     status, _ = _call_without_auth(agent, how, "POST", "/soft-reboot", {})
     assert status == 401
     assert agent.pids() == before
-    assert _pid_alive(before["sleeper"])
+    assert pid_alive(before["sleeper"])
 
 
 # --- soft reboot and reload ------------------------------------------------------------
@@ -342,13 +222,13 @@ def test_soft_reboot_restarts_monitored_processes_with_new_pids(agent: Agent) ->
     [proc] = payload["processes"]
     assert proc["running"] is True
     assert proc["pid"] != old
-    assert _pid_alive(proc["pid"]) and not _pid_alive(old)
+    assert pid_alive(proc["pid"]) and not pid_alive(old)
     assert agent.pids()["sleeper"] == proc["pid"]
 
 
 def test_config_reload_picks_up_new_token_and_processes(fresh_agent: Agent) -> None:
     new_token = "rotated-token-77"
-    _write_token(fresh_agent.token_file, new_token)
+    write_token(fresh_agent.token_file, new_token)
     config = json.loads(fresh_agent.config_file.read_text())
     config["processes"].append({"name": "second", "argv": ["sleep", "601"]})
     fresh_agent.config_file.write_text(json.dumps(config))
@@ -364,7 +244,7 @@ def test_config_reload_picks_up_new_token_and_processes(fresh_agent: Agent) -> N
 
 
 def test_config_reload_with_group_readable_token_keeps_old_token(fresh_agent: Agent) -> None:
-    _write_token(fresh_agent.token_file, "leaky-token", mode=0o644)
+    write_token(fresh_agent.token_file, "leaky-token", mode=0o644)
     status, payload = fresh_agent.request("POST", "/config/reload", {})
     assert status == 500 and "group" in payload["error"]
     assert fresh_agent.request("GET", "/status")[0] == 200
@@ -374,10 +254,10 @@ def test_config_reload_with_group_readable_token_keeps_old_token(fresh_agent: Ag
 @pytest.mark.parametrize("mode", [0o640, 0o604])
 def test_group_or_world_readable_token_file_refuses_to_start(tmp_path: pathlib.Path, mode: int) -> None:
     token_file = tmp_path / "token"
-    _write_token(token_file, TOKEN, mode=mode)
+    write_token(token_file, TOKEN, mode=mode)
     config_file = tmp_path / "agent.json"
     config_file.write_text(json.dumps({"processes": [], "watch_logs": []}))
-    proc = _launch(token_file, config_file, _free_port())
+    proc = launch_agent(token_file, config_file, free_port())
     try:
         _, err = proc.communicate(timeout=10)
     finally:

@@ -1,7 +1,7 @@
 """agent_client against the real agent on loopback, its answers as typed values
 (passes/agent_health.py), and the conditions passes/status.py derives.
 
-The agent runs as in tests/unit/test_agent.py (`running_agent`); the guest
+The agent runs as in tests/unit/test_agent.py (`testkit.agent_process.running_agent`); the guest
 side of the same path is tested in tests/integration/test_guest_agent.py.
 """
 
@@ -18,7 +18,7 @@ from somnus_reconciler.passes.agent_health import AgentHealth
 from somnus_reconciler.providers import agent_client
 from somnus_reconciler.providers.agent_client import AgentClient, AgentRefused, AgentUnreachable
 from somnus_reconciler.values.actual import ActualVm, PortForward, PowerState, VmMark
-from tests.unit.test_agent import TOKEN, _free_port, running_agent
+from testkit.agent_process import TOKEN, free_port, running_agent
 
 
 @pytest.fixture
@@ -45,7 +45,7 @@ def test_a_wrong_token_is_refused_with_401_and_the_token_is_not_in_the_error(age
 
 def test_nothing_listening_is_unreachable() -> None:
     with pytest.raises(AgentUnreachable):
-        AgentClient(_free_port(), TOKEN, timeout_s=1.0).status()
+        AgentClient(free_port(), TOKEN, timeout_s=1.0).status()
 
 
 def test_a_soft_reboot_is_confirmed_once_every_process_has_a_new_pid(agent_and_client: Any) -> None:

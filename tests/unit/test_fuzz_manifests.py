@@ -1,9 +1,9 @@
 """Loading any file ends in objects or in diagnostics that name the file and line, quickly.
 
-The generated examples come from tests/fuzz_manifests.py (bench/reliability.py runs
-the same generators at larger counts): SOMNUS_FUZZ_EXAMPLES of them in all (default
-10,000), shared among the property tests below, derandomized so that a failure
-comes back on the next run. The explicit tests after them are the attacks that
+The generated examples come from testkit/fuzz_manifests.py and are judged by
+testkit/fuzz_check.py (bench/reliability.py runs the same generators at larger
+counts): SOMNUS_FUZZ_EXAMPLES of them in all (default 10,000), shared among the
+property tests below, derandomized so that a failure comes back on the next run. The explicit tests after them are the attacks that
 generators would find only by luck: alias bombs, recursive aliases, deep nesting,
 a 50 MB file, bytes that are not UTF-8, lone surrogates, Python tags.
 """
@@ -25,11 +25,12 @@ from hypothesis import strategies as st
 from somnus_reconciler.manifests import guarded_yaml
 from somnus_reconciler.passes import prepare
 from somnus_reconciler.values.diagnostics import Diagnostic, InvalidInput
-from tests import fuzz_manifests as fuzz
+from testkit import fuzz_check
+from testkit import fuzz_manifests as fuzz
 
 F = TypeVar("F", bound=Callable[..., Any])
-EXAMPLES = fuzz.example_budget()
-BOUND = fuzz.TIME_BOUND_SECONDS
+EXAMPLES = fuzz_check.example_budget()
+BOUND = fuzz_check.TIME_BOUND_SECONDS
 
 
 def _share(fraction: float) -> Callable[[F], F]:
@@ -44,10 +45,10 @@ def _share(fraction: float) -> Callable[[F], F]:
 
 @pytest.fixture(scope="module")
 def example_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return fuzz.example_directory(tmp_path_factory.mktemp("fuzz"))
+    return fuzz_check.example_directory(tmp_path_factory.mktemp("fuzz"))
 
 
-def _assert_acceptable(outcome: fuzz.Outcome, data: bytes) -> None:
+def _assert_acceptable(outcome: fuzz_check.Outcome, data: bytes) -> None:
     assert outcome.acceptable, f"{outcome.kind} after {outcome.seconds:.2f} s: {outcome.detail}\n{data[:500]!r}"
 
 
@@ -57,7 +58,7 @@ def _assert_acceptable(outcome: fuzz.Outcome, data: bytes) -> None:
 @_share(0.15)
 @given(data=fuzz.valid_files())
 def test_valid_manifests_of_every_kind_are_accepted(example_dir: Path, data: bytes) -> None:
-    outcome = fuzz.check_file(example_dir, data)
+    outcome = fuzz_check.check_file(example_dir, data)
     assert outcome.kind == "valid", f"{outcome.kind}: {outcome.detail}\n{data.decode()}"
     assert outcome.seconds < BOUND
 
@@ -67,7 +68,7 @@ def _property(files: st.SearchStrategy[bytes], fraction: float) -> Callable[[Pat
     @_share(fraction)
     @given(data=files)
     def test(example_dir: Path, data: bytes) -> None:
-        _assert_acceptable(fuzz.check_file(example_dir, data), data)
+        _assert_acceptable(fuzz_check.check_file(example_dir, data), data)
     return test
 
 
@@ -78,7 +79,7 @@ test_hostile_structures_end_in_placed_diagnostics = _property(fuzz.hostile_files
 
 
 def test_the_runner_counts_every_example_and_repeats_with_its_seed() -> None:
-    first, again = fuzz.run_fuzz(40, seed=7), fuzz.run_fuzz(40, seed=7)
+    first, again = fuzz_check.run_fuzz(40, seed=7), fuzz_check.run_fuzz(40, seed=7)
     counted = ("valid", "invalid_with_diagnostics", "invalid_without_place", "crashes", "hangs")
     assert first["generated"] == 40 == sum(first[k] for k in counted)  # type: ignore[literal-required]
     assert first["crashes"] == first["hangs"] == first["invalid_without_place"] == 0, first["failures"]
@@ -346,4 +347,4 @@ def test_a_long_cycle_of_requirements_is_reported_once(manifest: Path) -> None:
 @settings(max_examples=200, derandomize=True, database=None, deadline=None)
 @given(data=st.binary(max_size=64))
 def test_any_few_bytes_end_in_placed_diagnostics_or_objects(example_dir: Path, data: bytes) -> None:
-    _assert_acceptable(fuzz.check_file(example_dir, data), data)
+    _assert_acceptable(fuzz_check.check_file(example_dir, data), data)

@@ -1,7 +1,7 @@
 """Hostile manifests are refused with `FILE:LINE: kind/name: message` and exit 2, and what
 gets through to the backends cannot be turned against the host.
 
-Every case of tests/hostile_cases.py that `validate` refuses goes through the CLI here;
+Every case of testkit/hostile_cases.py that `validate` refuses goes through the CLI here;
 the few that only planning refuses (image file contents) are checked at `images`. The
 domain XML is built with hostile strings to show they stay text; the container that
 `DockerProvider.create` asks dockerd for is recorded through docker-py's own request
@@ -27,8 +27,8 @@ from somnus_reconciler.values.actual import PortForward
 from somnus_reconciler.values.desired import DesiredContainer, DesiredState, DesiredVm, VmResources
 from somnus_reconciler.values.diagnostics import Source
 from somnus_reconciler.values.model import PoolSpec
-from tests import hostile_cases
-from tests.hostile_cases import HostileCase
+from testkit import hostile_cases
+from testkit.hostile_cases import HostileCase
 
 VALIDATE_CASES = [case for case in hostile_cases.CASES if case.stage == "validate"]
 APPLY_CASES = [case for case in hostile_cases.CASES if case.stage == "apply"]

@@ -1,4 +1,4 @@
-"""loader.load and find_manifest_files: every kind of invalid input, placed at FILE:LINE.
+"""loader.load: every kind of invalid input, placed at FILE:LINE.
 
 Reference problems (duplicates, missing profiles and packs, cycles, playbooks,
 two Pools) are found by references.resolve; they are checked here through the
@@ -368,24 +368,26 @@ def test_valid_manifests_of_every_kind_load(tmp_path: Path) -> None:
 
 
 def test_directories_are_searched_recursively_in_sorted_order(tmp_path: Path) -> None:
-    write(tmp_path, {
-        "b.yaml": "", "a.yml": "", "z/deep/c.yaml": "", "z/b.yaml": "",
-        "notes.txt": "", "z/readme.md": "", ".github/workflows/ci.yml": "", "z/.hidden.yaml": "",
-    })
-    assert [p.relative_to(tmp_path).as_posix() for p in loader.find_manifest_files([tmp_path])] == [
-        "a.yml", "b.yaml", "z/b.yaml", "z/deep/c.yaml",
-    ]
+    # Each file declares a pack named after it: the packs loaded are the files read.
+    write(tmp_path, {path: pack(name, []) for path, name in {
+        "b.yaml": "b", "a.yml": "a", "z/deep/c.yaml": "c", "z/b.yaml": "zb",
+        "notes.txt": "notes", "z/readme.md": "readme", ".github/workflows/ci.yml": "ci",
+        "z/.hidden.yaml": "hidden",
+    }.items()})
+    assert [d.address for d in loader.load([tmp_path])] == ["pack/a", "pack/b", "pack/zb", "pack/c"]
 
 
 def test_files_are_taken_as_given_and_only_once(tmp_path: Path) -> None:
-    write(tmp_path, {"x.txt": "", "d/a.yaml": ""})
-    found = loader.find_manifest_files([tmp_path / "x.txt", tmp_path / "d", tmp_path / "d/a.yaml"])
-    assert found == [tmp_path / "x.txt", tmp_path / "d/a.yaml"]
+    write(tmp_path, {"x.txt": pack("x", []), "d/a.yaml": pack("a", [])})
+    declared = loader.load([tmp_path / "x.txt", tmp_path / "d", tmp_path / "d/a.yaml"])
+    assert [(d.address, d.source.file) for d in declared] == [
+        ("pack/x", tmp_path / "x.txt"), ("pack/a", tmp_path / "d/a.yaml"),
+    ]
 
 
 def test_missing_paths_are_all_reported(tmp_path: Path) -> None:
     with pytest.raises(InvalidInput) as caught:
-        loader.find_manifest_files([tmp_path / "gone", tmp_path, tmp_path / "also-gone.yaml"])
+        loader.load([tmp_path / "gone", tmp_path, tmp_path / "also-gone.yaml"])
     assert [relative(tmp_path, d) for d in caught.value.diagnostics] == [
         "gone: no such file or directory", "also-gone.yaml: no such file or directory",
     ]

@@ -11,8 +11,8 @@ import pytest
 
 from somnus_reconciler.providers import agent_client, guest_access
 from somnus_reconciler.providers.agent_client import AgentClient, AgentRefused, AgentUnreachable
+from testkit.agent_process import TOKEN, free_port, running_agent
 from tests.integration import secret_scan
-from tests.unit.test_agent import TOKEN, _free_port, running_agent
 
 
 def _key_body_lines(private_key: Path) -> list[str]:
@@ -24,7 +24,7 @@ def _key_body_lines(private_key: Path) -> list[str]:
 
 def test_the_token_is_in_no_repr_str_or_error_of_the_client(tmp_path: Path) -> None:
     token = guest_access.ensure_agent_token(tmp_path, "vm-a")
-    client = AgentClient(_free_port(), token, timeout_s=1.0)
+    client = AgentClient(free_port(), token, timeout_s=1.0)
     assert token not in repr(client) and token not in str(client)
     with pytest.raises(AgentUnreachable) as unreachable:
         client.status()
@@ -56,7 +56,7 @@ def test_making_keys_tokens_and_seed_disks_logs_and_prints_nothing_secret(
         "authorized_keys": (key.public_openssh + "\n").encode(), "agent-token": (token + "\n").encode(),
     }, group=None)
     with pytest.raises(guest_access.GuestUnreachable) as unreachable:
-        guest_access.wait_for_ssh(_free_port(), key, timeout_s=1.0)
+        guest_access.wait_for_ssh(free_port(), key, timeout_s=1.0)
 
     captured = capfd.readouterr()
     shown = captured.out + captured.err + caplog.text + str(unreachable.value) + repr(key)

@@ -1,5 +1,8 @@
 """A hermetic apt repository for pack tests: .deb packages built with dpkg-deb,
-a flat index, and a playbook that makes it a guest's only apt source."""
+a flat index, and a playbook that makes it a guest's only apt source.
+
+Used by tests/integration/test_ansible_packs.py, test_pack_steps.py and bench/packs.py.
+"""
 
 from __future__ import annotations
 
