@@ -7,9 +7,8 @@ disruption) and a summary; `PlanJson` the documented shape (docs/output.md).
 
 from __future__ import annotations
 
-from typing import Any
-
 from somnus_reconciler.cli import views
+from somnus_reconciler.cli.views import JsonValue
 from somnus_reconciler.planning.plan import Action, Change, Plan
 from somnus_reconciler.values.desired import DesiredContainer, DesiredVm
 from somnus_reconciler.values.quantity import format_bytes
@@ -76,7 +75,7 @@ def plan_summary(plan: Plan) -> str:
     )
 
 
-def plan_json(plan: Plan) -> dict[str, Any]:
+def plan_json(plan: Plan) -> dict[str, JsonValue]:
     return {
         "inSync": plan.in_sync,
         "changes": [
@@ -85,7 +84,7 @@ def plan_json(plan: Plan) -> dict[str, Any]:
                 "action": c.action.value,
                 "symbol": c.action.symbol,
                 "disruption": c.disruption.name.lower(),
-                "fields": [{"name": f.name, "before": f.before, "after": f.after} for f in c.fields],
+                "fields": [{"name": f.name, "before": _scalar(f.before), "after": _scalar(f.after)} for f in c.fields],
                 "summary": describe_change(c),
                 "drift": c.drift,
                 **({"pack": c.pack} if c.pack else {}),
@@ -111,3 +110,10 @@ class PlanJson(views.JsonView):
 def for_output(output: str) -> PlanHuman | PlanJson:
     """`text` or `json`."""
     return PlanJson() if output == "json" else PlanHuman()
+
+
+def _scalar(value: object) -> JsonValue:
+    """A field's value as JSON: numbers and strings as they are, anything else as its str()."""
+    if value is None or isinstance(value, (str, int, float)):
+        return value
+    return str(value)

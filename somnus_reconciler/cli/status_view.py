@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
-from typing import Any
 
 from somnus_reconciler.cli import views
+from somnus_reconciler.cli.views import JsonValue
 from somnus_reconciler.passes.agent_health import AgentHealth, AgentReport, AgentStats
 from somnus_reconciler.passes.status import Condition, ContainerStatus, ObjectStatus, VmStatus
 from somnus_reconciler.values.quantity import format_bytes
@@ -65,11 +65,11 @@ def _true_false(status: bool | None) -> str:
 
 
 # -- the JSON shape (docs/output.md) --------------------------------------------------
-def status_json(status: ObjectStatus) -> dict[str, Any]:
+def status_json(status: ObjectStatus) -> dict[str, JsonValue]:
     return vm_json(status) if isinstance(status, VmStatus) else container_json(status)
 
 
-def vm_json(vm: VmStatus) -> dict[str, Any]:
+def vm_json(vm: VmStatus) -> dict[str, JsonValue]:
     return {
         "kind": "vm",
         "name": vm.name,
@@ -90,7 +90,7 @@ def vm_json(vm: VmStatus) -> dict[str, Any]:
     }
 
 
-def container_json(container: ContainerStatus) -> dict[str, Any]:
+def container_json(container: ContainerStatus) -> dict[str, JsonValue]:
     return {
         "kind": "container",
         "name": container.name,
@@ -103,14 +103,14 @@ def container_json(container: ContainerStatus) -> dict[str, Any]:
     }
 
 
-def condition_json(condition: Condition) -> dict[str, str]:
-    shape = {"type": condition.type, "status": _true_false(condition.status), "message": condition.message}
+def condition_json(condition: Condition) -> dict[str, JsonValue]:
+    shape: dict[str, JsonValue] = {"type": condition.type, "status": _true_false(condition.status), "message": condition.message}
     if condition.reason:
         shape["reason"] = condition.reason
     return shape
 
 
-def agent_json(agent: AgentHealth) -> dict[str, Any]:
+def agent_json(agent: AgentHealth) -> dict[str, JsonValue]:
     """{address, connected, ok, version, processes, stats[, recentErrors]}; `message` says why not connected."""
     return {
         "address": agent.address,
@@ -120,8 +120,8 @@ def agent_json(agent: AgentHealth) -> dict[str, Any]:
     }
 
 
-def _report_json(report: AgentReport) -> dict[str, Any]:
-    shape: dict[str, Any] = {
+def _report_json(report: AgentReport) -> dict[str, JsonValue]:
+    shape: dict[str, JsonValue] = {
         "ok": report.ok,
         "version": report.version,
         "processes": [{"name": p.name, "pid": p.pid, "running": p.running} for p in report.processes],
@@ -133,7 +133,7 @@ def _report_json(report: AgentReport) -> dict[str, Any]:
     return shape
 
 
-def _stats_json(stats: AgentStats) -> dict[str, Any]:
+def _stats_json(stats: AgentStats) -> dict[str, JsonValue]:
     """As the agent sends them (`GET /stats/basic`): its own snake_case keys."""
     memory, disk, load = stats.memory, stats.disk, stats.load
     return {

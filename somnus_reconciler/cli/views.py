@@ -15,11 +15,14 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Sequence
-from typing import Any, TextIO
+from typing import TextIO
 
 import click
 
 from somnus_reconciler.values.diagnostics import Diagnostic, InvalidInput
+
+# What a JSON view hands to `print_json`: the stable shapes of docs/output.md.
+JsonValue = None | bool | int | float | str | list["JsonValue"] | dict[str, "JsonValue"]
 
 
 class View:
@@ -66,7 +69,7 @@ class JsonView(View):
         self.json(diagnostics_json(error.diagnostics))
 
 
-def diagnostics_json(diagnostics: Sequence[Diagnostic]) -> dict[str, Any]:
+def diagnostics_json(diagnostics: Sequence[Diagnostic]) -> dict[str, JsonValue]:
     return {
         "errors": [
             {
