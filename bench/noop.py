@@ -7,7 +7,7 @@ in this one run (the machine is shared and noisy: compare ratios):
   * `somnus diff` as a whole process (what a user waits for), median of --repeat;
   * the raw floor as a whole process: one Python process that does one libvirt
     listing plus each domain's XML, and one sparse Docker listing;
-  * the same two inside a running process (backends.observe + plan.compute vs
+  * the same two inside a running process (backends.observe_reachable + plan.compute vs
     the raw calls), which is what the watcher will pay per pass.
 Everything it creates is named `bench-noop-*` and removed at the end.
 """
@@ -89,7 +89,7 @@ def in_process(path: Path, repeat: int) -> tuple[float, float]:
     ours, raw = [], []
     for _ in range(repeat):
         start = time.perf_counter()
-        result = plan.compute(desired, backends_mod.observe(backends), prune=False)
+        result = plan.compute(desired, backends_mod.observe_reachable(backends)[0], prune=False)
         ours.append(time.perf_counter() - start)
         assert result.in_sync, result.changes[:3]
         start = time.perf_counter()

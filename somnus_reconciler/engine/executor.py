@@ -14,7 +14,8 @@ with the other resources; the caller turns any failure into exit code 1.
 Steps left open by a killed process are rolled back by `recover` (`recovery`).
 
 The engine talks to backends only through protocols and reports progress only
-through `EngineHook`s (rendering lives in cli.views and the loop's events).
+through `EngineHook`s (rendering lives in cli/: `apply_view` for apply, `loop_views` for
+watch and gitops).
 """
 
 from __future__ import annotations
@@ -85,7 +86,7 @@ class Engine:
     def execute(self, plan: Plan, *, revision: str | None = None,
                 should_stop: Callable[[], bool] = lambda: False) -> list[StepResult]:
         """Run the plan's steps in order; `should_stop` is asked before each one (a
-        watcher told to stop lets the current step finish or roll back, then returns).
+        loop or an apply told to stop lets the current step finish or roll back, then returns).
 
         Each object a step converged is recorded in the journal as applied, with its
         spec hash and `revision` (gitops); that is how a later resync tells drift

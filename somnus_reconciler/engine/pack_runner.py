@@ -2,8 +2,8 @@
 
 A VM is reached over SSH on its 127.0.0.1 forward with its own key (made by
 guest_access at creation, delivered on the seed disk); a container with
-`docker exec`. The pack itself runs through ansible_provider. Wired up by
-passes.converge; the engine sees only the `PackRunner` protocol. A VM whose SSH
+`docker exec`. The pack itself runs through ansible_provider. passes.converge
+hands it to the engine, which sees only the `PackRunner` protocol. A VM whose SSH
 does not answer in time is a temporary failure ("reach guest"), tried again.
 """
 

@@ -1,6 +1,7 @@
-"""One reconcile pass, shared by `diff`, `apply` (and the watcher): load the
-manifests, observe libvirt and Docker, compute the plan, refuse what must not
-run (conflicts, admission, missing base images), then hand the plan to the engine.
+"""The first half of every pass, for `diff`, `apply`, `watch` and `gitops`: load the
+manifests, observe libvirt and Docker, compute the plan, and refuse what must not
+run (conflicts, admission, missing base images). `passes.converge` hands the plan
+to the engine.
 
 Everything that makes input invalid is raised as `InvalidInput` before any
 change is made.

@@ -113,9 +113,6 @@ class AgentClient:
         return self.request("POST", "/execute", {"argv": argv, "stdin": stdin, "timeout_s": timeout_s},
                             timeout_s=timeout_s + self.timeout_s)
 
-    def reload_config(self) -> JsonObject:
-        return self.request("POST", "/config/reload", {})
-
 
 def for_vm(vm: ActualVm, state_dir: Path, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> AgentClient | None:
     """The client of `vm`'s agent; None when the VM has no agent forward or token."""
@@ -127,18 +124,6 @@ def for_vm(vm: ActualVm, state_dir: Path, *, timeout_s: float = DEFAULT_TIMEOUT_
     except (FileNotFoundError, ValueError):
         return None
     return AgentClient(forward.host_port, token, timeout_s=timeout_s)
-
-
-def wait_until_connected(client: AgentClient, timeout_s: float) -> JsonObject:
-    """Poll `GET /status` until it answers; AgentUnreachable after `timeout_s`."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            return client.status()
-        except AgentUnreachable:
-            if time.monotonic() >= deadline:
-                raise AgentUnreachable(f"no agent answered on {client.address} within {timeout_s:.0f}s") from None
-            time.sleep(_POLL_INTERVAL_S)
 
 
 @dataclass(frozen=True)

@@ -3,8 +3,7 @@
 The engine calls `run_pack` (through engine.pack_runner) for one pack on one
 guest (a VM over SSH on a 127.0.0.1 port forward, or a container through
 `docker exec`). Every run executes the generic `playbooks/pack.yml` with the
-extra vars, inventory and environment of `ansible_inputs`; `render_tasks` lists
-the tasks that run would execute, without a guest. `ansible_results` reads what
+extra vars, inventory and environment of `ansible_inputs`. `ansible_results` reads what
 the run reports; `ansible_processes` ends runs a killed apply left behind.
 
 This is the only module that imports `ansible_runner`. What a guest does wrong
@@ -20,7 +19,6 @@ import json
 import math
 import os
 import shutil
-import subprocess
 import tempfile
 import time
 from collections.abc import Callable
@@ -31,40 +29,6 @@ from somnus_reconciler.providers.ansible_inputs import PACK_PLAYBOOK, SshTarget,
 from somnus_reconciler.providers.ansible_results import PackRunResult
 from somnus_reconciler.providers.protocols import ProviderError
 from somnus_reconciler.values.desired import DesiredPack
-
-
-def render_tasks(pack: DesiredPack, os_family: str, action: str = "install") -> list[str]:
-    """Names of the tasks a run would execute, in order (`ansible-playbook --list-tasks`).
-
-    Task names of the generic playbook start with the tool they use
-    (`apt:`, `winget:`, `brew:`, `verify:`). Needs no guest.
-    """
-    variables = ansible_inputs.extra_vars(pack, os_family, action)
-    with tempfile.TemporaryDirectory(prefix="somnus-list-") as scratch:
-        env = dict(os.environ, **ansible_inputs.ansible_env(Path(scratch)))
-        result = subprocess.run(
-            [ansible_inputs.ansible_playbook(pack), "--list-tasks", "-i", f"{ansible_inputs.GUEST_GROUP}-host,",
-             "-e", json.dumps(variables), str(PACK_PLAYBOOK)],
-            capture_output=True, text=True, env=env, timeout=120, check=False,
-        )
-    if result.returncode != 0:
-        raise ProviderError(f"pack/{pack.name}", "list tasks",
-                            ansible_results.excerpt(result.stderr or result.stdout))
-    return _parse_task_list(result.stdout)
-
-
-def _parse_task_list(listing: str) -> list[str]:
-    tasks: list[str] = []
-    in_tasks = False
-    for line in listing.splitlines():
-        stripped = line.strip()
-        if stripped == "tasks:":
-            in_tasks = True
-        elif stripped.startswith("play #") or not stripped:
-            in_tasks = False
-        elif in_tasks:
-            tasks.append(stripped.split("\tTAGS:")[0].strip())
-    return tasks
 
 
 def run_pack(

@@ -1,9 +1,10 @@
 """The two daemons, opened together, and what they hold now.
 
-`open_backends` opens libvirt and Docker for one pass (or one loop); `observe` reads
-both, plus the containers' pack records from the journal; `observe_reachable`
-leaves out a daemon that stays unreachable after retries, so the other half can
-still converge. Called by `passes` (prepare, status, pack health) and the CLI.
+`open_backends` opens libvirt and Docker for one pass (or one loop);
+`observe_reachable` reads both, plus the containers' pack records from the
+journal, and leaves out a daemon that stays unreachable after retries, so the
+other half can still converge; `applied_hashes` reads what was last applied.
+Called by `passes` (prepare, status, apply, rollback and the loop).
 """
 
 from __future__ import annotations
@@ -44,17 +45,12 @@ def open_backends(desired: DesiredState | None, *, state_dir: str | None = None)
     return Backends(resolved, LibvirtProvider(resolved), DockerProvider(resolved.docker_host))
 
 
-def observe(backends: Backends) -> ActualState:
-    """libvirt and Docker, plus the containers' pack records from the journal
-    (a container's labels cannot change, so that part of its mark lives there).
-    BackendUnavailable when either daemon cannot be reached."""
-    return ActualState(vms=backends.vms.observe(), containers=_observe_containers(backends))
-
-
 def observe_reachable(backends: Backends, *, retry_delays_s: Sequence[float] = UNREACHABLE_RETRY_DELAYS_S,
                       sleep: Callable[[float], None] = time.sleep) -> tuple[ActualState, dict[str, str]]:
-    """Like `observe`, but a daemon that stays unreachable after retries with backoff
-    is left out: (what could be observed, kind -> why the other half could not)."""
+    """libvirt and Docker, plus the containers' pack records from the journal (a
+    container's labels cannot change, so that part of its mark lives there). A daemon
+    that stays unreachable after retries with backoff is left out: (what could be
+    observed, kind -> why the other half could not)."""
     unreachable: dict[str, str] = {}
 
     def attempt(kind: str, read: Callable[[], dict[str, _Observed]]) -> dict[str, _Observed]:

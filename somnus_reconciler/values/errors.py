@@ -31,8 +31,3 @@ class TemporaryError(SomnusError):
     def __init__(self, *args: object, delay: float = DEFAULT_RETRY_DELAY_S) -> None:
         super().__init__(*args)
         self.delay = delay
-
-
-def is_temporary(error: BaseException) -> bool:
-    """Whether `error` is worth retrying, decided by its type alone."""
-    return isinstance(error, TemporaryError)

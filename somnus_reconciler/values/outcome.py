@@ -18,7 +18,3 @@ class Outcome(enum.StrEnum):
     REPORTED = "reported"  # drift found and only reported (driftPolicy: warn)
     TIMED_OUT = "timed out"  # a soft reboot that was not confirmed in time
     SKIPPED = "skipped"  # a pack step not run because its guest's own change failed
-
-    @property
-    def succeeded(self) -> bool:
-        return self in (Outcome.OK, Outcome.CORRECTED, Outcome.REPORTED)

@@ -35,7 +35,7 @@ from somnus_reconciler.providers.protocols import ProviderError
 from somnus_reconciler.values.desired import DesiredPack
 from somnus_reconciler.values.diagnostics import Source
 from somnus_reconciler.values.model import CapabilityPackSpec
-from testkit import apt_repo
+from testkit import ansible_tasks, apt_repo
 
 try:
     from somnus_reconciler.providers import ansible_inputs, ansible_provider, ansible_results
@@ -303,16 +303,16 @@ def test_each_family_runs_its_own_package_manager(os_family: str, action: str,
         capture_output=True, text=True, env=dict(os.environ, ANSIBLE_NOCOLOR="1"), check=False)
     assert syntax.returncode == 0, syntax.stderr
 
-    names = ansible_provider.render_tasks(pack, os_family, action)
+    names = ansible_tasks.render_tasks(pack, os_family, action)
     modules = task_modules(os_family)
     assert [(name, modules[name]) for name in names] == FAMILY_TASKS[(os_family, action)]
 
 
 def test_a_packs_own_playbook_runs_between_packages_and_verify(make_pack: Callable[..., DesiredPack],
                                                               local_repo_pack: DesiredPack) -> None:
-    assert ansible_provider.render_tasks(local_repo_pack, "debian", "install") == [
+    assert ansible_tasks.render_tasks(local_repo_pack, "debian", "install") == [
         "apt: look for package lists", APT_TASK, "Copy the repository into the guest", "Set the network sources aside",
         "Point apt at the local repository", "Refresh the apt cache", VERIFY_TASK]
     # Uninstalling removes packages only: the pack's own playbook does not run.
-    assert ansible_provider.render_tasks(local_repo_pack, "debian", "uninstall") == [
+    assert ansible_tasks.render_tasks(local_repo_pack, "debian", "uninstall") == [
         "apt: remove packages", VERIFY_TASK]

@@ -122,7 +122,7 @@ def configure(client: AgentClient, processes: list[dict[str, Any]], watch_logs: 
     config = {"processes": processes, "watch_logs": watch_logs}
     written = client.execute(["sh", "-c", "umask 077; cat >/etc/somnus/agent.json"], stdin=json.dumps(config))
     assert written["exit_code"] == 0, written
-    return client.reload_config()
+    return client.request("POST", "/config/reload", {})
 
 
 def test_a_soft_reboot_restarts_the_monitored_processes_and_is_confirmed(

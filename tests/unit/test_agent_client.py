@@ -62,7 +62,7 @@ def test_a_soft_reboot_whose_process_does_not_come_back_times_out_naming_it(agen
     agent, client = agent_and_client
     # The monitored process now exits at once: it can never report back.
     agent.config_file.write_text(json.dumps({"processes": [{"name": "quitter", "argv": ["true"]}]}))
-    client.reload_config()
+    client.request("POST", "/config/reload", {})
     outcome = agent_client.confirm_soft_reboot(client, timeout_s=2)
     assert not outcome.confirmed
     assert "quitter" in outcome.message and "timed out" in outcome.message
