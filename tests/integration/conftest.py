@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import socket
 import subprocess
 import sys
 import uuid
@@ -219,12 +218,6 @@ def image_domain_xml(name: str, image: vm_images.VmImage, overlay: Path, console
     boot = domain_xml.BootSource(overlay, image.kernel, image.initrd, image.cmdline, seed)
     return domain_xml.build(vm, boot, domain_type="qemu", console_log=console_log,
                             forwards=tuple(PortForward(n, host, guest) for n, (host, guest) in forwards.items()))
-
-
-def free_loopback_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def read_or_empty(path: Path) -> str:

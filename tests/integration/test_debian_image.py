@@ -37,10 +37,10 @@ from somnus_reconciler.images.debian_image import ROOT_LABEL
 from somnus_reconciler.providers import domain_xml, guest_access
 from somnus_reconciler.providers.docker_provider import DockerProvider
 from somnus_reconciler.providers.protocols import BackendUnavailable
+from testkit.agent_process import free_port
 from tests.integration import secret_scan
 from tests.integration.conftest import (
     destroy_and_undefine,
-    free_loopback_port,
     image_domain_xml,
     read_or_empty,
 )
@@ -121,7 +121,7 @@ def guest(
             check=True,
         )
         console_log = vm_dir / "console.log"
-        port = free_loopback_port()
+        port = free_port()
         dom = libvirt_conn.defineXML(image_domain_xml(name, debian_image, overlay, console_log, {"ssh": (port, 22)},
                                                       memory_mib=MEMORY_KIB // 1024, vcpus=VCPUS, seed=seed))
         cleanup.callback(destroy_and_undefine, dom)

@@ -26,9 +26,9 @@ import pytest
 
 from somnus_reconciler.images import store, vm_images
 from somnus_reconciler.providers import domain_xml
+from testkit.agent_process import free_port
 from tests.integration.conftest import (
     destroy_and_undefine,
-    free_loopback_port,
     image_domain_xml,
     read_or_empty,
 )
@@ -132,7 +132,7 @@ def test_tiny_linux_boots_balloons_and_shuts_down_under_libvirt(
         check=True,
     )
     console_log = vm_dir / "console.log"
-    port = free_loopback_port()
+    port = free_port()
 
     dom = conn.defineXML(image_domain_xml(name, tiny_image, overlay, console_log,
                                          {"agent": (port, domain_xml.GUEST_PORTS["agent"])}, memory_mib=MEMORY_KIB // 1024))
