@@ -5,12 +5,12 @@ from __future__ import annotations
 import datetime
 
 from somnus_reconciler.cli import views
-from somnus_reconciler.passes.rollback import GuestSnapshots, RollbackDone
+from somnus_reconciler.passes.rollback import SnapshotListing, RollbackDone
 from somnus_reconciler.passes.soft_reboot import SoftRebootResult
 
 
 class SnapshotsHuman(views.View):
-    def snapshots(self, found: GuestSnapshots) -> None:
+    def snapshots(self, found: SnapshotListing) -> None:
         """One line each, oldest first: name, when, and (VMs only) libvirt's description."""
         for snap in found.snapshots:
             at = datetime.datetime.fromtimestamp(snap.created).strftime("%Y-%m-%d %H:%M:%S")

@@ -35,7 +35,9 @@ from somnus_reconciler.values.outcome import Outcome
 _EMPTY_PACK_SPEC = CapabilityPackSpec()  # stands in for a pack removed from the manifests
 
 
-class PackOutcome(Protocol):
+class PackRun(Protocol):
+    """How a pack's playbook run ended (providers.ansible_results.PackRunResult)."""
+
     @property
     def ok(self) -> bool: ...
     @property
@@ -48,7 +50,7 @@ class PackRunner(Protocol):
     """Runs one pack's playbook in one guest (pack_runner.AnsiblePackRunner)."""
 
     def run(self, guest: DesiredVm | DesiredContainer, pack: DesiredPack, action: str,
-            on_event: Callable[[str], None]) -> PackOutcome: ...
+            on_event: Callable[[str], None]) -> PackRun: ...
 
 
 @dataclass
@@ -158,6 +160,6 @@ def _applied_packs(actual: ActualVm | ActualContainer | None) -> tuple[tuple[str
     return ()
 
 
-def _failure(outcome: PackOutcome) -> str:
+def _failure(outcome: PackRun) -> str:
     task = f"task {outcome.failed_task!r} failed" if outcome.failed_task else "the playbook failed"
     return f"{task}: {outcome.message}" if outcome.message else task

@@ -37,7 +37,7 @@ class Guest:
 
 
 @dataclass(frozen=True)
-class GuestSnapshots:
+class SnapshotListing:
     guest: Guest
     snapshots: tuple[Snapshot, ...]  # oldest first
 
@@ -52,12 +52,12 @@ class RollbackRefused(PermanentError):
     """Nothing to revert to, or not enough to make a container anew; nothing was changed."""
 
 
-def snapshots(guest: Guest, *, state_dir: str | None) -> GuestSnapshots:
+def snapshots(guest: Guest, *, state_dir: str | None) -> SnapshotListing:
     """The snapshots somnus took of `guest`, oldest first."""
     backends = backends_mod.open_backends(None, state_dir=state_dir)
     provider = backends.vms if guest.kind == "vm" else backends.containers
     try:
-        return GuestSnapshots(guest, tuple(provider.snapshots(guest.name)))
+        return SnapshotListing(guest, tuple(provider.snapshots(guest.name)))
     finally:
         backends.close()
 

@@ -127,7 +127,7 @@ def for_vm(vm: ActualVm, state_dir: Path, *, timeout_s: float = DEFAULT_TIMEOUT_
 
 
 @dataclass(frozen=True)
-class SoftRebootOutcome:
+class SoftRebootConfirmation:
     confirmed: bool
     message: str
     duration_s: float
@@ -144,7 +144,7 @@ def processes(status: Mapping[str, object]) -> list[ProcessStatus]:
             for p in listed if isinstance(p, dict) and "name" in p]
 
 
-def confirm_soft_reboot(client: AgentClient, timeout_s: float) -> SoftRebootOutcome:
+def confirm_soft_reboot(client: AgentClient, timeout_s: float) -> SoftRebootConfirmation:
     """Ask for a soft reboot, then poll `/status` until every monitored process is back.
 
     Back means running under a new pid. Not confirmed when the agent refuses,
@@ -158,7 +158,7 @@ def confirm_soft_reboot(client: AgentClient, timeout_s: float) -> SoftRebootOutc
         client.request("POST", "/soft-reboot", {}, timeout_s=timeout_s)
     except AgentRefused as e:
         if e.status != 504:  # 504: not all back within the agent's own wait; keep polling
-            return SoftRebootOutcome(False, f"the agent refused: {e}", time.monotonic() - started)
+            return SoftRebootConfirmation(False, f"the agent refused: {e}", time.monotonic() - started)
     except AgentUnreachable:
         pass  # the answer may be lost; /status below says what happened
     waiting: list[str] = sorted(before)
@@ -171,12 +171,12 @@ def confirm_soft_reboot(client: AgentClient, timeout_s: float) -> SoftRebootOutc
                 if not p["running"] or (p["name"] in before and p["pid"] == before[p["name"]])
             ]
             if not waiting:
-                return SoftRebootOutcome(True, f"{len(now)} process(es) back",
+                return SoftRebootConfirmation(True, f"{len(now)} process(es) back",
                                          time.monotonic() - started, tuple(now))
         except AgentError:
             pass
         if time.monotonic() >= deadline:
-            return SoftRebootOutcome(
+            return SoftRebootConfirmation(
                 False, f"timed out after {timeout_s:.0f}s waiting for: {', '.join(waiting) or 'the agent'}",
                 time.monotonic() - started, tuple(now),
             )

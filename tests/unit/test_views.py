@@ -28,7 +28,7 @@ from somnus_reconciler.engine.executor import StepResult
 from somnus_reconciler.journal import Event
 from somnus_reconciler.passes.converge import PassReport
 from somnus_reconciler.passes.history_query import HistoryItem
-from somnus_reconciler.passes.rollback import Guest, GuestSnapshots, RollbackDone
+from somnus_reconciler.passes.rollback import Guest, SnapshotListing, RollbackDone
 from somnus_reconciler.passes.soft_reboot import SoftRebootResult
 from somnus_reconciler.planning.plan import Action, Change, Disruption, FieldChange, Plan
 from somnus_reconciler.semantic.triage import Category, Triage
@@ -222,7 +222,7 @@ def test_waiting_for_the_apply_lock_is_said_on_stderr() -> None:
 # -- snapshots, rollback, soft-reboot -------------------------------------------------------
 def test_snapshots_of_a_vm_with_their_description() -> None:
     out, err = streams()
-    found = GuestSnapshots(Guest("vm", "coder-1"), (Snapshot("somnus-pack-hello-20240501T101507", AT, "before hello"),
+    found = SnapshotListing(Guest("vm", "coder-1"), (Snapshot("somnus-pack-hello-20240501T101507", AT, "before hello"),
                                                     Snapshot("somnus-manual-1", AT + 60)))
     guest_view.SnapshotsHuman(out, err).snapshots(found)
     assert out.getvalue() == (
@@ -234,8 +234,8 @@ def test_snapshots_of_a_vm_with_their_description() -> None:
 def test_snapshots_of_a_container_show_no_description_and_none_is_said() -> None:
     out, err = streams()
     view = guest_view.SnapshotsHuman(out, err)
-    view.snapshots(GuestSnapshots(Guest("container", "box"), (Snapshot("somnus-pack-a-1", AT, "ignored"),)))
-    view.snapshots(GuestSnapshots(Guest("container", "box"), ()))
+    view.snapshots(SnapshotListing(Guest("container", "box"), (Snapshot("somnus-pack-a-1", AT, "ignored"),)))
+    view.snapshots(SnapshotListing(Guest("container", "box"), ()))
     assert out.getvalue() == f"{'somnus-pack-a-1':<56} 2024-05-01 10:15:07\nno snapshots of container/box\n"
 
 
