@@ -92,5 +92,5 @@ def soft_reboot(address: str, timeout_s: float, state_dir: str | None) -> None:
         result = soft_reboot_pass.soft_reboot(name, timeout_s=timeout_s, state_dir=state_dir)
     except (ProviderError, soft_reboot_pass.SoftRebootRefused) as e:
         arguments.fail(str(e))
-    guest_view.SoftRebootHuman().result(result)
+    guest_view.SoftRebootHuman().result(f"vm/{name}", result)
     sys.exit(EXIT_OK if result.confirmed else EXIT_NOT_CONFIRMED)

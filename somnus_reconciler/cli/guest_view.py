@@ -5,8 +5,8 @@ from __future__ import annotations
 import datetime
 
 from somnus_reconciler.cli import views
-from somnus_reconciler.passes.rollback import SnapshotListing, RollbackDone
-from somnus_reconciler.passes.soft_reboot import SoftRebootResult
+from somnus_reconciler.passes.rollback import RollbackDone, SnapshotListing
+from somnus_reconciler.providers.agent_client import SoftRebootConfirmation
 
 
 class SnapshotsHuman(views.View):
@@ -30,6 +30,6 @@ class RollbackHuman(views.HumanView):
 
 
 class SoftRebootHuman(views.View):
-    def result(self, result: SoftRebootResult) -> None:
+    def result(self, address: str, result: SoftRebootConfirmation) -> None:
         verdict = "confirmed" if result.confirmed else "NOT confirmed"
-        self.echo(f"{result.address}: soft reboot {verdict} in {result.duration_s:.1f}s: {result.message}")
+        self.echo(f"{address}: soft reboot {verdict} in {result.duration_s:.1f}s: {result.message}")

@@ -7,8 +7,6 @@ journal, where `status` finds it for the `SoftRebootConfirmed` condition.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from somnus_reconciler.journal import Journal
 from somnus_reconciler.passes import status
 from somnus_reconciler.providers import agent_client
@@ -17,19 +15,11 @@ from somnus_reconciler.values.errors import PermanentError
 from somnus_reconciler.values.outcome import Outcome
 
 
-@dataclass(frozen=True)
-class SoftRebootResult:
-    address: str  # vm/NAME
-    confirmed: bool  # every monitored process came back in time
-    message: str
-    duration_s: float
-
-
 class SoftRebootRefused(PermanentError):
     """No managed running VM with an agent to ask, or the agent did not take the request."""
 
 
-def soft_reboot(name: str, *, timeout_s: float, state_dir: str | None) -> SoftRebootResult:
+def soft_reboot(name: str, *, timeout_s: float, state_dir: str | None) -> agent_client.SoftRebootConfirmation:
     """Soft-reboot vm/`name`; ProviderError when libvirt fails, SoftRebootRefused as above."""
     address = f"vm/{name}"
     backends = backends_mod.open_backends(None, state_dir=state_dir)
@@ -45,10 +35,10 @@ def soft_reboot(name: str, *, timeout_s: float, state_dir: str | None) -> SoftRe
     if client is None:
         raise SoftRebootRefused(f"{address} has no agent forward or token (made before the agent existed?)")
     try:
-        outcome = agent_client.confirm_soft_reboot(client, timeout_s)
+        confirmation = agent_client.confirm_soft_reboot(client, timeout_s)
     except agent_client.AgentError as e:
         raise SoftRebootRefused(f"{address}: {e}") from e
     with Journal(backends.settings.journal_path) as journal:
-        journal.record(address, status.SOFT_REBOOT_ACTION, Outcome.OK if outcome.confirmed else Outcome.TIMED_OUT,
-                       outcome.message)
-    return SoftRebootResult(address, outcome.confirmed, outcome.message, outcome.duration_s)
+        journal.record(address, status.SOFT_REBOOT_ACTION, Outcome.OK if confirmation.confirmed else Outcome.TIMED_OUT,
+                       confirmation.message)
+    return confirmation

@@ -28,9 +28,9 @@ from somnus_reconciler.engine.executor import StepResult
 from somnus_reconciler.journal import Event
 from somnus_reconciler.passes.converge import PassReport
 from somnus_reconciler.passes.history_query import HistoryItem
-from somnus_reconciler.passes.rollback import Guest, SnapshotListing, RollbackDone
-from somnus_reconciler.passes.soft_reboot import SoftRebootResult
+from somnus_reconciler.passes.rollback import Guest, RollbackDone, SnapshotListing
 from somnus_reconciler.planning.plan import Action, Change, Disruption, FieldChange, Plan
+from somnus_reconciler.providers.agent_client import SoftRebootConfirmation
 from somnus_reconciler.semantic.triage import Category, Triage
 from somnus_reconciler.values.actual import Snapshot
 from somnus_reconciler.values.desired import DesiredContainer, DesiredState, DesiredVm, VmResources
@@ -251,7 +251,7 @@ def test_rollback_says_what_it_reverted_to() -> None:
 ])
 def test_soft_reboot_says_whether_it_was_confirmed(confirmed: bool, line: str) -> None:
     out, err = streams()
-    guest_view.SoftRebootHuman(out, err).result(SoftRebootResult("vm/coder-1", confirmed, "1 process(es) back", 2.26))
+    guest_view.SoftRebootHuman(out, err).result("vm/coder-1", SoftRebootConfirmation(confirmed, "1 process(es) back", 2.26))
     assert out.getvalue() == line
 
 
