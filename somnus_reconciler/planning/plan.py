@@ -250,41 +250,26 @@ def _other_pool(want: DesiredVm | DesiredContainer, pool: str) -> Diagnostic:
     )
 
 
+def _differing(*fields: tuple[str, object, object]) -> tuple[FieldChange, ...]:
+    """The (label, before, after) fields whose value changes."""
+    return tuple(FieldChange(label, before, after) for label, before, after in fields if before != after)
+
+
 def vm_change(want: DesiredVm, have: ActualVm | None) -> Change | None:
     if have is None:
         return Change(want.address, Action.CREATE, Disruption.NONE, desired=want)
     assert have.mark is not None
-    recreate = [
-        FieldChange(label, before, after)
-        for label, before, after in (
-            ("image", have.mark.image, want.image),
-            ("diskSize", have.mark.disk_size, want.disk_size),
-            ("osFamily", have.mark.os_family, want.os_family),
-        )
-        if before != after
-    ]
+    recreate = _differing(
+        ("image", have.mark.image, want.image),
+        ("diskSize", have.mark.disk_size, want.disk_size),
+        ("osFamily", have.mark.os_family, want.os_family),
+    )
     if recreate:
-        return Change(
-            want.address, Action.REPLACE, Disruption.RECREATE, tuple(recreate), want, have
-        )
+        return Change(want.address, Action.REPLACE, Disruption.RECREATE, recreate, want, have)
 
     r = want.resources
-    headroom = tuple(
-        FieldChange(label, before, after)
-        for label, before, after in (
-            ("maxVcpus", have.max_vcpus, r.max_vcpus),
-            ("maxMemory", have.max_memory, r.max_memory),
-        )
-        if before != after
-    )
-    sizes = tuple(
-        FieldChange(label, before, after)
-        for label, before, after in (
-            ("vcpus", have.vcpus, r.vcpus),
-            ("memory", have.memory, r.memory),
-        )
-        if before != after
-    )
+    headroom = _differing(("maxVcpus", have.max_vcpus, r.max_vcpus), ("maxMemory", have.max_memory, r.max_memory))
+    sizes = _differing(("vcpus", have.vcpus, r.vcpus), ("memory", have.memory, r.memory))
     resized = headroom + sizes
 
     change: Change | None = None
