@@ -41,13 +41,15 @@ def build(names: Sequence[str], hooks: ImageBuildHooks) -> None:
     if unknown:
         raise UnknownImage(f"unknown image(s) {', '.join(unknown)}; known: {', '.join(KNOWN_IMAGES)}")
     settings = settings_mod.resolve()
-    for name in names or KNOWN_IMAGES:
-        hooks.building(name)
-        if name in vm_images.VM_IMAGE_NAMES:
-            built = vm_images.build_vm_image(name, settings.images_dir, log=hooks.log)
-            hooks.built(name, built.disk.parent)
-        else:
-            provider = DockerProvider(settings.docker_host)
-            container_images.build_container_image(name, provider, log=hooks.log, images_dir=settings.images_dir)
-            provider.close()
-            hooks.built(name, None)
+    docker = DockerProvider(settings.docker_host)  # connects on its first call only
+    try:
+        for name in names or KNOWN_IMAGES:
+            hooks.building(name)
+            if name in vm_images.VM_IMAGE_NAMES:
+                built = vm_images.build_vm_image(name, settings.images_dir, log=hooks.log)
+                hooks.built(name, built.disk.parent)
+            else:
+                container_images.build_container_image(name, docker, log=hooks.log, images_dir=settings.images_dir)
+                hooks.built(name, None)
+    finally:
+        docker.close()
