@@ -9,7 +9,6 @@ the one object until a fresh plan for it is empty, within a timeout.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from somnus_reconciler.engine import retry
@@ -51,15 +50,18 @@ class ResourceSteps:
     def replan(self, change: Change) -> Change | None:
         """The change still needed for this one object, from a fresh observation."""
         try:
-            if change.action is Action.DELETE:
-                observe_one = self.vms.observe_one if change.kind == "vm" else self.containers.observe_one
-                return change if observe_one(change.name) is not None else None
-            if isinstance(change.desired, DesiredVm):
-                return plan_mod.vm_change(change.desired, self.vms.observe_one(change.name))
-            assert isinstance(change.desired, DesiredContainer)
-            return plan_mod.container_change(change.desired, self.containers.observe_one(change.name))
+            return self._still_needed(change)
         except ProviderError:
             return change  # still unreachable: the next attempt says so
+
+    def _still_needed(self, change: Change) -> Change | None:
+        if change.action is Action.DELETE:
+            observe_one = self.vms.observe_one if change.kind == "vm" else self.containers.observe_one
+            return change if observe_one(change.name) is not None else None
+        if isinstance(change.desired, DesiredVm):
+            return plan_mod.vm_change(change.desired, self.vms.observe_one(change.name))
+        assert isinstance(change.desired, DesiredContainer)
+        return plan_mod.container_change(change.desired, self.containers.observe_one(change.name))
 
     def _act_vm(self, change: Change) -> None:
         vms = self.vms
@@ -106,33 +108,22 @@ class ResourceSteps:
             containers.start(want.name)
 
     def _verify(self, change: Change) -> None:
-        """Re-observe the one object until it matches the desired state."""
-        check = self._check(change)
+        """Re-observe the one object until nothing remains to be done for it."""
         # A guest that (re)boots reaches its declared memory only once its balloon
         # driver has loaded, which under TCG can take minutes on a busy host.
         boots = change.kind == "vm" and (change.action in (Action.CREATE, Action.REPLACE, Action.START)
                                          or change.disruption is Disruption.RESTART)
         deadline = time.monotonic() + (self.boot_timeout_s if boots else self.verify_timeout_s)
-        while (problem := check()) is not None:
+        while (problem := _remaining(self._still_needed(change))) is not None:
             if time.monotonic() >= deadline:
                 raise VerifyFailed(f"{change.address}: not converged after {change.action.value}: {problem}")
             time.sleep(_VERIFY_POLL_S)
-
-    def _check(self, change: Change) -> Callable[[], str | None]:
-        """What still differs for this object, observed afresh at each call; None: nothing."""
-        if change.action is Action.DELETE:
-            observe_one = self.vms.observe_one if change.kind == "vm" else self.containers.observe_one
-            return lambda: None if observe_one(change.name) is None else "still exists"
-        if isinstance(change.desired, DesiredVm):
-            want_vm = change.desired
-            return lambda: _remaining(plan_mod.vm_change(want_vm, self.vms.observe_one(want_vm.name)))
-        assert isinstance(change.desired, DesiredContainer)
-        want_c = change.desired
-        return lambda: _remaining(plan_mod.container_change(want_c, self.containers.observe_one(want_c.name)))
 
 
 def _remaining(change: Change | None) -> str | None:
     if change is None:
         return None
+    if change.action is Action.DELETE:
+        return "still exists"
     details = ", ".join(str(f) for f in change.fields)
     return f"still needs {change.action.value}" + (f" ({details})" if details else "")
