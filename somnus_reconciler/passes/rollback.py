@@ -12,12 +12,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from somnus_reconciler.engine.snapshots import GuestSnapshots
 from somnus_reconciler.journal import ApplyLock, Journal
 from somnus_reconciler.passes import prepare
 from somnus_reconciler.providers import backends as backends_mod
-from somnus_reconciler.providers.backends import Backends
 from somnus_reconciler.values.actual import Snapshot
-from somnus_reconciler.values.desired import DesiredState
 from somnus_reconciler.values.errors import PermanentError
 from somnus_reconciler.values.outcome import Outcome
 
@@ -78,30 +77,17 @@ def rollback(guest: Guest, snapshot: str | None, manifests: Sequence[Path], *, s
         if guest.name not in desired.containers:
             raise RollbackRefused(f"{guest.address} is not declared in {', '.join(map(str, manifests))}")
     backends = backends_mod.open_backends(desired, state_dir=state_dir)
-    with ApplyLock(backends.settings.state_dir, on_wait=on_lock_wait):
+    with ApplyLock(backends.settings.state_dir, on_wait=on_lock_wait), \
+            Journal(backends.settings.journal_path) as journal:
         try:
-            target = _revert(backends, guest, snapshot, desired)
+            guests = GuestSnapshots(backends.vms, backends.containers, journal)
+            target = snapshot or _newest(guests.of(guest.kind).snapshots(guest.name), guest)
+            # A container is made anew with its declared spec; its pack records follow it.
+            guests.revert(guest.kind, guest.name, desired.containers[guest.name] if desired else None, target)
         finally:
             backends.close()
-        with Journal(backends.settings.journal_path) as journal:
-            journal.record(guest.address, ROLLBACK_ACTION, Outcome.OK, f"reverted by hand to {target}")
+        journal.record(guest.address, ROLLBACK_ACTION, Outcome.OK, f"reverted by hand to {target}")
     return RollbackDone(guest, target)
-
-
-def _revert(backends: Backends, guest: Guest, snapshot: str | None, desired: DesiredState | None) -> str:
-    """Revert, or make the container anew and move its pack records; the snapshot used."""
-    if guest.kind == "vm":
-        available = backends.vms.snapshots(guest.name)
-        target = snapshot or _newest(available, guest)
-        backends.vms.revert(guest.name, target)
-        return target
-    assert desired is not None
-    available = backends.containers.snapshots(guest.name)
-    target = snapshot or _newest(available, guest)
-    container_id = backends.containers.restore(desired.containers[guest.name], target)
-    with Journal(backends.settings.journal_path) as journal:
-        journal.move_container_packs(guest.name, container_id)
-    return target
 
 
 def _newest(available: Sequence[Snapshot], guest: Guest) -> str:
