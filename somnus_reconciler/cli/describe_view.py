@@ -11,7 +11,8 @@ import datetime
 from somnus_reconciler.cli import views
 from somnus_reconciler.journal import Event
 from somnus_reconciler.passes.agent_health import AgentHealth
-from somnus_reconciler.passes.status import Condition, Description, ObjectStatus, VmStatus
+from somnus_reconciler.passes.status import Description, ObjectStatus, VmStatus
+from somnus_reconciler.values.conditions import Condition
 from somnus_reconciler.values.quantity import format_bytes, format_bytes_rounded
 
 _RECENT_ERRORS_SHOWN = 5
@@ -43,6 +44,7 @@ def _fields(status: ObjectStatus) -> list[tuple[str, object]]:
         ("kind", "vm"), ("name", status.name), ("state", status.state.value), ("managed", status.managed),
         ("vcpus", status.vcpus), ("maxVcpus", status.max_vcpus),
         ("memory", format_bytes(status.memory)), ("maxMemory", format_bytes(status.max_memory)),
+        ("balloon", format_bytes(status.balloon) if status.balloon is not None else None),
         ("image", status.image), ("domainId", status.domain_id),
         ("forwards", " ".join(f"{f.name}={f.address}" for f in status.forwards)),
         ("consoleLog", status.console_log),

@@ -13,7 +13,8 @@ from collections.abc import Sequence
 from somnus_reconciler.cli import views
 from somnus_reconciler.cli.views import JsonValue
 from somnus_reconciler.passes.agent_health import AgentHealth, AgentReport, AgentStats
-from somnus_reconciler.passes.status import Condition, ContainerStatus, ObjectStatus, VmStatus
+from somnus_reconciler.passes.status import ContainerStatus, ObjectStatus, VmStatus
+from somnus_reconciler.values.conditions import Condition
 from somnus_reconciler.values.quantity import format_bytes
 
 STATUS_COLUMNS = ("KIND", "NAME", "STATE", "READY", "VCPUS", "MEMORY", "MANAGED", "DETAIL")
@@ -80,6 +81,7 @@ def vm_json(vm: VmStatus) -> dict[str, JsonValue]:
         "maxVcpus": vm.max_vcpus,
         "memory": vm.memory,
         "maxMemory": vm.max_memory,
+        "balloon": vm.balloon,
         "image": vm.image,
         "owner": vm.owner,
         "forwards": {f.name: f.address for f in vm.forwards},

@@ -136,7 +136,7 @@ class Engine:
             return DONE
         if change.action.is_pack_step:
             return self._packs.run(change, lambda line: self._event(change, line))
-        return self._resources.attempt(current)
+        return self._resources.attempt(current, lambda line: self._event(change, line))
 
     def _wait_to_retry(self, change: Change, attempt: Attempt, tries: int) -> None:
         """Record the failed try, tell the hooks, and sleep the backoff (at least the error's delay)."""

@@ -1,22 +1,33 @@
-"""One step on a VM or a container itself: act through its provider, then verify.
+"""One step on a VM or a container itself: act through its provider, verify, then settle.
 
 The executor calls `ResourceSteps.attempt` for every change that is not a pack
 step, and `replan` before trying a failed one again. Acting maps the change's
 action (and, for a VM, its disruption) onto provider calls; verifying re-observes
-the one object until a fresh plan for it is empty, within a timeout.
+the one object until a fresh plan for it is empty, within a timeout. The plan
+compares only what the host controls, so verifying never waits for a guest.
+
+Settling is the guest's half, and never fails the step: for a running VM whose
+image promises a balloon driver (`vm_images.guest_services`), wait, bounded,
+for the balloon to reach the target; then report the `MemoryAtTarget`
+condition as a line of the step and in its message. A VM of any other image
+is done once libvirt has done its part.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from somnus_reconciler.engine import retry
+from somnus_reconciler.images import vm_images
 from somnus_reconciler.planning import plan as plan_mod
 from somnus_reconciler.planning.plan import Action, Change, Disruption
 from somnus_reconciler.providers.protocols import ContainerProvider, ProviderError, VmProvider
+from somnus_reconciler.values.conditions import Condition, memory_at_target
 from somnus_reconciler.values.desired import DesiredContainer, DesiredVm
 from somnus_reconciler.values.errors import PermanentError
+from somnus_reconciler.values.outcome import Outcome
 
 _VERIFY_POLL_S = 0.5
 
@@ -27,25 +38,30 @@ class VerifyFailed(PermanentError):
 
 @dataclass(frozen=True)
 class ResourceSteps:
-    """Steps on VMs and containers through their providers; a booting VM gets `boot_timeout_s`
-    to verify, anything else `verify_timeout_s`."""
+    """Steps on VMs and containers through their providers. The host's side gets
+    `verify_timeout_s`; a guest that promises a balloon driver gets `boot_timeout_s`
+    after booting (`verify_timeout_s` otherwise) to reach its memory target."""
 
     vms: VmProvider
     containers: ContainerProvider
     verify_timeout_s: float
     boot_timeout_s: float
 
-    def attempt(self, change: Change) -> retry.Attempt:
-        """Act, then verify; a provider's error or a verify timeout is a failed attempt."""
+    def attempt(self, change: Change, on_event: Callable[[str], None] = lambda line: None) -> retry.Attempt:
+        """Act, verify, settle; a provider's error or a verify timeout is a failed attempt."""
         try:
             if change.kind == "vm":
                 self._act_vm(change)
             else:
                 self._act_container(change)
             self._verify(change)
+            settled = self._settle(change)
         except (ProviderError, VerifyFailed) as e:
             return retry.failed(e)
-        return retry.DONE
+        if settled is None:
+            return retry.DONE
+        on_event(str(settled))
+        return retry.Attempt(Outcome.OK, f"done; {settled}")
 
     def replan(self, change: Change) -> Change | None:
         """The change still needed for this one object, from a fresh observation."""
@@ -109,14 +125,27 @@ class ResourceSteps:
 
     def _verify(self, change: Change) -> None:
         """Re-observe the one object until nothing remains to be done for it."""
-        # A guest that (re)boots reaches its declared memory only once its balloon
-        # driver has loaded, which under TCG can take minutes on a busy host.
-        boots = change.kind == "vm" and (change.action in (Action.CREATE, Action.REPLACE, Action.START)
-                                         or change.disruption is Disruption.RESTART)
-        deadline = time.monotonic() + (self.boot_timeout_s if boots else self.verify_timeout_s)
+        deadline = time.monotonic() + self.verify_timeout_s
         while (problem := _remaining(self._still_needed(change))) is not None:
             if time.monotonic() >= deadline:
                 raise VerifyFailed(f"{change.address}: not converged after {change.action.value}: {problem}")
+            time.sleep(_VERIFY_POLL_S)
+
+    def _settle(self, change: Change) -> Condition | None:
+        """The running VM's `MemoryAtTarget`, after a bounded wait if its image promises
+        a balloon driver (none otherwise); None for anything else."""
+        want = change.desired
+        if not isinstance(want, DesiredVm) or change.action is Action.DELETE or not want.running:
+            return None
+        balloon_driver = vm_images.guest_services(want.image).balloon
+        boots = change.action in (Action.CREATE, Action.REPLACE, Action.START) or change.disruption is Disruption.RESTART
+        patience = (self.boot_timeout_s if boots else self.verify_timeout_s) if balloon_driver else 0.0
+        deadline = time.monotonic() + patience
+        while True:
+            vm = self.vms.observe_one(want.name)
+            condition = memory_at_target(vm, balloon_driver=balloon_driver) if vm is not None else None
+            if condition is None or condition.status or time.monotonic() >= deadline:
+                return condition
             time.sleep(_VERIFY_POLL_S)
 
 

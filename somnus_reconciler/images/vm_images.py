@@ -66,6 +66,31 @@ class VmImage:
     cmdline: str  # kernel command line ('' when kernel is None)
 
 
+@dataclass(frozen=True)
+class GuestServices:
+    """What a guest booted from an image is known to run: all that may be waited for.
+
+    Anything else (a qcow2 of the user's, an installer, a blank disk) promises
+    nothing: it is done once libvirt has done its part, and what it makes of the
+    host's requests is only ever status.
+    """
+
+    balloon: bool = False  # a virtio balloon driver: the guest gives memory back to the target
+    agent: bool = False  # the somnus agent on guest port 7465, with the seed's token
+    ssh: bool = False  # sshd taking the seed's key for root: what pack steps need
+
+
+_GUEST_SERVICES: dict[str, GuestServices] = {
+    "tiny-linux": GuestServices(balloon=True),  # loads virtio_balloon; no agent, no sshd
+    "debian-12": GuestServices(balloon=True, agent=True, ssh=True),
+}
+
+
+def guest_services(image: str) -> GuestServices:
+    """What a guest of the VM image `image` (a recipe name or a qcow2 path) promises to run."""
+    return _GUEST_SERVICES.get(image, GuestServices())
+
+
 _Recipe = tiny_linux.TinyLinuxRecipe | debian_image.DebianRecipe
 _RECIPES: dict[str, _Recipe] = {
     "tiny-linux": tiny_linux.TinyLinuxRecipe(),

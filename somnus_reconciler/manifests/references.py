@@ -66,6 +66,10 @@ def resolve(declared: Sequence[Declared], *, images_dir: Path | None = None) -> 
         problem = _unresolvable(vm_images.path_problem, vm.spec.image, image_roots)
         if problem is not None:
             diagnostics.add(d.source_of("spec.image"), d.address, f"spec.image: {problem}")
+        if vm.spec.packs and not vm_images.guest_services(vm.spec.image).ssh:
+            diagnostics.add(d.source_of("spec.packs"), d.address,
+                            f"spec.packs: image {vm.spec.image!r} carries no SSH server that takes somnus's key, "
+                            "so no pack can be installed in it (packs need a VM of debian-12, or a container)")
     wanted = [(d, vm.spec.packs) for d, vm in vms.values()]
     wanted += [(d, c.spec.packs) for d, c in containers.values()]
     for d, names in wanted:

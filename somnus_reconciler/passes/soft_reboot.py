@@ -7,6 +7,7 @@ journal, where `status` finds it for the `SoftRebootConfirmed` condition.
 
 from __future__ import annotations
 
+from somnus_reconciler.images import vm_images
 from somnus_reconciler.journal import Journal
 from somnus_reconciler.passes import status
 from somnus_reconciler.providers import agent_client
@@ -31,6 +32,9 @@ def soft_reboot(name: str, *, timeout_s: float, state_dir: str | None) -> agent_
         raise SoftRebootRefused(f"{address} not found among the VMs somnus manages")
     if not vm.running:
         raise SoftRebootRefused(f"{address} is not running")
+    assert vm.mark is not None
+    if not vm_images.guest_services(vm.mark.image).agent:
+        raise SoftRebootRefused(f"{address}: image {vm.mark.image} carries no agent to ask (debian-12 does)")
     client = agent_client.for_vm(vm, backends.settings.state_dir)
     if client is None:
         raise SoftRebootRefused(f"{address} has no agent forward or token (made before the agent existed?)")

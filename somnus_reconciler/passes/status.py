@@ -15,10 +15,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
+from somnus_reconciler.images import vm_images
 from somnus_reconciler.journal import Event, Journal
 from somnus_reconciler.passes import agent_health
 from somnus_reconciler.passes.agent_health import AgentHealth
 from somnus_reconciler.values.actual import ActualContainer, ActualVm, PowerState
+from somnus_reconciler.values.conditions import Condition, memory_at_target
 from somnus_reconciler.values.errors import PermanentError
 from somnus_reconciler.values.outcome import Outcome
 
@@ -26,16 +28,6 @@ if TYPE_CHECKING:
     from somnus_reconciler.providers.backends import Backends
 
 SOFT_REBOOT_ACTION = "soft-reboot"  # the journal action `soft-reboot` records
-
-
-@dataclass(frozen=True)
-class Condition:
-    """As in Kubernetes: a named fact that holds or not, and why."""
-
-    type: str  # Running, Managed, AgentConnected, Ready, SoftRebootConfirmed, LastStepSucceeded
-    status: bool
-    message: str = ""
-    reason: str = ""  # a CamelCase word for programs: here a failed step's triage category
 
 
 @dataclass(frozen=True)
@@ -55,13 +47,14 @@ class VmStatus:
     domain_id: int | None
     vcpus: int
     max_vcpus: int
-    memory: int  # bytes
+    memory: int  # bytes: the balloon target the host set
     max_memory: int  # bytes
+    balloon: int | None  # bytes the guest's balloon reports; None while not running
     image: str | None  # from the ownership mark: None when somnus does not own the VM
     owner: str | None
     forwards: tuple[Forward, ...]
     console_log: str | None
-    agent: AgentHealth | None  # None: stopped, or not somnus's
+    agent: AgentHealth | None  # None: stopped, not somnus's, or its image carries no agent
     conditions: tuple[Condition, ...]
     revision: str | None = None  # the git revision it was last converged from (gitops)
 
@@ -101,10 +94,12 @@ def _last_step(event: Event | None) -> list[Condition]:
                       event.category or "")]
 
 
-def _agent_conditions(agent: AgentHealth | None, soft_reboot: Event | None) -> list[Condition]:
-    if agent is None:
+def _agent_conditions(vm: ActualVm, agent: AgentHealth | None, soft_reboot: Event | None) -> list[Condition]:
+    if not vm.running:
         return [Condition("AgentConnected", False, "the VM is not running"),
                 Condition("Ready", False, "the VM is not running")]
+    if agent is None:
+        return [Condition("AgentConnected", False, "the agent was not asked")]
     report = agent.report
     ok = report is not None and report.ok
     down = report.not_running if report is not None else []
@@ -127,23 +122,44 @@ def _agent_conditions(agent: AgentHealth | None, soft_reboot: Event | None) -> l
     return conditions
 
 
+def _guest_conditions(vm: ActualVm, agent: AgentHealth | None, soft_reboot: Event | None) -> list[Condition]:
+    """What the guest made of the host's requests, as far as its image lets us tell.
+
+    An image without the agent is Ready once libvirt runs it: nothing in it can
+    say more, and nothing is waited for.
+    """
+    assert vm.mark is not None
+    services = vm_images.guest_services(vm.mark.image)
+    memory = memory_at_target(vm, balloon_driver=services.balloon)
+    conditions = [memory] if memory is not None else []
+    if services.agent:
+        return conditions + _agent_conditions(vm, agent, soft_reboot)
+    ready = (f"running; image {vm.mark.image} carries no agent to ask" if vm.running
+             else "the VM is not running")
+    return [*conditions, Condition("Ready", vm.running, ready)]
+
+
 def vm_status(vm: ActualVm, last: Event | None, agent: AgentHealth | None = None,
               soft_reboot: Event | None = None, revision: str | None = None) -> VmStatus:
     mark = vm.mark
     return VmStatus(
         name=vm.name, managed=vm.managed, state=vm.power, domain_id=vm.domain_id,
         vcpus=vm.vcpus, max_vcpus=vm.max_vcpus, memory=vm.memory, max_memory=vm.max_memory,
-        image=mark.image if mark else None, owner=mark.owner if mark else None,
+        balloon=vm.balloon, image=mark.image if mark else None, owner=mark.owner if mark else None,
         forwards=tuple(Forward(f.name, f"127.0.0.1:{f.host_port}") for f in mark.forwards) if mark else (),
         console_log=vm.console_log, agent=agent,
         conditions=(
             Condition("Running", vm.running, vm.power.value),
             Condition("Managed", vm.managed, "" if vm.managed else "no somnus ownership mark"),
-            *(_agent_conditions(agent, soft_reboot) if vm.managed else []),
+            *(_guest_conditions(vm, agent, soft_reboot) if vm.managed else []),
             *_last_step(last),
         ),
         revision=revision,
     )
+
+
+def _carries_agent(vm: ActualVm) -> bool:
+    return vm.mark is not None and vm_images.guest_services(vm.mark.image).agent
 
 
 def container_status(c: ActualContainer, last: Event | None, revision: str | None = None) -> ContainerStatus:
@@ -184,7 +200,7 @@ def gather(backends: Backends, *, kind: str | None, name: str | None,
             with ThreadPoolExecutor(max_workers=16) as pool:
                 agents = list(pool.map(
                     lambda vm: (agent_health.probe(vm, settings.state_dir, recent_errors=recent_errors)
-                                if vm.managed else None),
+                                if _carries_agent(vm) else None),
                     vms,
                 ))
             for vm, agent in zip(vms, agents):

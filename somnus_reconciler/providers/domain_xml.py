@@ -189,11 +189,15 @@ def parse_mark(element: ET.Element | None) -> VmMark | None:
     )
 
 
-def parse(xml: str, power: PowerState | None = None) -> ActualVm:
+def parse(xml: str, power: PowerState | None = None, definition: str | None = None) -> ActualVm:
     """Read an `ActualVm` from `virDomainGetXMLDesc` output.
 
     A running domain's XML carries `id`; `power` overrides that guess when the
-    caller knows better (paused domains also carry an id).
+    caller knows better (paused domains also carry an id). Its currentMemory is
+    what the guest's balloon reports (status); the balloon target the host set
+    is the currentMemory of `definition`, the persistent (inactive) XML, which
+    `setMemoryFlags(..., AFFECT_CONFIG)` writes. Without `definition` (a domain
+    that is shut off: both are the same) the target is read from `xml`.
     """
     root = ET.fromstring(xml)
     raw_id = root.get("id")
@@ -202,16 +206,24 @@ def parse(xml: str, power: PowerState | None = None) -> ActualVm:
     max_vcpus = int(vcpu.text or "0") if vcpu is not None else 0
     current = vcpu.get("current") if vcpu is not None else None
     max_memory = _memory_bytes(root.find("memory"))
-    current_memory = root.find("currentMemory")
+    reported = _current_memory(root, max_memory)
+    target = _current_memory(ET.fromstring(definition), max_memory) if definition is not None else reported
     serial_log = root.find("devices/serial/log")
+    state = power or (PowerState.RUNNING if domain_id is not None else PowerState.SHUTOFF)
     return ActualVm(
         name=root.findtext("name", ""),
-        power=power or (PowerState.RUNNING if domain_id is not None else PowerState.SHUTOFF),
+        power=state,
         domain_id=domain_id,
         vcpus=int(current) if current else max_vcpus,
         max_vcpus=max_vcpus,
-        memory=_memory_bytes(current_memory) if current_memory is not None else max_memory,
+        memory=target,
         max_memory=max_memory,
         mark=parse_mark(root.find(f"metadata/{{{SOMNUS_NS}}}vm")),
         console_log=serial_log.get("file") if serial_log is not None else None,
+        balloon=reported if state is PowerState.RUNNING else None,
     )
+
+
+def _current_memory(root: ET.Element, max_memory: int) -> int:
+    current = root.find("currentMemory")
+    return _memory_bytes(current) if current is not None else max_memory

@@ -133,7 +133,7 @@ class LibvirtProvider:
         found: dict[str, ActualVm] = {}
         for dom in domains:
             try:
-                vm = domain_xml.parse(dom.XMLDesc(0))
+                vm = self._read(dom)
             except libvirt.libvirtError as e:
                 if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
                     continue  # undefined between the listing and this call
@@ -145,12 +145,19 @@ class LibvirtProvider:
     def observe_one(self, name: str) -> ActualVm | None:
         try:
             dom = self._domain(name)
-            state = _POWER.get(dom.state()[0], PowerState.OTHER)
-            return domain_xml.parse(dom.XMLDesc(0), state)
+            return self._read(dom, _POWER.get(dom.state()[0], PowerState.OTHER))
         except libvirt.libvirtError as e:
             if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
                 return None
             raise self._unavailable(e) or ProviderError(f"vm/{name}", "observe", e.get_error_message()) from e
+
+    @staticmethod
+    def _read(dom: libvirt.virDomain, power: PowerState | None = None) -> ActualVm:
+        """The live XML and, while the domain runs, its persistent definition, which
+        holds the balloon target (the live XML holds what the guest's balloon reports)."""
+        live = dom.XMLDesc(0)
+        definition = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE) if dom.isActive() else None
+        return domain_xml.parse(live, power, definition)
 
     def _console_log(self, name: str) -> Path:
         return self._settings.console_dir / f"{name}.log"
@@ -240,7 +247,7 @@ class LibvirtProvider:
         """vCPUs and memory of a running guest, live and persistent, within its maxima."""
         with self._mapped(vm.name, "resize live"):
             dom = self._domain(vm.name)
-            current = domain_xml.parse(dom.XMLDesc(0))
+            current = self._read(dom)
             r = vm.resources
             if current.vcpus != r.vcpus:
                 dom.setVcpusFlags(r.vcpus, _LIVE_AND_CONFIG)

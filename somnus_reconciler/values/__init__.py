@@ -2,6 +2,6 @@
 
 The manifest kinds (`model`), quantities (`quantity`), diagnostics with their
 FILE:LINE (`diagnostics`), the resolved desired state (`desired`), the observed
-actual state (`actual`), step outcomes (`outcome`) and the error hierarchy
+actual state (`actual`), conditions (`conditions`), step outcomes (`outcome`) and the error hierarchy
 (`errors`). The lowest layer: imports nothing else from the package.
 """

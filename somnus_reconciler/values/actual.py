@@ -47,10 +47,11 @@ class ActualVm:
     domain_id: int | None  # set while running; changes on every restart
     vcpus: int
     max_vcpus: int
-    memory: int  # bytes, current (balloon) size
+    memory: int  # bytes: the balloon target the host set (the persistent definition), spec
     max_memory: int  # bytes
     mark: VmMark | None  # None: not created by somnus; never touched
     console_log: str | None = None  # where the serial console is logged, from the domain XML
+    balloon: int | None = None  # bytes the guest's balloon reports while running: status, never planned on
 
     @property
     def managed(self) -> bool:

@@ -15,10 +15,10 @@ MiB = 2**20
 
 
 def _wait_memory(ws: Workspace, suffix: str, expected: int, timeout: float = 60) -> int:
-    """The live balloon size reaches `expected` once the guest has loaded its driver."""
+    """What tiny-linux's balloon reports reaches `expected` once its driver has loaded."""
     deadline = time.monotonic() + timeout
     while True:
-        memory = int(ws.get_json()[f"vm/{ws.name(suffix)}"]["memory"])
+        memory = int(ws.get_json()[f"vm/{ws.name(suffix)}"]["balloon"])
         if memory == expected or time.monotonic() > deadline:
             return memory
         time.sleep(1)

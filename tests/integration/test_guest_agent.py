@@ -46,7 +46,7 @@ def ws(tmp_path_factory: pytest.TempPathFactory, libvirt_conn: libvirt.virConnec
     ])
     workspace.write("vm.yaml", pack_doc("marker", playbook="playbooks/marker.yml", verify=["test -e /opt/marker"]), {
         "apiVersion": "somnus/v1", "kind": "VirtualMachine", "metadata": {"name": workspace.name("vm")},
-        "spec": {"resources": {"vcpus": 1, "memory": "1Gi"}, "image": "debian-12",
+        "spec": {"resources": {"vcpus": 1, "memory": "1Gi", "maxMemory": "1280Mi"}, "image": "debian-12",
                  "diskSize": f"{DISK_SIZE_GIB}Gi", "packs": ["marker"]},
     })
     workspace.somnus("image", "build", "debian-12", check_exit=0)
@@ -91,6 +91,13 @@ def test_the_agent_starts_at_boot_and_the_vm_turns_ready(ws: Workspace, ready_ro
     assert agent["stats"]["source"] == "psutil"  # Debian's python3-psutil, from the image
     enabled = client.execute(["systemctl", "is-enabled", "somnus-agent.service"])
     assert enabled["stdout"].strip() == "enabled"
+
+
+def test_the_debian_guests_balloon_driver_reaches_the_target_below_its_maximum(ready_row: dict[str, Any]) -> None:
+    assert (ready_row["memory"], ready_row["maxMemory"]) == (2**30, 1280 * 2**20)
+    # The apply waited (bounded) for the balloon, as debian-12 promises a driver.
+    assert ready_row["balloon"] == 2**30
+    assert conditions(ready_row)["MemoryAtTarget"] == "True"
 
 
 def test_execute_runs_a_command_and_the_guest_logs_it_without_its_stdin(client: AgentClient) -> None:

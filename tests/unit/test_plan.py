@@ -42,7 +42,7 @@ def have_vm(want: DesiredVm, *, running: bool | None = None, managed: bool = Tru
         domain_id=7 if on else None, vcpus=r.vcpus, max_vcpus=r.max_vcpus, memory=r.memory,
         max_memory=r.max_memory, mark=mark if managed else None,
     )
-    vm_changes = {k: v for k, v in changes.items() if k in ("vcpus", "max_vcpus", "memory", "max_memory")}
+    vm_changes = {k: v for k, v in changes.items() if k in ("vcpus", "max_vcpus", "memory", "max_memory", "balloon")}
     return dataclasses.replace(vm, **vm_changes)  # type: ignore[arg-type]
 
 
@@ -139,7 +139,8 @@ def test_mark_only_update_says_why() -> None:
 @pytest.mark.parametrize("want, have", [
     (WANT, have_vm(WANT)),
     (want_vm(running=False), have_vm(want_vm(running=False))),
-], ids=["running", "stopped"])
+    (WANT, have_vm(WANT, balloon=8 * GiB)),  # the balloon target is set; the guest never got there
+], ids=["running", "stopped", "running, balloon elsewhere"])
 def test_vm_in_sync_is_a_no_op(want: DesiredVm, have: ActualVm) -> None:
     result = plan.compute(desired_of([want]), actual_of([have]), prune=True)
     assert result.changes == () and result.in_sync

@@ -25,8 +25,9 @@ from somnus_reconciler.passes.agent_health import (
     LoadAverage,
     MemoryUsage,
 )
-from somnus_reconciler.passes.status import Condition, ContainerStatus, Description, Forward, VmStatus
+from somnus_reconciler.passes.status import ContainerStatus, Description, Forward, VmStatus
 from somnus_reconciler.values.actual import PowerState
+from somnus_reconciler.values.conditions import Condition
 
 MiB = 2**20
 STATS = AgentStats(1.0, MemoryUsage(1020526592, 175992832, 844533760),
@@ -34,12 +35,13 @@ STATS = AgentStats(1.0, MemoryUsage(1020526592, 175992832, 844533760),
 AGENT = AgentHealth("127.0.0.1:52031", True, AgentReport(True, "0.1.0", (AgentProcess("notebook", 412, True),), STATS))
 VM = VmStatus(
     name="quickstart-vm", managed=True, state=PowerState.RUNNING, domain_id=5, vcpus=1, max_vcpus=2,
-    memory=256 * MiB, max_memory=512 * MiB, image="debian-12", owner="quickstart",
+    memory=256 * MiB, max_memory=512 * MiB, balloon=256 * MiB, image="debian-12", owner="quickstart",
     forwards=(Forward("ssh", "127.0.0.1:53451"), Forward("agent", "127.0.0.1:52031")),
     console_log="/root/.local/state/somnus/consoles/quickstart-vm.log", agent=AGENT,
     conditions=(
         Condition("Running", True, "running"),
         Condition("Managed", True, ""),
+        Condition("MemoryAtTarget", True, "guest reports 256Mi of 256Mi requested"),
         Condition("AgentConnected", True, "127.0.0.1:52031 version 0.1.0"),
         Condition("Ready", True, "1 process(es) running"),
         Condition("LastStepSucceeded", False, "pack install web-development: failed", "NETWORK_FAILURE"),
@@ -48,13 +50,13 @@ VM = VmStatus(
 )
 BOX = ContainerStatus("quickstart-box", True, "running", "somnus/busybox:latest", "0123456789ab",
                       (Condition("Running", True, "running"), Condition("Managed", True, "")))
-THEIRS = VmStatus("theirs", False, PowerState.SHUTOFF, None, 2, 2, 0, 1024 * MiB, None, None, (), None, None,
+THEIRS = VmStatus("theirs", False, PowerState.SHUTOFF, None, 2, 2, 0, 1024 * MiB, None, None, None, (), None, None,
                   (Condition("Running", False, "shutoff"), Condition("Managed", False, "no somnus ownership mark")))
 
 VM_JSON = {
     "kind": "vm", "name": "quickstart-vm", "managed": True, "state": "running",
     "domainId": 5, "vcpus": 1, "maxVcpus": 2, "memory": 268435456, "maxMemory": 536870912,
-    "image": "debian-12", "owner": "quickstart",
+    "balloon": 268435456, "image": "debian-12", "owner": "quickstart",
     "forwards": {"ssh": "127.0.0.1:53451", "agent": "127.0.0.1:52031"},
     "consoleLog": "/root/.local/state/somnus/consoles/quickstart-vm.log",
     "agent": {"address": "127.0.0.1:52031", "connected": True, "ok": True, "version": "0.1.0",
@@ -64,6 +66,7 @@ VM_JSON = {
                         "load": {"1m": 0.1, "5m": 0.2, "15m": 0.1}, "uptime_s": 70.2, "source": "psutil"}},
     "conditions": [{"type": "Running", "status": "True", "message": "running"},
                    {"type": "Managed", "status": "True", "message": ""},
+                   {"type": "MemoryAtTarget", "status": "True", "message": "guest reports 256Mi of 256Mi requested"},
                    {"type": "AgentConnected", "status": "True", "message": "127.0.0.1:52031 version 0.1.0"},
                    {"type": "Ready", "status": "True", "message": "1 process(es) running"},
                    {"type": "LastStepSucceeded", "status": "False", "message": "pack install web-development: failed",
@@ -136,6 +139,7 @@ def test_describe_a_vm_with_its_agent_errors_and_events() -> None:
         "maxVcpus:    2\n"
         "memory:      256Mi\n"
         "maxMemory:   512Mi\n"
+        "balloon:     256Mi\n"
         "image:       debian-12\n"
         "domainId:    5\n"
         "forwards:    ssh=127.0.0.1:53451 agent=127.0.0.1:52031\n"
@@ -143,6 +147,7 @@ def test_describe_a_vm_with_its_agent_errors_and_events() -> None:
         "conditions:\n"
         "  Running              True   running\n"
         "  Managed              True\n"
+        "  MemoryAtTarget       True   guest reports 256Mi of 256Mi requested\n"
         "  AgentConnected       True   127.0.0.1:52031 version 0.1.0\n"
         "  Ready                True   1 process(es) running\n"
         "  LastStepSucceeded    False  [NETWORK_FAILURE] pack install web-development: failed\n"
