@@ -55,8 +55,8 @@ def crash_row(count: int, seed: int) -> Row:
         results = run_trials(Path(tmp), f"bench-crash-{seed % 10000}", count, seed)
     mid = sum(r.killed_mid_run for r in results)
     recovered = sum(r.recovered for r in results)
-    lost = sum(1 for r in results if r.problems or not r.converged) + count - len(results)  # untried: lost
-    return ("crashes injected (SIGKILL)", str(count),
+    lost = sum(1 for r in results if r.problems or not r.converged) + count + 1 - len(results)  # untried: lost
+    return ("crashes injected (SIGKILL)", str(count + 1),  # the fixed sequence first, then `count` random
             f"{mid} mid-apply, {recovered} rolled back by the next apply, seed {seed}", lost)
 
 

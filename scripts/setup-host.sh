@@ -20,6 +20,9 @@ readonly PACKAGES=(
     # come with apt/dpkg; busybox and cpio for hand-made initramfs work; zstd for
     # kernels whose modules are .ko.zst
     busybox-static cpio zstd
+    # VM backups and restores (somnus_reconciler/providers/vm_backups.py): full and
+    # incremental through libvirt checkpoints and NBD
+    virtnbdbackup
     # Debian guest and container images (debootstrap, mkfs.ext4 -d), guest SSH
     debootstrap e2fsprogs openssh-client
     # Python environment and building wheels

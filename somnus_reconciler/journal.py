@@ -234,8 +234,10 @@ class Journal:
         return {name: (cid, tuple(packs)) for name, (cid, packs) in found.items()}
 
     def set_container_pack(self, name: str, container_id: str, pack: str, fingerprint: str | None) -> None:
-        """Record (or with fingerprint None, forget) one pack of one container."""
+        """Record (or with fingerprint None, forget) one pack of one container. Records of
+        an earlier container of that name (gone: names are unique) are forgotten."""
         with self._db:
+            self._db.execute("DELETE FROM container_packs WHERE name = ? AND container_id != ?", (name, container_id))
             if fingerprint is None:
                 self._db.execute("DELETE FROM container_packs WHERE name = ? AND pack = ?", (name, pack))
             else:
@@ -244,14 +246,16 @@ class Journal:
                     "VALUES (?, ?, ?, ?)", (name, container_id, pack, fingerprint),
                 )
 
-    def move_container_packs(self, name: str, container_id: str | None) -> None:
-        """The container was made anew from a snapshot (keep, new ID) or from scratch (None: forget)."""
+    def move_container_packs(self, name: str, replaced_id: str | None, container_id: str | None) -> None:
+        """Container `replaced_id` was made anew as `container_id` from its own snapshot: its
+        records move along; those of any other container of that name are forgotten.
+        Either ID None (nothing was there to replace, or it was made from scratch): all are forgotten."""
         with self._db:
-            if container_id is None:
+            if replaced_id is None or container_id is None:
                 self._db.execute("DELETE FROM container_packs WHERE name = ?", (name,))
-            else:
-                self._db.execute("UPDATE container_packs SET container_id = ? WHERE name = ?",
-                                 (container_id, name))
+                return
+            self._db.execute("DELETE FROM container_packs WHERE name = ? AND container_id != ?", (name, replaced_id))
+            self._db.execute("UPDATE container_packs SET container_id = ? WHERE name = ?", (container_id, name))
 
     # -- applied declarations and revisions ---------------------------------------
     def set_applied(self, address: str, spec_hash: str, revision: str | None) -> None:

@@ -38,6 +38,11 @@ class Settings:
         return self.guest_dir / "vms"
 
     @property
+    def backups_dir(self) -> Path:
+        """VM backups (engine.backups), unless a VM's backup.dir says otherwise."""
+        return self.guest_dir / "backups"
+
+    @property
     def console_dir(self) -> Path:
         return self.state_dir / "consoles"
 

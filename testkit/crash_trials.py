@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -29,6 +30,8 @@ import docker
 import libvirt
 import psutil
 import yaml
+
+from somnus_reconciler import settings as settings_mod
 
 PACK_PLAYBOOK = [{"name": "marker", "hosts": "all", "gather_facts": False, "tasks": [
     {"name": "write a marker", "ansible.builtin.copy": {"dest": "/opt/marker", "content": "{{ 999999 | random }}"}},
@@ -136,6 +139,39 @@ class Trials:
                 problems.append(f"committed snapshot images of container {repo}, which is gone: {count}")
             elif count > 5:
                 problems.append(f"container {repo} keeps {count} snapshot images (retain 5)")
+        tools = f"{self.prefix}-tools"
+        if tools in names and subprocess.run(["docker", "exec", tools, "test", "-e", "/opt/marker"],
+                                             capture_output=True).returncode != 0:
+            problems.append(f"container {tools}: its declared pack's marker is missing")
+        return problems
+
+    def removed_container_then_killed_pack_step(self, client: docker.DockerClient) -> list[str]:
+        """The container with a pack is removed by hand; the apply that makes it anew is
+        killed while its pack's playbook runs; the next apply must roll the step back,
+        say so first, and install the pack again (issue 12, item 0)."""
+        client.containers.get(f"{self.prefix}-tools").remove(force=True)
+        proc = subprocess.Popen([sys.executable, "-m", "somnus_reconciler", "apply", str(self.manifests), "-y"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=self.env,
+                                start_new_session=True)
+        deadline = time.monotonic() + 600
+        while not playbooks_running_in(self.state_dir / "runs") and proc.poll() is None:
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        if proc.poll() is not None:
+            return [f"the apply ended (exit {proc.returncode}) before its pack step's playbook ran"]
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        after = self.somnus("apply", str(self.manifests), "-y")
+        lines = after.stdout.splitlines()
+        problems = [] if after.returncode == 0 else [f"apply after the kill exited {after.returncode}: {after.stdout}"]
+        if not lines or not lines[0].startswith("recovered: "):
+            problems.append(f"the apply after the kill does not start with what it recovered: {after.stdout[:800]}")
+        if not any("pack install" in line for line in lines):
+            problems.append(f"the apply after the kill did not install the pack again: {after.stdout[:800]}")
+        diff = self.somnus("diff", str(self.manifests))
+        if diff.returncode != 0:
+            problems.append(f"diff exited {diff.returncode}: {diff.stdout[-800:]}")
         return problems
 
     def clean_up(self, conn: libvirt.virConnect, client: docker.DockerClient) -> None:
@@ -151,6 +187,8 @@ class Trials:
         if result.returncode != 0:
             print(f"clean-up apply --prune exited {result.returncode}: {result.stdout[-2000:]}{result.stderr[-2000:]}",
                   file=sys.stderr, flush=True)
+        for backups in settings_mod.resolve().backups_dir.glob(f"{self.prefix}*"):  # the prune's own backups
+            shutil.rmtree(backups, ignore_errors=True)
 
 
 def playbooks_running_in(work_dir: Path) -> list[int]:
@@ -164,8 +202,9 @@ GIVE_UP_AFTER = 3  # trials in a row that do not converge end the run early
 
 
 def run_trials(root: Path, prefix: str, count: int, seed: int) -> list[TrialResult]:
-    """`count` trials from `seed` (fewer when GIVE_UP_AFTER in a row fail); prints one
-    line per trial (with its seed)."""
+    """The fixed sequence of `Trials.removed_container_then_killed_pack_step` (its problems
+    as a first result with seed 0), then `count` trials from `seed` (fewer when
+    GIVE_UP_AFTER in a row fail); prints one line per trial (with its seed)."""
     conn = libvirt.open("qemu:///system")
     client = docker.from_env()
     trials = Trials(root, prefix)
@@ -174,7 +213,9 @@ def run_trials(root: Path, prefix: str, count: int, seed: int) -> list[TrialResu
         first = trials.somnus("apply", str(trials.manifests), "-y")
         if first.returncode != 0:
             raise RuntimeError(f"the first apply failed: {first.stdout}{first.stderr}")
-        results = []
+        fixed = trials.removed_container_then_killed_pack_step(client)
+        print(f"removed container, then a killed pack step: {fixed or 'recovered, converged'}", flush=True)
+        results = [TrialResult(0, 0.0, True, True, not fixed, tuple(fixed))]
         for number in range(count):
             trial_seed = seed * 1000 + number
             result = trials.trial(number, trial_seed, conn, client)
@@ -184,7 +225,7 @@ def run_trials(root: Path, prefix: str, count: int, seed: int) -> list[TrialResu
                   f"{'converged' if result.converged else 'NOT converged'}"
                   + (f"; problems: {list(result.problems)}" if result.problems else ""), flush=True)
             results.append(result)
-            if len(results) >= GIVE_UP_AFTER and not any(r.converged for r in results[-GIVE_UP_AFTER:]):
+            if number + 1 >= GIVE_UP_AFTER and not any(r.converged for r in results[-GIVE_UP_AFTER:]):
                 print(f"{GIVE_UP_AFTER} trials in a row did not converge: the rest would not either", flush=True)
                 break
         return results

@@ -233,7 +233,11 @@ CASES: tuple[HostileCase, ...] = (
     ),
     # --- container options the schema does not have ----------------------------------
     _container_option("a privileged container", "privileged", "true"),
-    _container_option("a host mount", "volumes", "['/:/host']"),
+    HostileCase("a host mount in Docker's words", _container(f"  volumes: ['/:/host']  {REFUSED_HERE}\n"),
+                "spec.volumes[0]: expected a mapping, got str '/:/host'"),
+    HostileCase("a host path behind a named volume",
+                _container(f"  volumes:\n    - {{name: root, mountPath: /host, hostPath: /}}  {REFUSED_HERE}\n"),
+                "spec.volumes[0]: unknown field 'hostPath'"),
     _container_option("a host device", "devices", "['/dev/kvm:/dev/kvm']"),
     _container_option("an added capability", "capAdd", "[SYS_ADMIN]"),
     _container_option("a security option", "securityOpt", "['seccomp=unconfined']"),

@@ -26,10 +26,13 @@ class ApplyHuman(PlanHuman):
         """Another apply holds the lock: who, on stderr."""
         self.echo_err(message)
 
-    def summary(self, report: PassReport) -> None:
-        """What the pass did besides its steps; then, unless it was declined, how the steps went."""
-        for line in report.recovered:
+    def recovered(self, lines: tuple[str, ...]) -> None:
+        """What the recovery of a killed apply did: shown first, before the plan made after it."""
+        for line in lines:
             self.echo(f"recovered: {line}")
+
+    def summary(self, report: PassReport) -> None:
+        """Drift set aside; then, unless the pass was declined, how the steps went."""
         for change in report.reported_drift:
             self.echo(f"drift (driftPolicy: warn, left alone): {change.address}: {describe_change(change)}")
         if report.declined:

@@ -39,6 +39,9 @@ def cli() -> None:
 cli.add_command(guest_commands.snapshots)
 cli.add_command(guest_commands.rollback)
 cli.add_command(guest_commands.soft_reboot)
+cli.add_command(guest_commands.backup)
+cli.add_command(guest_commands.backups)
+cli.add_command(guest_commands.restore)
 cli.add_command(loop_commands.watch)
 cli.add_command(loop_commands.gitops)
 
@@ -91,10 +94,13 @@ def _diff_exit_code(plan: Plan) -> int:
 @cli.command()
 @_paths
 @click.option("--prune", is_flag=True, help="Delete owned objects that are no longer declared.")
+@click.option("--replace", "replace", multiple=True, metavar="vm/NAME",
+              help="Consent to replacing this VM's disk (a backup is taken first); repeatable.")
 @click.option("--dry-run", is_flag=True, help="Show the plan and stop (exit codes as diff).")
 @click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation on a terminal.")
 @_state_dir
-def apply(paths: Sequence[Path], prune: bool, dry_run: bool, yes: bool, state_dir: str | None) -> None:
+def apply(paths: Sequence[Path], prune: bool, replace: Sequence[str], dry_run: bool, yes: bool,
+          state_dir: str | None) -> None:
     """Converge actual state to the manifests.
 
     One apply at a time per state directory. Steps a killed apply left open are
@@ -125,7 +131,8 @@ def apply(paths: Sequence[Path], prune: bool, dry_run: bool, yes: bool, state_di
         return True
 
     options = converge.PassOptions(
-        prune=prune, hooks=[progress], on_plan=on_plan, classifier=triage.default_classifier(),
+        prune=prune, replace=frozenset(replace), hooks=[progress], on_recovered=view.recovered, on_plan=on_plan,
+        classifier=triage.default_classifier(),
         on_lock_wait=view.lock_wait, should_stop=interrupted.is_set,
     )
     try:

@@ -48,7 +48,28 @@ def _fields(status: ObjectStatus) -> list[tuple[str, object]]:
         ("image", status.image), ("domainId", status.domain_id),
         ("forwards", " ".join(f"{f.name}={f.address}" for f in status.forwards)),
         ("consoleLog", status.console_log),
+        ("backup", _backup_line(status)),
     ]
+
+
+def _backup_line(status: VmStatus) -> str | None:
+    """e.g. `last 20261130T030000000Z (inc, 2026-11-30 03:00:00), next 2026-12-01 03:00:00, retain 7, maxAge 30d`."""
+    backup = status.backup
+    if backup is None:
+        return None
+
+    def when(at: float) -> str:
+        return datetime.datetime.fromtimestamp(at).strftime("%Y-%m-%d %H:%M:%S")
+
+    last = backup.last
+    parts = [f"last {last.name} ({last.level}, {when(last.at)})" if last else "no backup yet"]
+    if backup.next_due is not None:
+        parts.append(f"next {when(backup.next_due)}" if backup.next_due > 0 else "next due now")
+    policy = backup.policy
+    if policy is not None:
+        parts.append(f"schedule {policy.schedule or 'none'}, retain {policy.retain}"
+                     + (f", maxAge {policy.max_age}" if policy.max_age else ""))
+    return ", ".join(parts)
 
 
 def condition_line(condition: Condition) -> str:

@@ -1,8 +1,9 @@
-"""Commands on one guest by hand: `snapshots`, `rollback`, `soft-reboot`.
+"""Commands on one guest by hand: `snapshots`, `rollback`, `soft-reboot`, `backup`,
+`backups`, `restore`.
 
 Registered on the `somnus` group by `commands`; like every command they parse,
-call one function of `passes` (`rollback`, `soft_reboot`) and hand the result
-to their view (`guest_view`).
+call one function of `passes` (`rollback`, `soft_reboot`, `backup_commands`) and
+hand the result to their view (`guest_view`, `backup_view`).
 """
 
 from __future__ import annotations
@@ -94,3 +95,55 @@ def soft_reboot(address: str, timeout_s: float, state_dir: str | None) -> None:
         arguments.fail(str(e))
     guest_view.SoftRebootHuman().result(f"vm/{name}", result)
     sys.exit(EXIT_OK if result.confirmed else EXIT_NOT_CONFIRMED)
+
+
+def _vm_name(address: str) -> str:
+    kind, _, name = address.rpartition("/")
+    if model.SHORT_KIND.get(kind, kind or "vm") != "vm" or not name:
+        arguments.fail(f"{address}: give vm/NAME (container volumes are not backed up yet)")
+    return name
+
+
+@click.command()
+@click.argument("address")
+@arguments.state_dir
+def backup(address: str, state_dir: str | None) -> None:
+    """Back up vm/NAME now: incremental on its newest chain when it can be, else full."""
+    from somnus_reconciler.cli import backup_view
+    from somnus_reconciler.passes import backup_commands
+
+    try:
+        record = backup_commands.backup(_vm_name(address), state_dir=state_dir)
+    except (ProviderError, backup_commands.BackupRefused) as e:
+        arguments.fail(str(e))
+    backup_view.BackupsHuman().taken(record)
+
+
+@click.command()
+@click.argument("address", required=False)
+@click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table")
+@arguments.state_dir
+def backups(address: str | None, output: str, state_dir: str | None) -> None:
+    """List the backups of vm/NAME (of every VM without one), oldest first."""
+    from somnus_reconciler.cli import backup_view
+    from somnus_reconciler.passes import backup_commands
+
+    found = backup_commands.listing(_vm_name(address) if address else None, state_dir=state_dir)
+    (backup_view.BackupsJson() if output == "json" else backup_view.BackupsHuman()).backups(found)
+
+
+@click.command()
+@click.argument("address")
+@click.argument("backup_name", metavar="BACKUP", required=False)
+@arguments.state_dir
+def restore(address: str, backup_name: str | None, state_dir: str | None) -> None:
+    """Put vm/NAME back as BACKUP (by default its newest) had it; a full backup of it as
+    it is now is taken first."""
+    from somnus_reconciler.cli import backup_view
+    from somnus_reconciler.passes import backup_commands
+
+    try:
+        restored = backup_commands.restore(_vm_name(address), backup_name, state_dir=state_dir)
+    except (ProviderError, backup_commands.BackupRefused) as e:
+        arguments.fail(str(e))
+    backup_view.BackupsHuman().restored(restored)

@@ -65,6 +65,9 @@ def event_line(event: loop_events.LoopEvent) -> str | None:
         return None
     if isinstance(event, loop_events.FetchFailed):
         return _line(event.at, "fetch" + _at_revision(event.revision), PassVerdict.ERROR, event.error)
+    if isinstance(event, loop_events.BackedUp):
+        return _line(event.at, f"backup {event.address}", "done" if event.ok else "failed",
+                     f"{event.backup}: {event.message}" if event.backup else event.message)
     what = _what(event.trigger)
     if isinstance(event, loop_events.PassAborted) or event.outcome in (PassVerdict.INVALID, PassVerdict.ERROR):
         return _line(event.at, what, event.outcome, "; ".join(event.errors))
@@ -75,7 +78,7 @@ def event_line(event: loop_events.LoopEvent) -> str | None:
     return _line(event.at, what, event.outcome, detail)
 
 
-def _line(at: float, what: str, outcome: PassVerdict, detail: str) -> str:
+def _line(at: float, what: str, outcome: str, detail: str) -> str:
     clock = datetime.datetime.fromtimestamp(at).strftime("%H:%M:%S")
     return f"{clock}  {what:<28} {outcome:<10} {detail}"
 
@@ -111,6 +114,9 @@ def event_json(event: loop_events.LoopEvent) -> dict[str, JsonValue]:
             "driftCorrected": event.drift_corrected, "driftReported": event.drift_reported,
             "recovered": list(event.recovered), "durationS": event.duration_s, "errors": list(event.errors),
         }
+    if isinstance(event, loop_events.BackedUp):
+        return {"event": "backup", "at": event.at, "address": event.address, "ok": event.ok,
+                "backup": event.backup, "message": event.message}
     if isinstance(event, loop_events.PassAborted):
         return {"event": "reconciled", "at": event.at, **_trigger_json(event.trigger),
                 "outcome": event.outcome.value, "errors": list(event.errors)}

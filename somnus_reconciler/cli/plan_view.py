@@ -38,7 +38,9 @@ def describe_change(change: Change) -> str:
 
 def _disruption_note(change: Change) -> str:
     if change.action is Action.DELETE:
-        note = "prune"
+        note = "prune: disk deleted" if change.kind == "vm" else "prune"
+    elif change.action is Action.REPLACE and change.kind == "vm":
+        note = "recreate: disk replaced"
     elif change.action.is_pack_step:
         note = "snapshot first"
     else:

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from somnus_reconciler.cli import views
 from somnus_reconciler.cli.views import JsonValue
 from somnus_reconciler.passes.agent_health import AgentHealth, AgentReport, AgentStats
+from somnus_reconciler.passes.backup_schedule import BackupStatus
 from somnus_reconciler.passes.status import ContainerStatus, ObjectStatus, VmStatus
 from somnus_reconciler.values.conditions import Condition
 from somnus_reconciler.values.quantity import format_bytes
@@ -89,6 +90,18 @@ def vm_json(vm: VmStatus) -> dict[str, JsonValue]:
         "agent": agent_json(vm.agent) if vm.agent is not None else None,
         "conditions": [condition_json(c) for c in vm.conditions],
         **({"revision": vm.revision} if vm.revision else {}),
+        **({"backup": backup_status_json(vm.backup)} if vm.backup else {}),
+    }
+
+
+def backup_status_json(backup: BackupStatus) -> dict[str, JsonValue]:
+    policy = backup.policy
+    last = backup.last
+    return {
+        "last": last.name if last else None, "lastAt": last.at if last else None,
+        "lastLevel": last.level if last else None, "nextDue": backup.next_due,
+        "schedule": policy.schedule if policy else None, "retain": policy.retain if policy else None,
+        "maxAge": policy.max_age if policy else None,
     }
 
 

@@ -2,14 +2,17 @@
 run it through passes.converge.
 
 Each change is one step, tried by its own module: a VM or container change by
-`resource_step` (act -> verify), a pack step by `pack_step` (snapshot -> act ->
-record | roll back). Every step ends in the journal with its outcome, message
+`resource_step` (act -> verify -> settle), a pack step by `pack_step`. A step
+that changes a guest (a pack step, a VM's restart or stop, a container's
+recreate) runs inside `guard.guarded`: snapshot -> act -> record | roll back.
+Every step ends in the journal with its outcome, message
 and, for a failure, a triage category.
 
 A failed try is tried again, with the `RetryPolicy`'s backoff, only when it was
 temporary (see `retry`: a `TemporaryError` by its type, a guest's failure by
-its triage category): a pack step from a new snapshot, any other step after
-re-planning its one object from a fresh observation. The engine then goes on
+its triage category): a pack step from a new snapshot; any other step after
+re-planning its one object from a fresh observation (from a new snapshot too
+when it changes a guest). The engine then goes on
 with the other resources; the caller turns any failure into exit code 1.
 Steps left open by a killed process are rolled back by `recover` (`recovery`).
 
@@ -23,11 +26,14 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 from somnus_reconciler.engine import recovery
+from somnus_reconciler.engine.backups import VmBackups
+from somnus_reconciler.engine.guard import guarded
 from somnus_reconciler.engine.pack_step import PackSteps, SnapshotGuard
-from somnus_reconciler.engine.resource_step import ResourceSteps
+from somnus_reconciler.engine.resource_step import ResourceSteps, changes_guest
 from somnus_reconciler.engine.retry import DONE, Attempt, RetryPolicy
 from somnus_reconciler.engine.snapshots import GuestSnapshots
 from somnus_reconciler.journal import Journal
@@ -71,13 +77,15 @@ class Engine:
         pack_steps: PackSteps | None = None,
         verify_timeout_s: float = 30.0,
         boot_timeout_s: float = 300.0,
+        state_dir: Path | None = None,
+        backups: VmBackups | None = None,
         classifier: FailureClassifier | None = None,
         retry: RetryPolicy = _DEFAULT_RETRY,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self._journal = journal
         self._hooks = hooks
-        self._resources = ResourceSteps(vms, containers, verify_timeout_s, boot_timeout_s)
+        self._resources = ResourceSteps(vms, containers, verify_timeout_s, boot_timeout_s, state_dir, backups)
         self._snapshots = GuestSnapshots(vms, containers, journal)
         self._packs = SnapshotGuard(self._snapshots, pack_steps, classifier)
         self._retry = retry
@@ -136,7 +144,17 @@ class Engine:
             return DONE
         if change.action.is_pack_step:
             return self._packs.run(change, lambda line: self._event(change, line))
-        return self._resources.attempt(current, lambda line: self._event(change, line))
+        def act() -> Attempt:
+            return self._resources.attempt(current, lambda line: self._event(change, line))
+
+        guarded_as = changes_guest(current)
+        if guarded_as is None:
+            return act()
+        if current.kind != "vm":
+            return guarded(self._snapshots, current, guarded_as, act)
+        vms, name = self._snapshots.vms, current.name
+        return guarded(self._snapshots, current, guarded_as, act,
+                       shut_down=lambda: vms.stop(name), after_rollback=lambda: vms.start(name))
 
     def _wait_to_retry(self, change: Change, attempt: Attempt, tries: int) -> None:
         """Record the failed try, tell the hooks, and sleep the backoff (at least the error's delay)."""

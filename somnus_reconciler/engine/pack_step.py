@@ -1,10 +1,8 @@
 """A pack step, guarded by a snapshot: snapshot -> act (playbook) -> record | roll back.
 
-The executor calls `SnapshotGuard.run` for every pack install or uninstall. The
-step is open in the journal from before the snapshot until it is recorded or
-rolled back, so that `recovery` can roll back a step a killed process left open.
-On any failure after the snapshot the guest is reverted to it; either way the
-guest's snapshots are pruned to its retention.
+The executor calls `SnapshotGuard.run` for every pack install or uninstall;
+`guard.guarded` takes the snapshot, keeps the step open in the journal, and
+rolls back on failure.
 
 The playbook runs through a `PackRunner` (engine.pack_runner.AnsiblePackRunner).
 What it reports a guest did wrong (a failed task) is classified by triage; an
@@ -14,15 +12,14 @@ type (see `retry`).
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from somnus_reconciler.engine import retry
-from somnus_reconciler.engine.snapshots import DEFAULT_RETAIN, GuestSnapshots, snapshot_name
+from somnus_reconciler.engine.guard import guarded
+from somnus_reconciler.engine.snapshots import GuestSnapshots
 from somnus_reconciler.planning.plan import Action, Change
 from somnus_reconciler.providers.protocols import ProviderError
 from somnus_reconciler.semantic.triage import FailureClassifier
@@ -81,28 +78,13 @@ class SnapshotGuard:
         if steps is None or (change.action is Action.PACK_INSTALL and change.pack not in steps.packs):
             return retry.failed(PermanentError(f"pack {change.pack} is not declared"))
         action = "install" if change.action is Action.PACK_INSTALL else "uninstall"
-        snapshot = snapshot_name(f"pack-{change.pack}", steps.clock())
-        journal = self.snapshots.journal
-        step_id = journal.open_step(change.address, f"pack {action} {change.pack}", snapshot,
-                                    json.dumps({"kind": change.kind, "name": want.name}))
-        try:
-            self.snapshots.of(change.kind).snapshot(want.name, snapshot, f"before pack {action} {change.pack}")
-        except ProviderError as e:
-            journal.close_step(step_id, Outcome.FAILED)
-            return retry.failed(e, message=f"no snapshot, so nothing was done: {e}")
-        journal.step_phase(step_id, "snapshot taken")
-        failure = self._act(steps, change, want, action, on_event)
-        journal.step_phase(step_id, "acted")
-        if failure is None:
-            failure = self._record(steps, change, want, action)
-        if failure is not None:
-            rolled = self._rollback(change.kind, want, snapshot)
-            journal.close_step(step_id, Outcome.ROLLED_BACK)
-            self._prune(change.kind, want)
-            return dataclasses.replace(failure, outcome=Outcome.ROLLED_BACK, message=f"{failure.message}; {rolled}")
-        journal.close_step(step_id, Outcome.OK)
-        self._prune(change.kind, want)
-        return retry.Attempt(Outcome.OK, f"done (snapshot {snapshot})")
+
+        def act() -> retry.Attempt:
+            failure = self._act(steps, change, want, action, on_event) or self._record(steps, change, want, action)
+            return failure or retry.Attempt(Outcome.OK, "done")
+
+        return guarded(self.snapshots, change, f"pack {action} {change.pack}", act,
+                       slug=f"pack-{change.pack}", clock=steps.clock)
 
     def _act(self, steps: PackSteps, change: Change, want: DesiredVm | DesiredContainer, action: str,
              on_event: Callable[[str], None]) -> retry.Attempt | None:
@@ -139,17 +121,6 @@ class SnapshotGuard:
         if actual is None:
             raise ProviderError(f"container/{want.name}", "record packs", "the container is gone")
         self.snapshots.journal.set_container_pack(want.name, actual.container_id, pack, applied.get(pack))
-
-    def _rollback(self, kind: str, want: DesiredVm | DesiredContainer, snapshot: str) -> str:
-        try:
-            self.snapshots.revert(kind, want.name, want if isinstance(want, DesiredContainer) else None, snapshot)
-        except ProviderError as e:
-            return f"ROLLBACK FAILED ({e}); the snapshot {snapshot} is kept"
-        return f"rolled back to {snapshot}"
-
-    def _prune(self, kind: str, want: DesiredVm | DesiredContainer) -> None:
-        retain = want.snapshot_retain if isinstance(want, DesiredVm) else DEFAULT_RETAIN
-        self.snapshots.prune(kind, want.name, retain)
 
 
 def _applied_packs(actual: ActualVm | ActualContainer | None) -> tuple[tuple[str, str], ...]:

@@ -11,6 +11,11 @@ image promises a balloon driver (`vm_images.guest_services`), wait, bounded,
 for the balloon to reach the target; then report the `MemoryAtTarget`
 condition as a line of the step and in its message. A VM of any other image
 is done once libvirt has done its part.
+
+A larger disk grows in place before anything else of the step: live through
+QEMU while the guest runs, else the qcow2 file. A running guest that carries
+the agent grows its root file system at once (`systemd-growfs /`, reported as a
+line of the step); any guest of debian-12 does at its next boot anyway.
 """
 
 from __future__ import annotations
@@ -18,11 +23,14 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from somnus_reconciler.engine import retry
+from somnus_reconciler.engine.backups import VmBackups
 from somnus_reconciler.images import vm_images
 from somnus_reconciler.planning import plan as plan_mod
 from somnus_reconciler.planning.plan import Action, Change, Disruption
+from somnus_reconciler.providers import agent_client
 from somnus_reconciler.providers.protocols import ContainerProvider, ProviderError, VmProvider
 from somnus_reconciler.values.conditions import Condition, memory_at_target
 from somnus_reconciler.values.desired import DesiredContainer, DesiredVm
@@ -46,22 +54,26 @@ class ResourceSteps:
     containers: ContainerProvider
     verify_timeout_s: float
     boot_timeout_s: float
+    state_dir: Path | None = None  # where the agents' tokens are; None: no agent is asked
+    backups: VmBackups | None = None  # None: a VM's disk is never destroyed (the step fails)
 
     def attempt(self, change: Change, on_event: Callable[[str], None] = lambda line: None) -> retry.Attempt:
         """Act, verify, settle; a provider's error or a verify timeout is a failed attempt."""
         try:
+            backed_up = self._back_up_before_destroying(change)
+            if backed_up is not None:
+                on_event(backed_up)
             if change.kind == "vm":
                 self._act_vm(change)
             else:
                 self._act_container(change)
             self._verify(change)
-            settled = self._settle(change)
+            notes = [str(note) for note in (self._grow_file_system(change), self._settle(change)) if note]
         except (ProviderError, VerifyFailed) as e:
             return retry.failed(e)
-        if settled is None:
-            return retry.DONE
-        on_event(str(settled))
-        return retry.Attempt(Outcome.OK, f"done; {settled}")
+        for note in notes:
+            on_event(note)
+        return retry.Attempt(Outcome.OK, "; ".join(["done", *([backed_up] if backed_up else []), *notes]))
 
     def replan(self, change: Change) -> Change | None:
         """The change still needed for this one object, from a fresh observation."""
@@ -86,6 +98,8 @@ class ResourceSteps:
             vms.delete(change.name)
             return
         assert isinstance(want, DesiredVm)
+        if _grows_disk(change):
+            vms.grow_disk(want)
         if change.action is Action.CREATE:
             vms.create(want)
         elif change.action is Action.REPLACE:
@@ -138,7 +152,8 @@ class ResourceSteps:
         if not isinstance(want, DesiredVm) or change.action is Action.DELETE or not want.running:
             return None
         balloon_driver = vm_images.guest_services(want.image).balloon
-        boots = change.action in (Action.CREATE, Action.REPLACE, Action.START) or change.disruption is Disruption.RESTART
+        boots = (change.action in (Action.CREATE, Action.REPLACE, Action.START)
+                 or change.disruption is Disruption.RESTART)
         patience = (self.boot_timeout_s if boots else self.verify_timeout_s) if balloon_driver else 0.0
         deadline = time.monotonic() + patience
         while True:
@@ -147,6 +162,56 @@ class ResourceSteps:
             if condition is None or condition.status or time.monotonic() >= deadline:
                 return condition
             time.sleep(_VERIFY_POLL_S)
+
+
+    def _back_up_before_destroying(self, change: Change) -> str | None:
+        """A full backup before a step that destroys a VM's disk (replace, prune); the
+        step fails, and the VM stays as it is, when none can be taken."""
+        if change.kind != "vm" or change.action not in (Action.REPLACE, Action.DELETE):
+            return None
+        if self.backups is None:
+            raise VerifyFailed(f"{change.address}: no backup can be taken here, so its disk is left alone")
+        vm = self.vms.observe_one(change.name)
+        if vm is None or vm.mark is None:
+            return None  # nothing of ours to lose
+        reason = "before replace" if change.action is Action.REPLACE else "before prune"
+        record = self.backups.take(vm, reason, full=True)
+        return f"backup {record.name} taken ({record.level}, {record.size // 2**20} MiB) {reason}"
+
+    def _grow_file_system(self, change: Change) -> str | None:
+        """After a live disk growth: the guest's root file system grown through its agent,
+        when its image carries one; what happened, as a line for the step."""
+        want = change.desired
+        if not (_grows_disk(change) and change.disruption is Disruption.LIVE and isinstance(want, DesiredVm)
+                and vm_images.guest_services(want.image).agent and self.state_dir is not None):
+            return None
+        vm = self.vms.observe_one(want.name)
+        client = agent_client.for_vm(vm, self.state_dir) if vm is not None else None
+        if client is None:
+            return "file system not grown now (no agent to ask); it grows at the next boot"
+        try:
+            result = client.execute(["/lib/systemd/systemd-growfs", "/"], timeout_s=120.0)
+        except agent_client.AgentError as e:
+            return f"file system not grown now ({e}); it grows at the next boot"
+        if result.get("exit_code") != 0:
+            return f"file system not grown now (systemd-growfs: {str(result.get('stderr', '')).strip()[:200]})"
+        return "file system grown to the new disk size"
+
+
+def changes_guest(change: Change) -> str | None:
+    """The step's name when it changes what runs in a guest, so that a snapshot guards it
+    (SPEC section 6): a VM's restart or stop, a container's recreate. None otherwise."""
+    if change.kind == "vm" and change.action is Action.STOP:
+        return "stop"
+    if change.kind == "vm" and change.action is Action.UPDATE and change.disruption is Disruption.RESTART:
+        return "restart"
+    if change.kind == "container" and change.action is Action.REPLACE:
+        return "recreate"
+    return None
+
+
+def _grows_disk(change: Change) -> bool:
+    return change.action is not Action.CREATE and any(f.name == "diskSize" for f in change.fields)
 
 
 def _remaining(change: Change | None) -> str | None:

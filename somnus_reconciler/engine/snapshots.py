@@ -64,7 +64,9 @@ class GuestSnapshots:
             return
         if container is None:
             raise ProviderError(f"container/{name}", "rollback", "no longer declared; use somnus rollback")
-        self.journal.move_container_packs(name, self.containers.restore(container, snapshot))
+        replaced = self.containers.observe_one(name)  # the container the snapshot was taken of
+        restored = self.containers.restore(container, snapshot)
+        self.journal.move_container_packs(name, replaced.container_id if replaced else None, restored)
 
     def prune(self, kind: str, name: str, retain: int) -> None:
         """Keep the newest `retain` snapshots, after a step whether it succeeded or was rolled back."""

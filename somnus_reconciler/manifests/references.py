@@ -84,7 +84,8 @@ def resolve(declared: Sequence[Declared], *, images_dir: Path | None = None) -> 
     pool = pools[0] if pools else None
     scope = pool[1].metadata.name if pool else DEFAULT_POOL
     return DesiredState(
-        vms={name: _desired_vm(d, vm, profiles, requires, scope) for name, (d, vm) in vms.items()},
+        vms={name: _desired_vm(d, vm, profiles, requires, scope, pool[1].spec.backup if pool else None)
+             for name, (d, vm) in vms.items()},
         containers={
             name: _desired_container(d, c, requires, scope) for name, (d, c) in containers.items()
         },
@@ -251,7 +252,7 @@ def _install_order(names: Iterable[str], requires: dict[str, list[str]]) -> tupl
 def _desired_vm(
     d: Declared, vm: model.VirtualMachine,
     profiles: dict[str, tuple[Declared, model.ResourceProfile]], requires: dict[str, list[str]],
-    pool: str,
+    pool: str, pool_backup: model.BackupPolicy | None,
 ) -> DesiredVm:
     spec = vm.spec
     r = profiles[spec.profile][1].spec if spec.profile is not None else spec.resources
@@ -275,6 +276,7 @@ def _desired_vm(
         source=d.source,
         pool=pool,
         drift_policy=spec.drift_policy,
+        backup=spec.backup if spec.backup is not None else pool_backup,
     )
 
 
@@ -295,4 +297,5 @@ def _desired_container(
         source=d.source,
         pool=pool,
         drift_policy=spec.drift_policy,
+        volumes=tuple((v.name, v.mount_path) for v in spec.volumes),
     )

@@ -15,15 +15,17 @@ import enum
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from somnus_reconciler.engine.backups import VmBackups
 from somnus_reconciler.engine.executor import Engine, EngineHook, PackSteps, StepResult, describe_action
 from somnus_reconciler.engine.pack_runner import AnsiblePackRunner
 from somnus_reconciler.journal import ApplyLock, Journal
 from somnus_reconciler.passes import prepare
 from somnus_reconciler.planning import plan as plan_mod
-from somnus_reconciler.planning.plan import Change, Plan
+from somnus_reconciler.planning.plan import Action, Change, Plan
 from somnus_reconciler.providers.backends import Backends
 from somnus_reconciler.semantic.triage import FailureClassifier
 from somnus_reconciler.values.desired import DesiredState
+from somnus_reconciler.values.diagnostics import Diagnostics
 from somnus_reconciler.values.outcome import Outcome
 
 
@@ -96,13 +98,28 @@ class PassReport:
 @dataclass
 class PassOptions:
     prune: bool = False
+    replace: frozenset[str] = frozenset()  # VMs whose disk may be replaced (`apply --replace vm/NAME`)
     check_packs: bool = False  # a resync: run the packs' verify commands to find drift
     revision: str | None = None  # recorded on every object a step converges (gitops)
     hooks: Sequence[EngineHook] = ()
+    on_recovered: Callable[[tuple[str, ...]], None] = lambda lines: None  # before the plan is shown
     on_plan: Callable[[Plan], bool] = lambda plan: True
     should_stop: Callable[[], bool] = lambda: False
     on_lock_wait: Callable[[str], None] = lambda message: None
     classifier: FailureClassifier | None = field(default=None)
+
+
+def _refuse_unconsented(plan: Plan, replace: frozenset[str]) -> None:
+    """A VM's disk is replaced only when the user named the VM (`--replace vm/NAME`, as
+    `terraform apply -replace=ADDR`); a prune is consented to by `--prune` itself."""
+    problems = Diagnostics()
+    for change in plan.changes:
+        if change.kind == "vm" and change.action is Action.REPLACE and change.address not in replace:
+            what = ", ".join(str(f) for f in change.fields) or change.reason
+            problems.add(change.desired.source if change.desired else None, change.address,
+                         f"{what} means a new disk: the VM's disk would be replaced (a backup is taken first); "
+                         f"apply with --replace {change.address} to consent")
+    problems.raise_if_any()
 
 
 def run_pass(desired: DesiredState, backends: Backends, options: PassOptions) -> PassReport:
@@ -113,13 +130,17 @@ def run_pass(desired: DesiredState, backends: Backends, options: PassOptions) ->
         engine = Engine(
             backends.vms, backends.containers, journal, options.hooks,
             pack_steps=PackSteps(runner, desired.packs, desired.pack_fingerprints),
-            classifier=options.classifier,
+            classifier=options.classifier, state_dir=settings.state_dir,
+            backups=VmBackups(backends.vms, settings.backups_dir, settings.state_dir, settings.libvirt_uri),
         )
         # A killed apply's playbook may still run: end it before its step is rolled back.
         recovered = (*runner.end_interrupted_runs(), *engine.recover(desired))
+        if recovered:
+            options.on_recovered(recovered)
         plan, reported = plan_mod.split_drift(
             prepare.prepare(desired, backends, prune=options.prune, check_packs=options.check_packs)
         )
+        _refuse_unconsented(plan, options.replace)
         for change in reported:
             _report_drift(journal, change)
         if not options.on_plan(plan):

@@ -26,6 +26,7 @@ from pathlib import Path
 from somnus_reconciler import settings as settings_mod
 from somnus_reconciler.engine.executor import StepResult
 from somnus_reconciler.passes import converge, loop_events
+from somnus_reconciler.passes.backup_schedule import BackupScheduler
 from somnus_reconciler.passes.converge import PassReport
 from somnus_reconciler.planning.plan import Change, Plan
 from somnus_reconciler.providers import backends as backends_mod
@@ -68,6 +69,7 @@ class Loop:
     stop: threading.Event = field(default_factory=threading.Event)
     _backends: Backends | None = None
     _indexer: threading.Thread | None = None
+    _backups: BackupScheduler | None = None
 
     def install_signal_handlers(self) -> None:
         """SIGINT and SIGTERM stop the loop after the current step (no KeyboardInterrupt)."""
@@ -100,9 +102,18 @@ class Loop:
             self._close()  # a daemon went away: connect afresh next time
             return self._aborted(trigger, PassReport(unavailable=str(e)))
         self.emit(_reconciled(report, trigger, started))
+        self._schedule_backups(desired, report)
         if report.results or report.reported_drift or report.recovered:
             self._index_history(self._open(desired).settings.state_dir)
         return report
+
+    def _schedule_backups(self, desired: DesiredState, report: PassReport) -> None:
+        """Hand the scheduler what it backs up, and the VMs a pack step changed."""
+        if self._backups is None:
+            self._backups = BackupScheduler(self.emit, self.stop, state_dir=self.state_dir)
+        changed = {r.change.name for r in report.results
+                   if r.ok and r.change.kind == "vm" and r.change.action.is_pack_step}
+        self._backups.update(desired, changed)
 
     def _aborted(self, trigger: loop_events.Trigger, report: PassReport) -> PassReport:
         self.emit(loop_events.PassAborted(time.time(), trigger, report.verdict, report.errors))

@@ -88,5 +88,16 @@ class FetchFailed:
     revision: str | None  # the revision in force, None before the first good one
 
 
-LoopEvent = Planned | StepFinished | Reconciled | PassAborted | FetchFailed
+@dataclass(frozen=True)
+class BackedUp:
+    """A backup the VM's schedule made due (or a pack change asked for) was taken, or failed."""
+
+    at: float
+    address: str
+    ok: bool
+    backup: str | None  # the backup's name; None when it failed
+    message: str  # level, size and reason; or what went wrong
+
+
+LoopEvent = Planned | StepFinished | Reconciled | PassAborted | FetchFailed | BackedUp
 Emit = Callable[[LoopEvent], None]

@@ -19,6 +19,7 @@ from somnus_reconciler.images import vm_images
 from somnus_reconciler.journal import Event, Journal
 from somnus_reconciler.passes import agent_health
 from somnus_reconciler.passes.agent_health import AgentHealth
+from somnus_reconciler.passes.backup_schedule import BackupStatus, backup_status
 from somnus_reconciler.values.actual import ActualContainer, ActualVm, PowerState
 from somnus_reconciler.values.conditions import Condition, memory_at_target
 from somnus_reconciler.values.errors import PermanentError
@@ -57,6 +58,7 @@ class VmStatus:
     agent: AgentHealth | None  # None: stopped, not somnus's, or its image carries no agent
     conditions: tuple[Condition, ...]
     revision: str | None = None  # the git revision it was last converged from (gitops)
+    backup: BackupStatus | None = None  # None: no backup policy and no backup
 
 
 @dataclass(frozen=True)
@@ -140,7 +142,8 @@ def _guest_conditions(vm: ActualVm, agent: AgentHealth | None, soft_reboot: Even
 
 
 def vm_status(vm: ActualVm, last: Event | None, agent: AgentHealth | None = None,
-              soft_reboot: Event | None = None, revision: str | None = None) -> VmStatus:
+              soft_reboot: Event | None = None, revision: str | None = None,
+              backup: BackupStatus | None = None) -> VmStatus:
     mark = vm.mark
     return VmStatus(
         name=vm.name, managed=vm.managed, state=vm.power, domain_id=vm.domain_id,
@@ -154,7 +157,7 @@ def vm_status(vm: ActualVm, last: Event | None, agent: AgentHealth | None = None
             *(_guest_conditions(vm, agent, soft_reboot) if vm.managed else []),
             *_last_step(last),
         ),
-        revision=revision,
+        revision=revision, backup=backup,
     )
 
 
@@ -205,7 +208,8 @@ def gather(backends: Backends, *, kind: str | None, name: str | None,
                 ))
             for vm, agent in zip(vms, agents):
                 step, soft_reboot = last(f"vm/{vm.name}")
-                result.append(vm_status(vm, step, agent, soft_reboot, revision(f"vm/{vm.name}")))
+                backup = backup_status(vm, settings.backups_dir) if vm.managed else None
+                result.append(vm_status(vm, step, agent, soft_reboot, revision(f"vm/{vm.name}"), backup))
         if kind in (None, "container"):
             for c in sorted(backends.containers.observe().values(), key=lambda c: c.name):
                 if (name is None or c.name == name) and (c.managed or include_unmanaged or name):

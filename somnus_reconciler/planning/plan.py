@@ -143,6 +143,11 @@ def _declared_vm(want: DesiredVm, have: ActualVm | None, desired: DesiredState,
         return _unowned(want, "a libvirt domain")
     if mark is not None and mark.pool != desired.scope:
         return _other_pool(want, mark.pool)
+    same_disk = mark is not None and (mark.image, mark.os_family) == (want.image, want.os_family)
+    if mark is not None and same_disk and want.disk_size < mark.disk_size:
+        return Diagnostic(want.source, want.address, (
+            f"spec.diskSize: {format_bytes(want.disk_size)} is smaller than the disk's {format_bytes(mark.disk_size)}; "
+            "shrinking a disk is not supported (nothing was changed; a larger size grows it in place)"))
     change = _with_drift(vm_change(want, have), mark.spec_hash if mark else None,
                          applied.get(want.address), want.spec_hash)
     steps = [change] if change is not None else []
@@ -259,17 +264,15 @@ def vm_change(want: DesiredVm, have: ActualVm | None) -> Change | None:
     if have is None:
         return Change(want.address, Action.CREATE, Disruption.NONE, desired=want)
     assert have.mark is not None
-    recreate = _differing(
-        ("image", have.mark.image, want.image),
-        ("diskSize", have.mark.disk_size, want.disk_size),
-        ("osFamily", have.mark.os_family, want.os_family),
-    )
+    recreate = _differing(("image", have.mark.image, want.image), ("osFamily", have.mark.os_family, want.os_family))
     if recreate:
         return Change(want.address, Action.REPLACE, Disruption.RECREATE, recreate, want, have)
 
     r = want.resources
     headroom = _differing(("maxVcpus", have.max_vcpus, r.max_vcpus), ("maxMemory", have.max_memory, r.max_memory))
-    sizes = _differing(("vcpus", have.vcpus, r.vcpus), ("memory", have.memory, r.memory))
+    # A disk only grows (`_declared_vm` refuses less), in place: live on a running guest.
+    sizes = _differing(("vcpus", have.vcpus, r.vcpus), ("memory", have.memory, r.memory),
+                       ("diskSize", have.mark.disk_size, want.disk_size))
     resized = headroom + sizes
 
     change: Change | None = None

@@ -43,6 +43,7 @@ LABEL_SPEC_HASH = "io.somnus.spec-hash"
 LABEL_OWNER = "io.somnus.owner"  # only when the container has an owner
 LABEL_POOL = "io.somnus.pool"  # the Pool it was applied under: scopes --prune
 LABEL_PACKS = "io.somnus.packs"  # JSON {pack: fingerprint}
+LABEL_CONTAINER = "io.somnus.container"  # on a named volume: the container it belongs to
 
 ALLOWED_NETWORK_MODES = ("none", "host")
 STOP_TIMEOUT_S = 5
@@ -120,10 +121,10 @@ class DockerProvider:
 
     # -- converge ----------------------------------------------------------
 
-    def create(self, c: DesiredContainer, *, from_image: str | None = None) -> str:
+    def create(self, c: DesiredContainer, *, from_image: str | None = None, spec_hash: str | None = None) -> str:
         """Create and start `c` (from `from_image` instead of `c.image` when restoring
-        a snapshot; the labels stay those of `c`). Returns the container ID.
-        On a failed start the new container is removed."""
+        a snapshot; the labels stay those of `c`, but for `spec_hash` when given).
+        Returns the container ID. On a failed start the new container is removed."""
         address = c.address
         if c.network not in ALLOWED_NETWORK_MODES:
             raise ProviderError(
@@ -143,6 +144,9 @@ class DockerProvider:
             host_config_args["nano_cpus"] = round(c.cpus * 1e9)
         if c.memory > 0:
             host_config_args["mem_limit"] = c.memory
+        if c.volumes:
+            host_config_args["binds"] = {self._volume(c, name): {"bind": path, "mode": "rw"}
+                                         for name, path in c.volumes}
         try:
             with mapped(address, "create"):
                 created = api.create_container(
@@ -150,7 +154,7 @@ class DockerProvider:
                     command=list(c.command) if c.command is not None else None,
                     name=c.name,
                     environment=[f"{k}={v}" for k, v in c.env],
-                    labels=mark_labels(c),
+                    labels={**mark_labels(c), **({LABEL_SPEC_HASH: spec_hash} if spec_hash else {})},
                     host_config=api.create_host_config(**host_config_args),
                 )
         except ProviderError as e:
@@ -172,6 +176,15 @@ class DockerProvider:
                 api.remove_container(container_id, v=True, force=True)
             raise
         return str(container_id)
+
+    def _volume(self, c: DesiredContainer, name: str) -> str:
+        """The named volume `name` of `c`, made (labelled as somnus's) unless it exists: a
+        recreate mounts the same one, so its data outlives every container of that name."""
+        volume = volume_name(c.name, name)
+        with mapped(c.address, f"volume {name}"):
+            self._api().create_volume(volume, labels={
+                LABEL_MANAGED: "true", LABEL_POOL: c.pool, LABEL_CONTAINER: c.name})
+        return volume
 
     def start(self, name: str) -> None:
         """Start a managed container (unpause a paused one); unmarked ones are refused (SPEC section 3)."""
@@ -207,7 +220,8 @@ class DockerProvider:
 
     def delete(self, name: str, *, keep_snapshots: bool = False) -> None:
         """Stop and remove a managed container, its anonymous volumes and (unless
-        `keep_snapshots`, as `restore` needs) its snapshot images.
+        `keep_snapshots`, as `restore` needs) its snapshot images. Its named volumes
+        stay: they are the user's data, mounted again by the next container of the name.
 
         Absent already: only its snapshots go. Unmarked: refused, left as it is.
         """
@@ -246,9 +260,13 @@ class DockerProvider:
         return docker_images.commit(self._api(), actual.container_id, name, snapshot, description)
 
     def restore(self, c: DesiredContainer, snapshot: str) -> str:
-        """Replace the container by one made from its snapshot, with the same spec; returns the new ID."""
+        """Replace the container by one made from its snapshot with the spec `c`; returns the
+        new ID. It keeps the spec hash the snapshot's container had (its labels went into
+        the committed image), so a rolled-back recreate is planned again, not taken as done."""
+        image = docker_images.snapshot_image(c.name, snapshot)
+        had = (self.image_labels(image) or {}).get(LABEL_SPEC_HASH)
         self.delete(c.name, keep_snapshots=True)
-        return self.create(c, from_image=docker_images.snapshot_image(c.name, snapshot))
+        return self.create(c, from_image=image, spec_hash=had)
 
     def snapshots(self, name: str) -> list[Snapshot]:
         """Snapshots of this container, oldest first."""
@@ -268,6 +286,10 @@ class DockerProvider:
                       changes: tuple[str, ...] = ()) -> None:
         """`docker import TARBALL REFERENCE`, with `labels` and Dockerfile `changes`."""
         docker_images.import_rootfs(self._api(), tarball, reference, labels=labels, changes=changes)
+
+
+def volume_name(container: str, volume: str) -> str:
+    return f"somnus-{container}-{volume}"
 
 
 def mark_labels(c: DesiredContainer) -> dict[str, str]:

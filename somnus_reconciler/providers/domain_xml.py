@@ -56,6 +56,8 @@ def mark_element(vm: DesiredVm, forwards: tuple[PortForward, ...],
     })
     if vm.owner is not None:
         mark.set("owner", vm.owner)
+    if vm.backup is not None:  # for `get` and `describe`, which read no manifests
+        mark.set("backup", vm.backup.model_dump_json(by_alias=True, exclude_none=True))
     for fwd in forwards:
         ET.SubElement(mark, f"{ns}forward", {
             "name": fwd.name, "host-port": str(fwd.host_port), "guest-port": str(fwd.guest_port),
@@ -184,6 +186,7 @@ def parse_mark(element: ET.Element | None) -> VmMark | None:
         os_family=element.get("os-family", ""),
         owner=element.get("owner"),
         pool=element.get("pool", "default"),
+        backup=element.get("backup"),
         forwards=forwards,
         packs=packs,
     )

@@ -123,6 +123,21 @@ def remove_keypair(state_dir: Path, vm_name: str) -> None:
     shutil.rmtree(_key_dir(state_dir, vm_name), ignore_errors=True)
 
 
+def save_keys(state_dir: Path, vm_name: str, dest: Path) -> None:
+    """Copy the VM's key pair and agent token into `dest` (a backup's; made 0700, the
+    files keep their 0600); nothing when the VM has none."""
+    source = _key_dir(state_dir, vm_name)
+    if source.is_dir():
+        shutil.copytree(source, dest, dirs_exist_ok=True)
+        os.chmod(dest, 0o700)
+
+
+def load_keys(source: Path, state_dir: Path, vm_name: str) -> None:
+    """Put keys saved by `save_keys` back as the VM's own; nothing when `source` is missing."""
+    if source.is_dir():
+        shutil.copytree(source, _secret_dir(state_dir, vm_name), dirs_exist_ok=True)
+
+
 def _key_dir(state_dir: Path, vm_name: str) -> Path:
     if not _SAFE_NAME.fullmatch(vm_name):
         raise ValueError(f"VM name {vm_name!r} cannot name a key directory")

@@ -23,7 +23,7 @@ from pathlib import Path
 import libvirt
 
 from somnus_reconciler.images import vm_images
-from somnus_reconciler.providers import domain_xml, guest_access
+from somnus_reconciler.providers import domain_xml, guest_access, libvirt_checkpoints
 from somnus_reconciler.providers.protocols import BackendUnavailable, ProviderError
 from somnus_reconciler.settings import Settings
 from somnus_reconciler.values.actual import ActualVm, PortForward, PowerState, Snapshot
@@ -42,6 +42,7 @@ _UNDEFINE_FLAGS = (
 # Error codes of a connection that broke (libvirtd stopped or restarted).
 _LOST_CONNECTION = (libvirt.VIR_ERR_NO_CONNECT, libvirt.VIR_ERR_INVALID_CONN)
 _LIVE_AND_CONFIG = libvirt.VIR_DOMAIN_AFFECT_LIVE | libvirt.VIR_DOMAIN_AFFECT_CONFIG
+_ROOT_DISK = "vda"  # domain_xml.build: the overlay disk; the seed is vdb
 _POWER = {
     libvirt.VIR_DOMAIN_RUNNING: PowerState.RUNNING,
     libvirt.VIR_DOMAIN_BLOCKED: PowerState.RUNNING,
@@ -196,12 +197,7 @@ class LibvirtProvider:
                  "-b", str(image.disk), str(disk), str(vm.disk_size)],
                 check=True, capture_output=True, text=True,
             )
-            key = guest_access.ensure_keypair(self._settings.state_dir, vm.name)
-            token = guest_access.ensure_agent_token(self._settings.state_dir, vm.name)
-            guest_access.build_seed_disk(vm_dir / "seed.img", {
-                "authorized_keys": (key.public_openssh + "\n").encode(),
-                guest_access.AGENT_TOKEN_FILE: (token + "\n").encode(),
-            })
+            self._write_seed(vm.name)
             forwards = tuple(
                 PortForward(name, _free_loopback_port(), port)
                 for name, port in domain_xml.GUEST_PORTS.items()
@@ -209,6 +205,15 @@ class LibvirtProvider:
             dom = self.conn.defineXML(self._xml(vm, forwards))
             if vm.running:
                 dom.create()
+
+    def _write_seed(self, name: str) -> None:
+        """The read-only seed disk: the VM's public key and agent token (made once, kept)."""
+        key = guest_access.ensure_keypair(self._settings.state_dir, name)
+        token = guest_access.ensure_agent_token(self._settings.state_dir, name)
+        guest_access.build_seed_disk(self._vm_dir(name) / "seed.img", {
+            "authorized_keys": (key.public_openssh + "\n").encode(),
+            guest_access.AGENT_TOKEN_FILE: (token + "\n").encode(),
+        })
 
     def start(self, name: str) -> None:
         with self._mapped(name, "start"):
@@ -254,6 +259,20 @@ class LibvirtProvider:
             if current.memory != r.memory:
                 dom.setMemoryFlags(r.memory // 1024, _LIVE_AND_CONFIG)
 
+    def grow_disk(self, vm: DesiredVm) -> None:
+        """The disk to `vm.disk_size`, keeping every byte: through QEMU (`blockResize`)
+        while the guest runs, else the qcow2 file. Already that large or larger: nothing."""
+        with self._mapped(vm.name, "grow disk"):
+            dom = self._domain(vm.name)
+            capacity = dom.blockInfo(_ROOT_DISK)[0]
+            if capacity >= vm.disk_size:
+                return
+            if dom.isActive():
+                dom.blockResize(_ROOT_DISK, vm.disk_size, libvirt.VIR_DOMAIN_BLOCK_RESIZE_BYTES)
+            else:
+                subprocess.run(["qemu-img", "resize", "-q", str(self._vm_dir(vm.name) / "disk.qcow2"),
+                                str(vm.disk_size)], check=True, capture_output=True, text=True)
+
     def write_mark(self, vm: DesiredVm) -> None:
         """Record the spec hash of `vm` in the running and the persistent definition."""
         with self._mapped(vm.name, "write mark"):
@@ -278,15 +297,57 @@ class LibvirtProvider:
             flags = _LIVE_AND_CONFIG if dom.isActive() else libvirt.VIR_DOMAIN_AFFECT_CONFIG
             dom.setMetadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, mark, "somnus", domain_xml.SOMNUS_NS, flags)
 
+    # -- backups ------------------------------------------------------------
+    def definition(self, name: str) -> str:
+        """The persistent domain XML, with its mark: what a backup keeps beside the disk."""
+        with self._mapped(name, "read definition"):
+            return str(self._domain(name).XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+
+    def end_stale_backup_job(self, name: str) -> bool:
+        """Abort a backup job a killed virtnbdbackup left on the domain; whether there was one."""
+        with self._mapped(name, "end a stale backup job"):
+            return libvirt_checkpoints.end_stale_backup_job(self._domain(name))
+
+    def disk_path(self, name: str) -> Path:
+        return self._vm_dir(name) / "disk.qcow2"
+
+    def put_back(self, name: str, definition: str, disk: Path, *, start: bool) -> None:
+        """The VM as a backup had it: `disk` (a complete qcow2) becomes its disk and
+        `definition` its domain, replacing what is there (whose snapshot and checkpoint
+        metadata describe the old disk and go with it)."""
+        with self._mapped(name, "put back"):
+            try:
+                dom: libvirt.virDomain | None = self._domain(name)
+            except libvirt.libvirtError as e:
+                if e.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
+                    raise
+                dom = None
+            if dom is not None:
+                if dom.isActive():
+                    dom.destroy()
+                dom.undefineFlags(_UNDEFINE_FLAGS)
+            disk.replace(self.disk_path(name))
+            self._write_seed(name)  # with the keys put back, which the restored guest knows
+            restored = self.conn.defineXML(definition)
+            if start:
+                restored.create()
+
     # -- snapshots ----------------------------------------------------------
     def snapshot(self, name: str, snapshot: str, description: str) -> None:
         with self._mapped(name, f"snapshot {snapshot}"):
             self._domain(name).snapshotCreateXML(domain_xml.snapshot_xml(snapshot, description), 0)
 
     def revert(self, name: str, snapshot: str) -> None:
-        """Back to the snapshot: disk, memory and definition, running if it was."""
+        """Back to the snapshot: disk, memory and definition, running if it was.
+
+        QEMU refuses to load an internal snapshot while the disk has dirty bitmaps
+        ("Device has active dirty bitmaps"), which backup checkpoints are; so the
+        checkpoints go first. Their chain could not be continued anyway: a revert
+        changes blocks that no bitmap saw (engine.backups starts a new chain).
+        """
         with self._mapped(name, f"revert to {snapshot}"):
             dom = self._domain(name)
+            libvirt_checkpoints.drop_checkpoints(dom, self.disk_path(name))
             dom.revertToSnapshot(dom.snapshotLookupByName(snapshot, 0), 0)
 
     def snapshots(self, name: str) -> list[Snapshot]:

@@ -8,6 +8,7 @@ again later may succeed. The engine decides retries by that type alone.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Protocol
 
 from somnus_reconciler.values.actual import ActualContainer, ActualVm, Snapshot
@@ -72,6 +73,15 @@ class VmProvider(Protocol):
     def redefine(self, vm: DesiredVm) -> None:
         """Write `vm` into the persistent config; the running guest is left as it is."""
     def resize_live(self, vm: DesiredVm) -> None: ...
+    def definition(self, name: str) -> str:
+        """The persistent domain XML with its mark."""
+    def disk_path(self, name: str) -> Path: ...
+    def end_stale_backup_job(self, name: str) -> bool:
+        """Abort a backup job a killed backup left behind; whether there was one."""
+    def put_back(self, name: str, definition: str, disk: Path, *, start: bool) -> None:
+        """Replace the VM's disk by `disk` and its domain by `definition` (a backup's)."""
+    def grow_disk(self, vm: DesiredVm) -> None:
+        """The VM's disk to `vm.disk_size` in place (live while it runs); never smaller."""
     def write_mark(self, vm: DesiredVm) -> None:
         """Record `vm`'s spec hash in the ownership mark, live and persistent."""
     def write_packs(self, name: str, packs: tuple[tuple[str, str], ...]) -> None: ...

@@ -38,6 +38,7 @@ class VmMark:
     pool: str = "default"
     forwards: tuple[PortForward, ...] = ()
     packs: tuple[tuple[str, str], ...] = ()  # (pack name, fingerprint)
+    backup: str | None = None  # the VM's backup policy as JSON (model.BackupPolicy), if it has one
 
 
 @dataclass(frozen=True)

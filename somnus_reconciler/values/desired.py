@@ -12,7 +12,7 @@ import json
 from dataclasses import asdict, dataclass, field
 
 from somnus_reconciler.values.diagnostics import Source
-from somnus_reconciler.values.model import CapabilityPackSpec, PoolSpec
+from somnus_reconciler.values.model import BackupPolicy, CapabilityPackSpec, PoolSpec
 
 # Objects applied without a Pool belong to this one. The Pool's name scopes
 # ownership: `--prune` and leftovers only concern objects of the same Pool.
@@ -47,6 +47,7 @@ class DesiredVm:
     source: Source = field(compare=False)
     pool: str = DEFAULT_POOL
     drift_policy: str = "correct"  # correct | warn
+    backup: BackupPolicy | None = None  # the VM's, else the Pool's
 
     @property
     def address(self) -> str:
@@ -71,6 +72,7 @@ class DesiredContainer:
     source: Source = field(compare=False)
     pool: str = DEFAULT_POOL
     drift_policy: str = "correct"  # correct | warn
+    volumes: tuple[tuple[str, str], ...] = ()  # (volume name, mount path), as declared
 
     @property
     def address(self) -> str:
@@ -84,11 +86,15 @@ class DesiredContainer:
 def _spec_hash(obj: DesiredVm | DesiredContainer) -> str:
     """Hash of what the object is, without its packs: those are tracked one by one
     with their fingerprints, so adding a pack never recreates anything. Nor does
-    the drift policy count: it says what a resync does, not what the object is."""
+    the drift policy count: it says what a resync does, not what the object is.
+    A backup policy does, so that a new one reaches the mark (a mark-only update)."""
     data = asdict(obj)
     data.pop("source")
     data.pop("packs")
     data.pop("drift_policy")
+    for optional in ("backup", "volumes"):  # absent ones keep the hashes objects had before them
+        if not data.get(optional):
+            data.pop(optional, None)
     return _hash(data)
 
 

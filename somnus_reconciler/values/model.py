@@ -31,7 +31,7 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 
 from somnus_reconciler.values import quantity
-from somnus_reconciler.values.quantity import format_bytes
+from somnus_reconciler.values.quantity import format_bytes, parse_duration
 
 API_VERSION = "somnus/v1"
 DNS1123_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
@@ -206,6 +206,46 @@ class SnapshotPolicy(Strict):
     retain: Annotated[int, Field(ge=1, le=100)] = 5
 
 
+ON_PACK_CHANGE = "onPackChange"
+
+
+class BackupPolicy(Strict):
+    """Backups outside the VM's disk (engine.backups): when, and how many for how long."""
+
+    schedule: str | None = Field(default=None, description=(
+        "a cron expression (\"0 3 * * *\"), an interval (\"24h\", at least 1m), or "
+        "onPackChange (after every pack step that changed the guest); none: only by hand "
+        "and before a disk is replaced"
+    ))
+    retain: Annotated[int, Field(ge=1, le=1000)] = 7
+    max_age: str | None = Field(default=None, description="backups older than this go (e.g. 30d); never the newest")
+
+    @field_validator("schedule")
+    @classmethod
+    def _schedule(cls, schedule: str | None) -> str | None:
+        if schedule is None or schedule == ON_PACK_CHANGE:
+            return schedule
+        try:
+            seconds = parse_duration(schedule)
+        except ValueError:
+            from croniter import croniter
+
+            if not croniter.is_valid(schedule):
+                raise ValueError(f"{schedule!r} is neither a cron expression, an interval (24h) "
+                                 f"nor {ON_PACK_CHANGE}") from None
+            return schedule
+        if seconds < 60:
+            raise ValueError(f"{schedule!r}: an interval of at least 1m")
+        return schedule
+
+    @field_validator("max_age")
+    @classmethod
+    def _max_age(cls, max_age: str | None) -> str | None:
+        if max_age is not None:
+            parse_duration(max_age)
+        return max_age
+
+
 class VirtualMachineSpec(Strict):
     profile: Name | None = None
     resources: Resources | None = None
@@ -218,6 +258,7 @@ class VirtualMachineSpec(Strict):
     running: bool = True
     packs: list[Name] = Field(default_factory=list)
     snapshots: SnapshotPolicy = Field(default_factory=SnapshotPolicy)
+    backup: BackupPolicy | None = None  # none: the Pool's, else backups only by hand
     drift_policy: DriftPolicy = "correct"
 
     @model_validator(mode="after")
@@ -232,6 +273,13 @@ class ContainerResources(Strict):
     memory: Quantity = 2**30
 
 
+class VolumeMount(Strict):
+    """A named Docker volume somnus owns (`somnus-<container>-<name>`), kept across recreates."""
+
+    name: Name
+    mount_path: AbsolutePath
+
+
 class ContainerSpec(Strict):
     image: Annotated[str, Field(min_length=1)]
     command: list[str] | None = None
@@ -239,7 +287,20 @@ class ContainerSpec(Strict):
     packs: list[Name] = Field(default_factory=list)
     network: Literal["none", "host"] = "none"
     env: dict[str, str] = Field(default_factory=dict)
+    volumes: list[VolumeMount] = Field(default_factory=list, description=(
+        "named volumes only, no host paths: their data outlives the container"
+    ))
     drift_policy: DriftPolicy = "correct"
+
+    @field_validator("volumes")
+    @classmethod
+    def _distinct_volumes(cls, volumes: list[VolumeMount]) -> list[VolumeMount]:
+        problems = [f"volume {v.name!r} cannot be mounted on /" for v in volumes if v.mount_path.rstrip("/") == ""]
+        for what, values in (("name", [v.name for v in volumes]), ("mountPath", [v.mount_path for v in volumes])):
+            problems += [f"{what} {value!r} is given twice" for value in sorted(set(values)) if values.count(value) > 1]
+        if problems:
+            raise ValueError("; ".join(problems))
+        return volumes
 
     @field_validator("env")
     @classmethod
@@ -271,6 +332,7 @@ class PoolSpec(Strict):
         "directories, besides the guest directory's images/, under which a VM's image may "
         "be a qcow2 file of its own"
     ))
+    backup: BackupPolicy | None = None  # the default of VMs that declare none
 
 
 class _Document(Strict):

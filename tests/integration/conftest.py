@@ -190,13 +190,15 @@ def workspace(tmp_path: Path, libvirt_conn: libvirt.virConnect, docker_client: d
 
 
 def remove_objects(ws: Workspace) -> None:
-    """Everything a test made under its prefix: domains with their disks, containers, snapshots."""
+    """Everything a test made under its prefix: domains with their disks, containers, snapshots,
+    named volumes, backups."""
     libvirt_conn, docker_client = ws.conn, ws.docker
     for dom in libvirt_conn.listAllDomains(0):
         if dom.name().startswith(ws.prefix):
             if dom.isActive():
                 dom.destroy()
-            dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA)
+            dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
+                              | libvirt.VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA)
             subprocess.run(["rm", "-rf", str(settings_mod.DEFAULT_GUEST_DIR / "vms" / dom.name())], check=False)
     for container in docker_client.containers.list(all=True, sparse=True):
         if container.attrs["Names"][0].lstrip("/").startswith(ws.prefix):
@@ -205,6 +207,12 @@ def remove_objects(ws: Workspace) -> None:
         for tag in image.tags:
             if tag.split("/", 1)[1].startswith(ws.prefix):
                 docker_client.images.remove(tag, force=True)
+    for volume in docker_client.volumes.list(filters={"label": "io.somnus.managed"}):
+        if volume.name.startswith(f"somnus-{ws.prefix}"):
+            volume.remove(force=True)
+    backups = settings_mod.resolve().backups_dir  # taken before a prune or a replace, or by hand
+    for taken in backups.glob(f"{ws.prefix}*"):
+        subprocess.run(["rm", "-rf", str(taken)], check=False)
 
 
 def image_domain_xml(name: str, image: vm_images.VmImage, overlay: Path, console_log: Path,
@@ -233,4 +241,5 @@ def destroy_and_undefine(dom: libvirt.virDomain) -> None:
         if dom.isActive():
             dom.destroy()
     with contextlib.suppress(libvirt.libvirtError):
-        dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA)
+        dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
+                          | libvirt.VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA)

@@ -9,6 +9,7 @@ build` would keep it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import secrets
 import subprocess
@@ -289,6 +290,47 @@ def test_snapshots_beside_running_execs_leave_the_container_running(
     assert docker_client.api.inspect_container(c.name)["State"]["Status"] == "running"
     assert len(provider.snapshots(c.name)) == 5
     provider.delete(c.name)
+
+
+def test_a_restore_keeps_the_spec_hash_of_the_container_the_snapshot_was_taken_of(
+    provider: DockerProvider, names: Callable[[str], str]
+) -> None:
+    """A recreate rolled back to its snapshot must not pass for the new spec: the next
+    plan makes it again (issue 12, item 3)."""
+    old = desired(names("restore"))
+    provider.create(old)
+    provider.snapshot(old.name, "somnus-recreate-1", "before recreate")
+    new = desired(old.name, memory=96 * 1024 * 1024)
+    provider.restore(new, "somnus-recreate-1")
+    restored = provider.observe_one(old.name)
+    assert restored is not None and restored.running
+    assert restored.spec_hash == old.spec_hash != new.spec_hash
+    provider.delete(old.name)
+
+
+def test_named_volume_data_survives_a_recreate_and_a_restore(
+    provider: DockerProvider, docker_client: docker.DockerClient, names: Callable[[str], str]
+) -> None:
+    c = desired(names("volumes"), volumes=(("data", "/data"),))
+    provider.create(c)
+    volume = docker_provider.volume_name(c.name, "data")
+    try:
+        assert docker_client.volumes.get(volume).attrs["Labels"]["io.somnus.container"] == c.name
+        subprocess.run(["docker", "exec", c.name, "sh", "-c", "echo kept > /data/file"], check=True)
+        provider.snapshot(c.name, "somnus-test-volumes", "before recreate")
+        provider.delete(c.name, keep_snapshots=True)
+        recreated = desired(c.name, memory=96 * 1024 * 1024, volumes=(("data", "/data"),))
+        provider.create(recreated)
+        assert subprocess.run(["docker", "exec", c.name, "cat", "/data/file"], capture_output=True,
+                              text=True).stdout == "kept\n"
+        provider.restore(recreated, "somnus-test-volumes")
+        assert subprocess.run(["docker", "exec", c.name, "cat", "/data/file"], capture_output=True,
+                              text=True).stdout == "kept\n"
+        provider.delete(c.name)
+        assert docker_client.volumes.get(volume) is not None  # a prune leaves the data; removing it is the user's
+    finally:
+        with contextlib.suppress(docker.errors.NotFound):
+            docker_client.volumes.get(volume).remove(force=True)
 
 
 def test_delete_removes_container_and_volumes(

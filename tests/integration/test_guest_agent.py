@@ -14,6 +14,7 @@ missing daemon is a failure, not a skip.
 from __future__ import annotations
 
 import json
+import re
 import time
 import uuid
 from collections.abc import Iterator
@@ -44,15 +45,19 @@ def ws(tmp_path_factory: pytest.TempPathFactory, libvirt_conn: libvirt.virConnec
     playbook(workspace.manifests / "playbooks" / "marker.yml", [
         {"name": "write a marker", "ansible.builtin.copy": {"dest": "/opt/marker", "content": "x"}},
     ])
-    workspace.write("vm.yaml", pack_doc("marker", playbook="playbooks/marker.yml", verify=["test -e /opt/marker"]), {
-        "apiVersion": "somnus/v1", "kind": "VirtualMachine", "metadata": {"name": workspace.name("vm")},
-        "spec": {"resources": {"vcpus": 1, "memory": "1Gi", "maxMemory": "1280Mi"}, "image": "debian-12",
-                 "diskSize": f"{DISK_SIZE_GIB}Gi", "packs": ["marker"]},
-    })
+    write_manifests(workspace, f"{DISK_SIZE_GIB}Gi")
     workspace.somnus("image", "build", "debian-12", check_exit=0)
     workspace.somnus("apply", str(workspace.manifests), "-y", check_exit=0)
     yield workspace
     remove_objects(workspace)
+
+
+def write_manifests(ws: Workspace, disk_size: str) -> None:
+    ws.write("vm.yaml", pack_doc("marker", playbook="playbooks/marker.yml", verify=["test -e /opt/marker"]), {
+        "apiVersion": "somnus/v1", "kind": "VirtualMachine", "metadata": {"name": ws.name("vm")},
+        "spec": {"resources": {"vcpus": 1, "memory": "1Gi", "maxMemory": "1280Mi"}, "image": "debian-12",
+                 "diskSize": disk_size, "packs": ["marker"]},
+    })
 
 
 def vm_row(ws: Workspace) -> dict[str, Any]:
@@ -189,3 +194,28 @@ def test_no_token_reaches_the_cli_output_or_the_journal(ws: Workspace, client: A
         assert token not in result.stdout + result.stderr
     for journal_file in ws.state_dir.glob("journal.sqlite*"):  # with its WAL, if any
         assert token.encode() not in journal_file.read_bytes()
+
+
+def test_a_larger_disk_grows_in_place_and_a_smaller_one_is_refused(ws: Workspace, client: AgentClient) -> None:
+    """Last in the module: it changes the shared VM's disk (issue 12, item 1)."""
+    assert client.execute(["sh", "-c", "echo kept > /root/before-growth"])["exit_code"] == 0
+    domain_id = vm_row(ws)["domainId"]
+    write_manifests(ws, f"{DISK_SIZE_GIB + 2}Gi")
+    plan = ws.somnus("diff", str(ws.manifests), check_exit=1).stdout
+    assert f"diskSize {DISK_SIZE_GIB}Gi -> {DISK_SIZE_GIB + 2}Gi" in plan and "(live)" in plan, plan
+    applied = ws.somnus("apply", str(ws.manifests), "-y", check_exit=0).stdout
+    assert "file system grown to the new disk size" in applied, applied
+    ws.somnus("diff", str(ws.manifests), check_exit=0)
+    assert vm_row(ws)["domainId"] == domain_id
+    total = client.stats_basic()["disk"]["total"]
+    assert total > (DISK_SIZE_GIB + 1) * 2**30, f"/ is {total} bytes after growing to {DISK_SIZE_GIB + 2}Gi"
+    assert client.execute(["cat", "/root/before-growth"])["stdout"] == "kept\n"
+
+    write_manifests(ws, f"{DISK_SIZE_GIB}Gi")
+    for command in (("diff",), ("apply", "-y")):
+        refused = ws.somnus(command[0], str(ws.manifests), *command[1:], check_exit=2)
+        assert re.search(rf"vm\.yaml:\d+: vm/{ws.name('vm')}: spec\.diskSize: {DISK_SIZE_GIB}Gi is smaller than "
+                         rf"the disk's {DISK_SIZE_GIB + 2}Gi; shrinking a disk is not supported",
+                         refused.stderr), refused
+    assert vm_row(ws)["domainId"] == domain_id
+    assert client.stats_basic()["disk"]["total"] == total

@@ -5,7 +5,7 @@ no balloon driver, no agent and no SSH, like an OS installer's first boot or a
 Windows guest without the virtio drivers. The plan compares what the host set
 (the balloon target, the vCPU count); what the guest made of it is the
 `MemoryAtTarget` condition. Checked through the CLI: create, live resize up and
-down, drift correction and prune each exit 0 and leave `diff` in sync, while
+down, drift correction, disk growth in place and prune each exit 0 and leave `diff` in sync, while
 `get`, `describe`, the apply's output and the journal say the guest never
 reached its memory target. The durations are printed (figures, not asserted).
 """
@@ -107,8 +107,22 @@ def test_a_guest_without_balloon_driver_or_agent_converges_and_reports_what_it_d
     ws.somnus("diff", str(ws.manifests), check_exit=0)
     assert _row(ws)["memory"] == 192 * MiB
 
+    # The disk grows in place, live: QEMU's view of it is larger, the domain the same.
+    grown = vm_doc(name, image=str(blank_disk), vcpus=2, memory="192Mi", max_memory="512Mi")
+    grown["spec"]["diskSize"] = "2Gi"
+    ws.write("ws.yaml", grown)
+    assert "diskSize 1Gi -> 2Gi" in ws.somnus("diff", str(ws.manifests), check_exit=1).stdout
+    _timed_apply(ws)
+    ws.somnus("diff", str(ws.manifests), check_exit=0)
+    assert ws.domain("vm").ID() == domain_id and ws.domain("vm").blockInfo("vda")[0] == 2 * 2**30
+    ws.write("ws.yaml", vm_doc(name, image=str(blank_disk), vcpus=2, memory="192Mi", max_memory="512Mi"))
+    refused = ws.somnus("apply", str(ws.manifests), "-y", check_exit=2)
+    assert "spec.diskSize: 1Gi is smaller than the disk's 2Gi; shrinking a disk is not supported" in refused.stderr
+    assert ws.domain("vm").blockInfo("vda")[0] == 2 * 2**30
+    ws.write("ws.yaml", grown)
+
     history = json.loads(ws.somnus("history", "--object", f"vm/{name}", "-o", "json", check_exit=0).stdout)
-    assert [e["outcome"] for e in history["items"] if e["action"] != "drift"] == ["ok"] * 4
+    assert [e["outcome"] for e in history["items"] if e["action"] != "drift"] == ["ok"] * 5
     assert all(NO_DRIVER in e["message"] for e in history["items"] if e["action"] != "drift"), history
 
     # Prune: the VM is no longer declared.

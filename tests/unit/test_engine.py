@@ -11,13 +11,14 @@ import pytest
 
 from somnus_reconciler.engine.executor import Engine
 from somnus_reconciler.engine.pack_step import PackSteps
+from somnus_reconciler.engine.resource_step import changes_guest
 from somnus_reconciler.engine.retry import RetryPolicy
 from somnus_reconciler.engine.snapshots import snapshot_name
 from somnus_reconciler.journal import Journal
 from somnus_reconciler.planning.plan import Action, Change, Disruption, Plan
 from somnus_reconciler.providers.protocols import BackendUnavailable, ProviderError, TemporaryProviderError
 from somnus_reconciler.semantic.triage import Category, Triage
-from somnus_reconciler.values.actual import ActualContainer, Snapshot
+from somnus_reconciler.values.actual import ActualContainer, ActualVm, PowerState, Snapshot, VmMark
 from somnus_reconciler.values.desired import DesiredContainer, DesiredPack, DesiredState, DesiredVm, VmResources
 from somnus_reconciler.values.diagnostics import Source
 from somnus_reconciler.values.model import CapabilityPackSpec, PoolSpec
@@ -317,3 +318,89 @@ def test_only_the_guests_failure_text_is_classified(tmp_path: Path) -> None:
                                          Category.DEPENDENCY_MISSING, slept)
     eng.execute(Plan((pack_change(VM),), (), ()))
     assert verdicts.texts == ["task 'apt' failed: E: Unable to locate package nope"]  # not the rollback's words
+
+
+class Recreating(Recorder):
+    """A container provider double that can delete; `fail` may name "create"."""
+
+    def delete(self, name: str, **_: object) -> None:
+        self._call("delete", name)
+
+
+RECREATE = Change(BOX.address, Action.REPLACE, Disruption.RECREATE, desired=BOX)
+RECREATE_SNAP = snapshot_name("recreate", 0.0)
+
+
+def test_a_container_recreate_is_guarded_by_a_snapshot_taken_first(tmp_path: Path) -> None:
+    rec = Recreating()
+    eng, journal = engine(tmp_path, rec, Outcome(True))
+    [result] = eng.execute(Plan((RECREATE,), (), ()))
+    assert result.ok
+    assert [c[0] for c in rec.calls] == ["snapshot", "delete", "create"]
+    assert rec.calls[0][2].startswith("somnus-recreate-")
+    assert journal.open_steps() == [] and "(snapshot somnus-recreate-" in result.message
+
+
+def test_a_failed_container_recreate_is_rolled_back_to_its_snapshot(tmp_path: Path) -> None:
+    rec = Recreating(fail={"create"})
+    eng, journal = engine(tmp_path, rec, Outcome(True))
+    [result] = eng.execute(Plan((RECREATE,), (), ()))
+    assert not result.ok
+    assert [c[0] for c in rec.calls] == ["snapshot", "delete", "create", "restore"]
+    assert rec.calls[3][2] == rec.calls[0][2]  # back to the snapshot taken before
+    [event] = journal.recent("container/box1")
+    assert event.outcome == "rolled back" and f"rolled back to {rec.calls[0][2]}" in event.message
+    assert journal.open_steps() == []
+
+
+def test_only_steps_that_change_a_guest_are_guarded() -> None:
+    vm_change = Change(VM.address, Action.UPDATE, Disruption.LIVE, desired=VM)
+    assert changes_guest(vm_change) is None
+    assert changes_guest(dataclasses.replace(vm_change, disruption=Disruption.RESTART)) == "restart"
+    assert changes_guest(Change(VM.address, Action.STOP, Disruption.RESTART, desired=VM)) == "stop"
+    assert changes_guest(Change(VM.address, Action.START, Disruption.NONE, desired=VM)) is None
+    assert changes_guest(RECREATE) == "recreate"
+    assert changes_guest(Change(BOX.address, Action.CREATE, Disruption.NONE, desired=BOX)) is None
+
+
+class VmGuest(Recorder):
+    """A VM provider double: `fail` may name "start" (the first start, inside the step)."""
+
+    def stop(self, name: str) -> None:
+        self._call("stop", name)
+
+    def start(self, name: str) -> None:
+        try:
+            self._call("start", name)
+        finally:
+            self.fail.discard("start")  # the rollback's start works
+
+    def redefine(self, vm: DesiredVm) -> None:
+        self._call("redefine", vm.name)
+
+    def observe_one(self, name: str) -> ActualVm:  # type: ignore[override]
+        r = VM.resources
+        return ActualVm(name, PowerState.RUNNING, 7, r.vcpus, r.max_vcpus, r.memory, r.max_memory,
+                        VmMark(VM.spec_hash, VM.image, VM.disk_size, VM.os_family), balloon=r.memory)
+
+
+RESTART = Change(VM.address, Action.UPDATE, Disruption.RESTART, desired=VM)
+
+
+def test_a_vm_restart_is_shut_down_before_its_snapshot_so_the_snapshot_holds_no_running_state(
+        tmp_path: Path) -> None:
+    rec = VmGuest()
+    eng, journal = engine(tmp_path, rec, Outcome(True))
+    [result] = eng.execute(Plan((RESTART,), (), ()))
+    assert result.ok, result.message
+    assert [c[0] for c in rec.calls] == ["stop", "snapshot", "redefine", "stop", "start"]
+    assert rec.calls[1][2].startswith("somnus-restart-") and journal.open_steps() == []
+
+
+def test_a_failed_vm_restart_is_reverted_and_started_again(tmp_path: Path) -> None:
+    rec = VmGuest(fail={"start"})
+    eng, journal = engine(tmp_path, rec, Outcome(True))
+    [result] = eng.execute(Plan((RESTART,), (), ()))
+    assert not result.ok and "rolled back to somnus-restart-" in result.message
+    assert [c[0] for c in rec.calls] == ["stop", "snapshot", "redefine", "stop", "start", "revert", "start"]
+    assert journal.open_steps() == []

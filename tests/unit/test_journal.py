@@ -82,9 +82,23 @@ def test_container_pack_records_follow_the_container(tmp_path: Path) -> None:
     journal.set_container_pack("box", "id1", "b", "fb")
     journal.set_container_pack("box", "id1", "a", None)
     assert journal.container_packs() == {"box": ("id1", (("b", "fb"),))}
-    journal.move_container_packs("box", "id2")
-    assert journal.container_packs()["box"][0] == "id2"
-    journal.move_container_packs("box", None)
+    journal.move_container_packs("box", "id1", "id2")
+    assert journal.container_packs() == {"box": ("id2", (("b", "fb"),))}
+    journal.move_container_packs("box", "id2", None)
+    assert journal.container_packs() == {}
+
+
+def test_records_of_a_container_that_is_gone_do_not_reach_a_new_one_of_its_name(tmp_path: Path) -> None:
+    """Issue 12, item 0: box (id1) has pack a; it is removed by hand; its successor id2 is
+    snapshotted for a pack step that is killed; the rollback restores id2 as id3."""
+    journal = Journal(tmp_path / "j.sqlite")
+    journal.set_container_pack("box", "id1", "a", "fa")
+    journal.move_container_packs("box", "id2", "id3")
+    assert journal.container_packs() == {}
+    journal.set_container_pack("box", "id1", "a", "fa")
+    journal.set_container_pack("box", "id3", "b", "fb")  # a new container's first record
+    assert journal.container_packs() == {"box": ("id3", (("b", "fb"),))}
+    journal.move_container_packs("box", None, "id4")  # nothing was there to replace
     assert journal.container_packs() == {}
 
 

@@ -83,9 +83,12 @@ VM_CASES = {
     "replace for a new image": (
         dataclasses.replace(WANT, image="debian-13"), have_vm(WANT), Action.REPLACE, Disruption.RECREATE,
         (FieldChange("image", "debian-12", "debian-13"),)),
-    "replace for a new disk size": (
-        dataclasses.replace(WANT, disk_size=40 * GiB), have_vm(WANT), Action.REPLACE, Disruption.RECREATE,
+    "a larger disk grows live": (
+        dataclasses.replace(WANT, disk_size=40 * GiB), have_vm(WANT), Action.UPDATE, Disruption.LIVE,
         (FieldChange("diskSize", 20 * GiB, 40 * GiB),)),
+    "a larger disk of a stopped VM grows offline": (
+        want_vm(running=False, disk_size=40 * GiB), have_vm(want_vm(running=False)), Action.UPDATE,
+        Disruption.NONE, (FieldChange("diskSize", 20 * GiB, 40 * GiB),)),
     "replace for a new OS family": (
         dataclasses.replace(WANT, os_family="windows"), have_vm(WANT), Action.REPLACE, Disruption.RECREATE,
         (FieldChange("osFamily", "debian", "windows"),)),
@@ -129,6 +132,19 @@ def test_vm_changes(want: DesiredVm, have: ActualVm | None, action: Action, disr
     assert (change.address, change.action, change.disruption, change.fields) == (
         "vm/coder-1", action, disruption, fields)
     assert change.desired is want and change.actual is have
+
+
+def test_a_smaller_disk_is_refused_and_nothing_is_planned_for_the_vm() -> None:
+    result = plan.compute(desired_of([want_vm(disk_size=8 * GiB)]), actual_of([have_vm(WANT)]), prune=False)
+    assert result.changes == ()
+    assert [str(d) for d in result.conflicts] == [
+        "vms.yaml:4: vm/coder-1: spec.diskSize: 8Gi is smaller than the disk's 20Gi; shrinking a disk is not "
+        "supported (nothing was changed; a larger size grows it in place)"]
+
+
+def test_a_smaller_disk_with_a_new_image_is_a_new_disk() -> None:
+    want = want_vm(disk_size=8 * GiB, image="debian-13")
+    assert only_change(desired_of([want]), actual_of([have_vm(WANT)])).action is Action.REPLACE
 
 
 def test_mark_only_update_says_why() -> None:

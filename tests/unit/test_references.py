@@ -243,3 +243,31 @@ def test_playbook_stays_beside_the_manifest(tmp_path: Path, playbook: str, probl
 def test_nothing_is_built_while_references_are_broken() -> None:
     # A VM whose profile is missing cannot get resources: the error is reported, not a KeyError.
     assert len(problems_of([vm("a", profile="gone"), vm("b", profile="gone")])) == 2
+
+
+def test_container_volumes_are_named_and_mounted_at_absolute_paths() -> None:
+    state = references.resolve([container("box", volumes=[{"name": "data", "mountPath": "/data"}])])
+    assert state.containers["box"].volumes == (("data", "/data"),)
+    plain = references.resolve([container("box")]).containers["box"]
+    assert plain.volumes == () and plain.spec_hash == references.resolve([container("box")]).containers["box"].spec_hash
+
+
+@pytest.mark.parametrize(("volumes", "error"), [
+    ([{"name": "data", "mountPath": "data"}], "must be an absolute path"),
+    ([{"name": "data", "mountPath": "/"}], "cannot be mounted on /"),
+    ([{"name": "data", "mountPath": "/a"}, {"name": "data", "mountPath": "/b"}], "name 'data' is given twice"),
+    ([{"name": "/etc", "mountPath": "/a"}], "String should match pattern"),
+])
+def test_a_volume_is_never_a_host_path_nor_given_twice(volumes: list[dict[str, str]], error: str) -> None:
+    with pytest.raises(ValueError, match=error):
+        container("box", volumes=volumes)
+
+
+def test_a_vm_takes_the_pools_backup_policy_unless_it_has_its_own() -> None:
+    pool = declare("Pool", "p", {"backup": {"schedule": "24h", "retain": 3}})
+    own = vm("a", resources={"vcpus": 1, "memory": "1Gi"}, backup={"schedule": "onPackChange"})
+    inherits = vm("b", resources={"vcpus": 1, "memory": "1Gi"})
+    state = references.resolve([pool, own, inherits])
+    assert state.vms["a"].backup is not None and state.vms["a"].backup.schedule == "onPackChange"
+    assert state.vms["b"].backup is not None and (state.vms["b"].backup.schedule, state.vms["b"].backup.retain) == (
+        "24h", 3)

@@ -201,3 +201,23 @@ def test_describe_an_agent_that_does_not_answer_or_has_no_token() -> None:
     assert describe_view.agent_lines(AgentHealth("127.0.0.1:52031", False, message="timed out")) == [
         "agent:       127.0.0.1:52031 (not connected)"]
     assert describe_view.agent_lines(AgentHealth(None, False, message="no token")) == ["agent:       - (not connected)"]
+
+
+def test_a_vm_with_a_backup_policy_shows_its_last_backup_the_next_one_due_and_the_retention() -> None:
+    from somnus_reconciler.engine.backups import BackupRecord
+    from somnus_reconciler.passes.backup_schedule import BackupStatus
+    from somnus_reconciler.values.model import BackupPolicy
+
+    at = datetime.datetime(2026, 11, 30, 3, 0, 0).timestamp()
+    last = BackupRecord("20261130T030000000Z", "quickstart-vm", at, "inc", "20261129T030000000Z",
+                        "20261129T030000000Z", "virtnbdbackup.1", "h", True, 12 * MiB, "0" * 64, "schedule")
+    policy = BackupPolicy.model_validate({"schedule": "24h", "retain": 7, "maxAge": "30d"}, by_alias=True)
+    vm = dataclasses.replace(VM, backup=BackupStatus(last, at + 86400, policy))
+    assert status_view.vm_json(vm)["backup"] == {
+        "last": "20261130T030000000Z", "lastAt": at, "lastLevel": "inc", "nextDue": at + 86400,
+        "schedule": "24h", "retain": 7, "maxAge": "30d"}
+    out = io.StringIO()
+    describe_view.DescribeHuman(out).describe(Description(vm, ()))
+    assert ("backup:      last 20261130T030000000Z (inc, 2026-11-30 03:00:00), next 2026-12-01 03:00:00, "
+            "schedule 24h, retain 7, maxAge 30d\n") in out.getvalue()
+    assert "backup" not in status_view.vm_json(VM)

@@ -199,12 +199,17 @@ def test_apply_summary_after_steps_counts_done_and_failed_and_says_what_was_not_
     report = PassReport(PLAN, recovered=("vm/coder-3: pack install x rolled back to s1",),
                         reported_drift=(UPDATE,), results=(DONE, FAILED), stopped=True)
     apply_view.ApplyHuman(out, err).summary(report)
-    assert out.getvalue() == (
-        "recovered: vm/coder-3: pack install x rolled back to s1\n"
+    assert out.getvalue() == (  # what was recovered is shown before the plan, not here
         "drift (driftPolicy: warn, left alone): vm/coder-2: memory 4Gi -> 8Gi\n"
         "Interrupted: 2 step(s) not started.\n"
         "Apply finished: 1 step(s) done, 1 failed.\n"
     )
+
+
+def test_what_a_recovery_did_is_a_line_each() -> None:
+    out, err = streams()
+    apply_view.ApplyHuman(out, err).recovered(("vm/a: pack install x rolled back to s1", "ended playbook 42"))
+    assert out.getvalue() == "recovered: vm/a: pack install x rolled back to s1\nrecovered: ended playbook 42\n"
 
 
 def test_a_declined_apply_has_no_step_summary() -> None:
