@@ -43,6 +43,11 @@ class Settings:
         return self.guest_dir / "backups"
 
     @property
+    def container_backups_dir(self) -> Path:
+        """Container backups (engine.container_backups)."""
+        return self.guest_dir / "container-backups"
+
+    @property
     def console_dir(self) -> Path:
         return self.state_dir / "consoles"
 

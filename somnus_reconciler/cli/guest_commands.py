@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from somnus_reconciler.cli import arguments
+from somnus_reconciler.cli import arguments, views
 from somnus_reconciler.cli.exit_codes import EXIT_NOT_CONFIRMED, EXIT_OK
 from somnus_reconciler.providers.protocols import ProviderError
 from somnus_reconciler.values import model
@@ -97,26 +97,32 @@ def soft_reboot(address: str, timeout_s: float, state_dir: str | None) -> None:
     sys.exit(EXIT_OK if result.confirmed else EXIT_NOT_CONFIRMED)
 
 
-def _vm_name(address: str) -> str:
+def _backed_up(address: str) -> tuple[str, str]:
+    """(kind, name) of vm/NAME or container/NAME; a bare name is a VM."""
     kind, _, name = address.rpartition("/")
-    if model.SHORT_KIND.get(kind, kind or "vm") != "vm" or not name:
-        arguments.fail(f"{address}: give vm/NAME (container volumes are not backed up yet)")
-    return name
+    kind = model.SHORT_KIND.get(kind, kind) or "vm"
+    if kind not in ("vm", "container") or not name:
+        arguments.fail(f"{address}: give vm/NAME or container/NAME")
+    return kind, name
 
 
 @click.command()
 @click.argument("address")
 @arguments.state_dir
 def backup(address: str, state_dir: str | None) -> None:
-    """Back up vm/NAME now: incremental on its newest chain when it can be, else full."""
+    """Back up vm/NAME now (incremental on its newest chain when it can be, else full), or
+    container/NAME (its committed image and named volumes)."""
     from somnus_reconciler.cli import backup_view
     from somnus_reconciler.passes import backup_commands
 
+    kind, name = _backed_up(address)
     try:
-        record = backup_commands.backup(_vm_name(address), state_dir=state_dir)
+        if kind == "vm":
+            backup_view.BackupsHuman().taken(backup_commands.backup(name, state_dir=state_dir))
+        else:
+            backup_view.BackupsHuman().taken(backup_commands.backup_container(name, state_dir=state_dir))
     except (ProviderError, backup_commands.BackupRefused) as e:
         arguments.fail(str(e))
-    backup_view.BackupsHuman().taken(record)
 
 
 @click.command()
@@ -124,26 +130,35 @@ def backup(address: str, state_dir: str | None) -> None:
 @click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table")
 @arguments.state_dir
 def backups(address: str | None, output: str, state_dir: str | None) -> None:
-    """List the backups of vm/NAME (of every VM without one), oldest first."""
+    """List the backups of vm/NAME or container/NAME (of everything without one), oldest first."""
     from somnus_reconciler.cli import backup_view
     from somnus_reconciler.passes import backup_commands
 
-    found = backup_commands.listing(_vm_name(address) if address else None, state_dir=state_dir)
+    kind, name = _backed_up(address) if address else (None, None)
+    found = backup_commands.listing(kind, name, state_dir=state_dir)
     (backup_view.BackupsJson() if output == "json" else backup_view.BackupsHuman()).backups(found)
 
 
 @click.command()
 @click.argument("address")
 @click.argument("backup_name", metavar="BACKUP", required=False)
+@click.option("-f", "--file", "paths", multiple=True, type=click.Path(path_type=Path),
+              help="Manifests declaring the container (needed to make a container anew).")
 @arguments.state_dir
-def restore(address: str, backup_name: str | None, state_dir: str | None) -> None:
-    """Put vm/NAME back as BACKUP (by default its newest) had it; a full backup of it as
-    it is now is taken first."""
+def restore(address: str, backup_name: str | None, paths: Sequence[Path], state_dir: str | None) -> None:
+    """Put vm/NAME or container/NAME back as BACKUP (by default its newest) had it; it is
+    backed up as it is now first."""
     from somnus_reconciler.cli import backup_view
     from somnus_reconciler.passes import backup_commands
 
+    kind, name = _backed_up(address)
     try:
-        restored = backup_commands.restore(_vm_name(address), backup_name, state_dir=state_dir)
+        if kind == "vm":
+            backup_view.BackupsHuman().restored(backup_commands.restore(name, backup_name, state_dir=state_dir))
+        else:
+            backup_view.BackupsHuman().restored(
+                backup_commands.restore_container(name, backup_name, paths, state_dir=state_dir))
+    except InvalidInput as e:
+        arguments.report_invalid(views.HumanView(), e)
     except (ProviderError, backup_commands.BackupRefused) as e:
         arguments.fail(str(e))
-    backup_view.BackupsHuman().restored(restored)

@@ -30,10 +30,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol, TypeVar
 
 from somnus_reconciler.providers import guest_access, vm_backups
 from somnus_reconciler.providers.protocols import ProviderError, VmProvider
 from somnus_reconciler.values.actual import ActualVm
+from somnus_reconciler.values.model import BackupPolicy
+from somnus_reconciler.values.quantity import parse_duration
 
 _RECORDS = "somnus"
 
@@ -70,8 +73,19 @@ def records(root: Path, vm: str) -> list[BackupRecord]:
 
 @dataclass(frozen=True)
 class Retention:
-    retain: int = 7  # backups kept, newest first
+    retain: int = 7  # backups kept, newest first; also the longest chain (then a full one)
     max_age_s: float | None = None  # older ones go too; the newest backup always stays
+
+    @classmethod
+    def of(cls, policy: BackupPolicy | None) -> Retention:
+        if policy is None:
+            return cls()
+        return cls(policy.retain, parse_duration(policy.max_age) if policy.max_age else None)
+
+
+def policy_of(vm: ActualVm) -> BackupPolicy | None:
+    """The backup policy recorded in the VM's mark."""
+    return BackupPolicy.model_validate_json(vm.mark.backup) if vm.mark and vm.mark.backup else None
 
 
 @dataclass(frozen=True)
@@ -106,7 +120,7 @@ class VmBackups:
         self._private(self.root / vm.name)
         written = vm_backups.backup(vm.name, chain_dir, level, uri=self.uri)
         checkpoints = vm_backups.checkpoints(chain_dir, vm.name)
-        size, digest = _digest(written)
+        size, digest = digest_files(written)
         record = BackupRecord(
             name=name, vm=vm.name, at=now, level=level, chain=chain,
             parent=chain_of.name if chain_of is not None else None,
@@ -177,13 +191,7 @@ class VmBackups:
 
     def find(self, vm: str, name: str | None) -> BackupRecord:
         """The backup `name` of `vm` (None: the newest); ProviderError when there is none."""
-        records = self.records(vm)
-        chosen = records[-1] if records and name is None else next((r for r in records if r.name == name), None)
-        if chosen is None:
-            known = ", ".join(r.name for r in records) or "none"
-            wanted = f"no backup {name}" if name is not None else "no backup"
-            raise ProviderError(f"vm/{vm}", "restore", f"{wanted} (backups: {known})")
-        return chosen
+        return chosen(self.records(vm), name, f"vm/{vm}")
 
     def restore(self, record: BackupRecord, *, start: bool) -> None:
         """Put the disk, the definition (with its mark) and the keys of `record` back;
@@ -198,7 +206,25 @@ class VmBackups:
         self.vms.put_back(record.vm, (records_dir / f"{record.name}.domain.xml").read_text(), restored, start=start)
 
 
-def _digest(files: list[Path]) -> tuple[int, str]:
+class _Named(Protocol):
+    @property
+    def name(self) -> str: ...
+
+
+_Record = TypeVar("_Record", bound=_Named)
+
+
+def chosen(found: list[_Record], name: str | None, address: str) -> _Record:
+    """The backup `name` among `found` (None: the newest, the last); ProviderError when there is none."""
+    match = found[-1] if found and name is None else next((r for r in found if r.name == name), None)
+    if match is None:
+        known = ", ".join(r.name for r in found) or "none"
+        wanted = f"no backup {name}" if name is not None else "no backup"
+        raise ProviderError(address, "restore", f"{wanted} (backups: {known})")
+    return match
+
+
+def digest_files(files: list[Path]) -> tuple[int, str]:
     sha, size = hashlib.sha256(), 0
     for path in files:
         with path.open("rb") as f:

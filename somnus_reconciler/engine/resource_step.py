@@ -163,7 +163,6 @@ class ResourceSteps:
                 return condition
             time.sleep(_VERIFY_POLL_S)
 
-
     def _back_up_before_destroying(self, change: Change) -> str | None:
         """A full backup before a step that destroys a VM's disk (replace, prune); the
         step fails, and the VM stays as it is, when none can be taken."""

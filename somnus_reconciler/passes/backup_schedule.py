@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from somnus_reconciler import settings as settings_mod
-from somnus_reconciler.engine.backups import BackupRecord, Retention, VmBackups, records
+from somnus_reconciler.engine.backups import BackupRecord, Retention, VmBackups, policy_of, records
 from somnus_reconciler.journal import ApplyLock, Journal
 from somnus_reconciler.passes import backup_commands, loop_events
 from somnus_reconciler.providers.libvirt_provider import LibvirtProvider
@@ -58,7 +58,7 @@ class BackupStatus:
 
 def backup_status(vm: ActualVm, root: Path) -> BackupStatus | None:
     """From the VM's mark (its policy) and its records; None when it has neither."""
-    policy = BackupPolicy.model_validate_json(vm.mark.backup) if vm.mark and vm.mark.backup else None
+    policy = policy_of(vm)
     found = records(root, vm.name)
     if policy is None and not found:
         return None
@@ -66,10 +66,7 @@ def backup_status(vm: ActualVm, root: Path) -> BackupStatus | None:
     return BackupStatus(last, next_due(policy, last.at if last else None), policy)
 
 
-def retention(policy: BackupPolicy | None) -> Retention:
-    if policy is None:
-        return Retention()
-    return Retention(policy.retain, parse_duration(policy.max_age) if policy.max_age else None)
+_RETRY_AFTER_S = 60.0
 
 
 class BackupScheduler:
@@ -79,6 +76,7 @@ class BackupScheduler:
         self._poll_s, self._clock = poll_s, clock
         self._desired: DesiredState | None = None
         self._asked: set[str] = set()
+        self._failed_at: dict[str, float] = {}  # a failed backup is tried again after _RETRY_AFTER_S
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
@@ -111,6 +109,8 @@ class BackupScheduler:
             for vm in desired.vms.values():
                 last = backups.records(vm.name)
                 due = next_due(vm.backup, last[-1].at if last else None)
+                if self._clock() - self._failed_at.get(vm.name, -_RETRY_AFTER_S) < _RETRY_AFTER_S:
+                    continue
                 if vm.name in asked or (due is not None and due <= self._clock()):
                     record = self._take(vm, backups, provider, settings)
                     taken += [record] if record is not None else []
@@ -127,13 +127,15 @@ class BackupScheduler:
                 if vm is None or not vm.managed:
                     return None
                 record = backups.take(vm, "schedule", reverted_since=backup_commands.last_revert(journal, address),
-                                      chain_length=retention(want.backup).retain)
+                                      chain_length=Retention.of(want.backup).retain)
                 journal.record(address, "backup", Outcome.OK, f"{record.level} backup {record.name} (schedule)")
-                for gone in backups.prune(want.name, retention(want.backup)):
+                for gone in backups.prune(want.name, Retention.of(want.backup)):
                     journal.record(address, "backup prune", Outcome.OK, f"backup {gone} removed by retention")
         except ProviderError as e:
+            self._failed_at[want.name] = self._clock()
             self._emit(loop_events.BackedUp(self._clock(), address, False, None, str(e)))
             return None
+        self._failed_at.pop(want.name, None)
         self._emit(loop_events.BackedUp(self._clock(), address, True, record.name,
                                         f"{record.level}, {format_bytes_rounded(record.size)}, {record.reason}"))
         return record

@@ -29,7 +29,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from somnus_reconciler.providers import docker_images
+from somnus_reconciler.providers import docker_backups, docker_images
 from somnus_reconciler.providers.docker_errors import is_image_not_found, is_not_found, mapped
 from somnus_reconciler.providers.protocols import BackendUnavailable, ProviderError
 from somnus_reconciler.values.actual import ActualContainer, Snapshot
@@ -274,6 +274,34 @@ class DockerProvider:
 
     def delete_snapshot(self, name: str, snapshot: str) -> None:
         docker_images.delete_snapshot(self._api(), name, snapshot)
+
+    # -- backups (docker_backups) --------------------------------------------
+    def save_snapshot(self, name: str, snapshot: str, dest: Path) -> None:
+        """The snapshot's committed image, as `docker save` writes it, at `dest`."""
+        docker_backups.save_image(self._api(), _address(name), docker_images.snapshot_image(name, snapshot), dest)
+
+    def load_snapshot(self, name: str, src: Path) -> str:
+        """A saved image back into dockerd; its reference."""
+        return docker_backups.load_image(self._api(), _address(name), src)
+
+    def volume_mounts(self, name: str) -> list[tuple[str, str]]:
+        """(volume, mount path) of the container's own named volumes."""
+        actual = self._managed(name, "list volumes")
+        return docker_backups.volume_mounts(self._api(), _address(name), actual.container_id, volume_name(name, ""))
+
+    def archive_path(self, name: str, path: str, dest: Path) -> None:
+        container_id = self._managed(name, "archive").container_id
+        docker_backups.archive_path(self._api(), _address(name), container_id, path, dest)
+
+    def replace_path(self, name: str, path: str, src: Path) -> None:
+        container_id = self._managed(name, "restore").container_id
+        docker_backups.replace_path(self._api(), _address(name), container_id, path, src)
+
+    def _managed(self, name: str, action: str) -> ActualContainer:
+        actual = self.observe_one(name)
+        if actual is None or not actual.managed:
+            raise ProviderError(_address(name), action, f"no managed container named {name}")
+        return actual
 
     def image_present(self, reference: str) -> bool:
         return self.image_labels(reference) is not None

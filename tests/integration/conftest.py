@@ -210,9 +210,10 @@ def remove_objects(ws: Workspace) -> None:
     for volume in docker_client.volumes.list(filters={"label": "io.somnus.managed"}):
         if volume.name.startswith(f"somnus-{ws.prefix}"):
             volume.remove(force=True)
-    backups = settings_mod.resolve().backups_dir  # taken before a prune or a replace, or by hand
-    for taken in backups.glob(f"{ws.prefix}*"):
-        subprocess.run(["rm", "-rf", str(taken)], check=False)
+    settings = settings_mod.resolve()  # backups: before a prune or a replace, or by hand
+    for root in (settings.backups_dir, settings.container_backups_dir):
+        for taken in root.glob(f"{ws.prefix}*"):
+            subprocess.run(["rm", "-rf", str(taken)], check=False)
 
 
 def image_domain_xml(name: str, image: vm_images.VmImage, overlay: Path, console_log: Path,

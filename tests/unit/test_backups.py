@@ -14,7 +14,7 @@ import pytest
 
 from somnus_reconciler.engine import backups as backups_mod
 from somnus_reconciler.engine.backups import Retention, VmBackups
-from somnus_reconciler.passes.backup_schedule import next_due, retention
+from somnus_reconciler.passes.backup_schedule import next_due
 from somnus_reconciler.providers import vm_backups
 from somnus_reconciler.values.actual import ActualVm, PowerState, VmMark
 from somnus_reconciler.values.model import BackupPolicy
@@ -183,9 +183,9 @@ def test_a_bad_backup_policy_is_refused(policy: dict[str, object], error: str) -
 
 
 def test_retention_comes_from_the_policy() -> None:
-    assert retention(None) == Retention()
+    assert Retention.of(None) == Retention()
     policy = BackupPolicy.model_validate({"retain": 3, "maxAge": "30d"}, by_alias=True)
-    assert retention(policy) == Retention(3, 30 * DAY)
+    assert Retention.of(policy) == Retention(3, 30 * DAY)
 
 
 def test_a_full_backup_killed_halfway_leaves_nothing_behind_once_the_next_one_runs(tmp_path: Path,
@@ -203,3 +203,50 @@ def test_a_chain_as_long_as_asked_ends_with_a_new_full_backup(tmp_path: Path, to
     backups = _backups(tmp_path)
     levels = [backups.take(_vm(), "schedule", chain_length=3).level for _ in range(5)]
     assert levels == ["full", "inc", "inc", "full", "inc"]
+
+
+class Containers:
+    """A container provider double writing the files a backup copies, recording calls."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, ...]] = []
+
+    def snapshot(self, name: str, snapshot: str, description: str) -> str:
+        self.calls.append(("snapshot", snapshot))
+        return "image-id"
+
+    def save_snapshot(self, name: str, snapshot: str, dest: Path) -> None:
+        dest.write_bytes(b"image")
+
+    def volume_mounts(self, name: str) -> list[tuple[str, str]]:
+        return [("somnus-box-data", "/data")]
+
+    def archive_path(self, name: str, path: str, dest: Path) -> None:
+        dest.write_bytes(b"volume")
+
+    def load_snapshot(self, name: str, src: Path) -> str:
+        self.calls.append(("load", src.name))
+        return "ref"
+
+    def restore(self, declared: object, snapshot: str) -> str:
+        self.calls.append(("restore", snapshot))
+        return "new-id"
+
+    def replace_path(self, name: str, path: str, src: Path) -> None:
+        self.calls.append(("replace", path, src.name))
+
+
+def test_a_container_backup_holds_its_image_and_volumes_and_restores_both(tmp_path: Path) -> None:
+    from somnus_reconciler.engine.container_backups import ContainerBackups
+    from somnus_reconciler.values.actual import ActualContainer
+
+    fake = Containers()
+    backups = ContainerBackups(fake, tmp_path / "cb", clock=Clock())  # type: ignore[arg-type]
+    (tmp_path / "cb" / "box" / "killed-halfway").mkdir(parents=True)
+    record = backups.take(ActualContainer("box", "cid", "img", "running", "hash1"), "manual")
+    assert (record.volumes, record.size, record.spec_hash) == ((("somnus-box-data", "/data"),), 11, "hash1")
+    assert sorted(p.name for p in (tmp_path / "cb" / "box").iterdir()) == [record.name]
+    assert backups.find("box", None) == record
+    backups.restore(record, declared=object())  # type: ignore[arg-type]
+    assert fake.calls[1:] == [("load", "image.tar"), ("restore", record.snapshot),
+                              ("replace", "/data", "volume-somnus-box-data.tar")]
