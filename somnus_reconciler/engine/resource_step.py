@@ -169,7 +169,7 @@ class ResourceSteps:
         if change.kind != "vm" or change.action not in (Action.REPLACE, Action.DELETE):
             return None
         if self.backups is None:
-            raise VerifyFailed(f"{change.address}: no backup can be taken here, so its disk is left alone")
+            raise ProviderError(change.address, "back up", "no backup can be taken here, so its disk is left alone")
         vm = self.vms.observe_one(change.name)
         if vm is None or vm.mark is None:
             return None  # nothing of ours to lose

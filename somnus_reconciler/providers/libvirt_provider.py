@@ -155,9 +155,11 @@ class LibvirtProvider:
     @staticmethod
     def _read(dom: libvirt.virDomain, power: PowerState | None = None) -> ActualVm:
         """The live XML and, while the domain runs, its persistent definition, which
-        holds the balloon target (the live XML holds what the guest's balloon reports)."""
+        holds the balloon target (the live XML holds what the guest's balloon reports).
+        `ID()` reads the fresh handle's id without a call to libvirtd: a no-op reconcile
+        pays one extra call per running domain only."""
         live = dom.XMLDesc(0)
-        definition = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE) if dom.isActive() else None
+        definition = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE) if dom.ID() != -1 else None
         return domain_xml.parse(live, power, definition)
 
     def _console_log(self, name: str) -> Path:
