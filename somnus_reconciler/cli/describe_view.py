@@ -68,7 +68,8 @@ def _backup_line(status: VmStatus) -> str | None:
     policy = backup.policy
     if policy is not None:
         parts.append(f"schedule {policy.schedule or 'none'}, retain {policy.retain}"
-                     + (f", maxAge {policy.max_age}" if policy.max_age else ""))
+                     + (f", maxAge {policy.max_age}" if policy.max_age else "")
+                     + (f", in {policy.dir}" if policy.dir else ""))
     return ", ".join(parts)
 
 

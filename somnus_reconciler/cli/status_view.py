@@ -101,7 +101,7 @@ def backup_status_json(backup: BackupStatus) -> dict[str, JsonValue]:
         "last": last.name if last else None, "lastAt": last.at if last else None,
         "lastLevel": last.level if last else None, "nextDue": backup.next_due,
         "schedule": policy.schedule if policy else None, "retain": policy.retain if policy else None,
-        "maxAge": policy.max_age if policy else None,
+        "maxAge": policy.max_age if policy else None, "dir": policy.dir if policy else None,
     }
 
 

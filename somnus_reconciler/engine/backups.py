@@ -5,8 +5,9 @@ replace or a prune); `somnus backup`, `backups` and `restore` (passes.backup_com
 call the same `VmBackups`. The copying itself is `providers.vm_backups`
 (virtnbdbackup); this module keeps the records and decides the level.
 
-Layout, under the backup root (the VM's `backup.dir`, else `<guest dir>/backups`),
-0700 since a backup holds the guest's whole disk and its keys:
+Layout, under the backup root (`<guest dir>/backups`), 0700 since a backup holds the
+guest's whole disk and its keys (`<root>/<vm>` is a link to `<dir>/<vm>` when the VM's
+`backup.dir` names a directory, so that its backups are found there even once the VM is gone):
 
     <root>/<vm>/<chain>/                 one virtnbdbackup chain: a full, then incrementals
     <root>/<vm>/<chain>/somnus/<name>.json          the record of one backup (`BackupRecord`)
@@ -108,6 +109,8 @@ class VmBackups:
         (running, chain intact and shorter than `chain_length`, no revert since
         `reverted_since`) and `full` is False; else a full one, starting a chain."""
         assert vm.mark is not None
+        policy = policy_of(vm)
+        self._place(vm.name, policy.dir if policy is not None else None)
         self.vms.end_stale_backup_job(vm.name)
         self._remove_partial(vm.name)
         now = self._now()
@@ -145,6 +148,28 @@ class VmBackups:
         if len(vm_backups.checkpoints(chain_dir, vm.name)) != len(in_chain):
             return None  # a backup of this chain was killed halfway: start anew
         return last
+
+    def _place(self, vm: str, directory: str | None) -> None:
+        """Make `<root>/<vm>` the VM's own directory, or a link to `<directory>/<vm>`;
+        the backups already taken move along, so that a chain stays whole."""
+        here, target = self.root / vm, Path(directory) / vm if directory is not None else None
+        if (here.is_symlink() and target is not None and here.resolve() == target.resolve()
+                or not here.is_symlink() and target is None):
+            return
+        self._private(self.root)
+        home = target if target is not None else self.root / f".{vm}.moving"
+        self._private(home)
+        if here.is_dir():
+            for chain in list(here.iterdir()):
+                shutil.move(chain, home / chain.name)
+        if here.is_symlink():
+            here.unlink()
+        elif here.exists():
+            here.rmdir()
+        if target is not None:
+            here.symlink_to(target)
+        else:
+            home.rename(here)
 
     def _remove_partial(self, vm: str) -> None:
         """What a backup killed halfway left: a chain directory without any record, and

@@ -31,6 +31,7 @@ from typing import Protocol
 
 from somnus_reconciler.engine import recovery
 from somnus_reconciler.engine.backups import VmBackups
+from somnus_reconciler.engine.container_backups import ContainerBackups
 from somnus_reconciler.engine.guard import guarded
 from somnus_reconciler.engine.pack_step import PackSteps, SnapshotGuard
 from somnus_reconciler.engine.resource_step import ResourceSteps, changes_guest
@@ -79,13 +80,15 @@ class Engine:
         boot_timeout_s: float = 300.0,
         state_dir: Path | None = None,
         backups: VmBackups | None = None,
+        container_backups: ContainerBackups | None = None,
         classifier: FailureClassifier | None = None,
         retry: RetryPolicy = _DEFAULT_RETRY,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self._journal = journal
         self._hooks = hooks
-        self._resources = ResourceSteps(vms, containers, verify_timeout_s, boot_timeout_s, state_dir, backups)
+        self._resources = ResourceSteps(vms, containers, verify_timeout_s, boot_timeout_s, state_dir, backups,
+                                        container_backups)
         self._snapshots = GuestSnapshots(vms, containers, journal)
         self._packs = SnapshotGuard(self._snapshots, pack_steps, classifier)
         self._retry = retry

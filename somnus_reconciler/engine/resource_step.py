@@ -27,6 +27,7 @@ from pathlib import Path
 
 from somnus_reconciler.engine import retry
 from somnus_reconciler.engine.backups import VmBackups
+from somnus_reconciler.engine.container_backups import ContainerBackups
 from somnus_reconciler.images import vm_images
 from somnus_reconciler.planning import plan as plan_mod
 from somnus_reconciler.planning.plan import Action, Change, Disruption
@@ -56,6 +57,7 @@ class ResourceSteps:
     boot_timeout_s: float
     state_dir: Path | None = None  # where the agents' tokens are; None: no agent is asked
     backups: VmBackups | None = None  # None: a VM's disk is never destroyed (the step fails)
+    container_backups: ContainerBackups | None = None  # None: a container is never pruned (the step fails)
 
     def attempt(self, change: Change, on_event: Callable[[str], None] = lambda line: None) -> retry.Attempt:
         """Act, verify, settle; a provider's error or a verify timeout is a failed attempt."""
@@ -164,16 +166,25 @@ class ResourceSteps:
             time.sleep(_VERIFY_POLL_S)
 
     def _back_up_before_destroying(self, change: Change) -> str | None:
-        """A full backup before a step that destroys a VM's disk (replace, prune); the
-        step fails, and the VM stays as it is, when none can be taken."""
-        if change.kind != "vm" or change.action not in (Action.REPLACE, Action.DELETE):
+        """A full backup before a step that destroys a VM's disk (replace, prune) or a
+        container (prune; a recreate keeps its volumes and is snapshot-guarded); the
+        step fails, and the object stays as it is, when none can be taken."""
+        if change.action is not Action.DELETE and not (change.kind == "vm" and change.action is Action.REPLACE):
             return None
+        reason = "before replace" if change.action is Action.REPLACE else "before prune"
+        if change.kind == "container":
+            if self.container_backups is None:
+                raise ProviderError(change.address, "back up", "no backup can be taken here, so it is left alone")
+            container = self.containers.observe_one(change.name)
+            if container is None or not container.managed:
+                return None
+            taken = self.container_backups.take(container, reason)
+            return f"backup {taken.name} taken ({taken.size // 2**20} MiB) {reason}"
         if self.backups is None:
             raise ProviderError(change.address, "back up", "no backup can be taken here, so its disk is left alone")
         vm = self.vms.observe_one(change.name)
         if vm is None or vm.mark is None:
             return None  # nothing of ours to lose
-        reason = "before replace" if change.action is Action.REPLACE else "before prune"
         record = self.backups.take(vm, reason, full=True)
         return f"backup {record.name} taken ({record.level}, {record.size // 2**20} MiB) {reason}"
 

@@ -39,7 +39,9 @@ P = ParamSpec("P")
 
 
 # Image roots that would open the host's devices or configuration to guests.
-_FORBIDDEN_IMAGE_ROOTS = tuple(Path(p) for p in ("/dev", "/proc", "/sys", "/etc", "/boot", "/run"))
+_SYSTEM_DIRS = tuple(Path(p) for p in ("/dev", "/proc", "/sys", "/etc", "/boot", "/run"))
+# Written as root: the programs' directories too.
+_NOT_FOR_BACKUPS = _SYSTEM_DIRS + tuple(Path(p) for p in ("/usr", "/bin", "/sbin", "/lib", "/lib64", "/var/lib/dpkg"))
 
 
 def resolve(declared: Sequence[Declared], *, images_dir: Path | None = None) -> DesiredState:
@@ -60,6 +62,9 @@ def resolve(declared: Sequence[Declared], *, images_dir: Path | None = None) -> 
     image_roots = [images_dir if images_dir is not None else settings_mod.resolve().images_dir]
     if pools:
         image_roots += _check_image_roots(*pools[0], diagnostics)
+    for d, policy in [(d, p.spec.backup) for d, p in pools[:1]] + [(d, vm.spec.backup) for d, vm in vms.values()]:
+        if policy is not None and policy.dir is not None:
+            _check_backup_dir(d, policy.dir, diagnostics)
     for d, vm in vms.values():
         if vm.spec.profile is not None:
             _check_reference(d, "spec.profile", [vm.spec.profile], "profile", profiles, diagnostics)
@@ -175,7 +180,7 @@ def _check_image_roots(d: Declared, pool: model.Pool, diagnostics: Diagnostics) 
             diagnostics.add(d.source_of(f"spec.allowedImageRoots[{index}]"), d.address,
                             f"spec.allowedImageRoots[{index}]: {root!r} cannot be resolved: {e}")
             continue
-        if resolved == Path("/") or any(resolved.is_relative_to(p) for p in _FORBIDDEN_IMAGE_ROOTS):
+        if resolved == Path("/") or any(resolved.is_relative_to(p) for p in _SYSTEM_DIRS):
             via = f" (it resolves to {resolved})" if str(resolved) != root else ""
             diagnostics.add(d.source_of(f"spec.allowedImageRoots[{index}]"), d.address,
                             f"spec.allowedImageRoots[{index}]: {root!r}{via} would open the host's "
@@ -183,6 +188,19 @@ def _check_image_roots(d: Declared, pool: model.Pool, diagnostics: Diagnostics) 
         else:
             allowed.append(resolved)
     return allowed
+
+
+def _check_backup_dir(d: Declared, directory: str, diagnostics: Diagnostics) -> None:
+    """A backup directory is written as root, so it may not be (in) a system directory."""
+    try:
+        resolved = Path(directory).resolve()
+    except (OSError, RuntimeError, ValueError) as e:  # as in _unresolvable
+        diagnostics.add(d.source_of("spec.backup.dir"), d.address, f"spec.backup.dir: {directory!r} cannot be resolved: {e}")
+        return
+    if resolved == Path("/") or any(resolved.is_relative_to(p) for p in _NOT_FOR_BACKUPS):
+        via = f" (it resolves to {resolved})" if str(resolved) != directory else ""
+        diagnostics.add(d.source_of("spec.backup.dir"), d.address,
+                        f"spec.backup.dir: {directory!r}{via} is a system directory; name one that holds backups only")
 
 
 def _check_cycles(

@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from somnus_reconciler.engine.backups import VmBackups
+from somnus_reconciler.engine.container_backups import ContainerBackups
 from somnus_reconciler.engine.executor import Engine, EngineHook, PackSteps, StepResult, describe_action
 from somnus_reconciler.engine.pack_runner import AnsiblePackRunner
 from somnus_reconciler.journal import ApplyLock, Journal
@@ -132,6 +133,7 @@ def run_pass(desired: DesiredState, backends: Backends, options: PassOptions) ->
             pack_steps=PackSteps(runner, desired.packs, desired.pack_fingerprints),
             classifier=options.classifier, state_dir=settings.state_dir,
             backups=VmBackups(backends.vms, settings.backups_dir, settings.state_dir, settings.libvirt_uri),
+            container_backups=ContainerBackups(backends.containers, settings.container_backups_dir),
         )
         # A killed apply's playbook may still run: end it before its step is rolled back.
         recovered = (*runner.end_interrupted_runs(), *engine.recover(desired))

@@ -213,12 +213,12 @@ class BackupPolicy(Strict):
     """Backups outside the VM's disk (engine.backups): when, and how many for how long."""
 
     schedule: str | None = Field(default=None, description=(
-        "a cron expression (\"0 3 * * *\"), an interval (\"24h\", at least 1m), or "
-        "onPackChange (after every pack step that changed the guest); none: only by hand "
-        "and before a disk is replaced"
-    ))
+        "a cron expression (\"0 3 * * *\"), an interval (\"24h\", at least 1m), or onPackChange (after every "
+        "pack step that changed the guest); none: only by hand and before a disk is replaced"))
     retain: Annotated[int, Field(ge=1, le=1000)] = 7
     max_age: str | None = Field(default=None, description="backups older than this go (e.g. 30d); never the newest")
+    dir: AbsolutePath | None = Field(default=None, description="where the backups go, in a directory named "
+                                     "after the VM (default: the guest directory's backups/); not a system directory")
 
     @field_validator("schedule")
     @classmethod

@@ -4,6 +4,7 @@ backup, the chain's checkpoint list). The real tools run in tests/integration/te
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import os
@@ -96,6 +97,27 @@ def test_a_running_vm_gets_a_full_then_incrementals_on_the_same_chain(tmp_path: 
     assert backups.records("ws") == [first, second, third]
     records_dir = tmp_path / "backups" / "ws" / first.chain / "somnus"
     assert (records_dir / f"{first.name}.domain.xml").read_text() == "<domain><name>ws</name></domain>"
+    assert oct(os.stat(tmp_path / "backups" / "ws").st_mode & 0o777) == "0o700"
+
+
+def _vm_with_dir(directory: Path | None) -> ActualVm:
+    policy = BackupPolicy(dir=str(directory)) if directory is not None else BackupPolicy()
+    return dataclasses.replace(_vm(), mark=VmMark("hash1", "debian-12", 2**30, "debian",
+                                                    backup=policy.model_dump_json()))
+
+
+def test_backups_go_to_the_vms_backup_dir_and_move_along_when_it_changes(tmp_path: Path, tools: Tools) -> None:
+    backups = _backups(tmp_path)
+    first = backups.take(_vm_with_dir(tmp_path / "disk-a"), "manual")
+    assert (tmp_path / "disk-a" / "ws" / first.chain / "somnus" / f"{first.name}.json").is_file()
+    assert (tmp_path / "backups" / "ws").resolve() == (tmp_path / "disk-a" / "ws").resolve()
+    second = backups.take(_vm_with_dir(tmp_path / "disk-b"), "manual")
+    assert (second.level, second.parent) == ("inc", first.name)  # the chain moved whole
+    assert sorted(p.name for p in (tmp_path / "disk-b" / "ws").iterdir()) == [first.chain]
+    assert list((tmp_path / "disk-a" / "ws").iterdir()) == []
+    third = backups.take(_vm_with_dir(None), "manual")
+    assert not (tmp_path / "backups" / "ws").is_symlink()
+    assert backups.records("ws") == [first, second, third]
     assert oct(os.stat(tmp_path / "backups" / "ws").st_mode & 0o777) == "0o700"
 
 

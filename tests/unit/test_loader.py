@@ -490,3 +490,18 @@ def test_reference_problems_are_reported_together(tmp_path: Path) -> None:
     assert "profile 'gone' is not declared" in problems[1]
     assert "spec.playbook: 'nope.yml' does not exist" in problems[2]
     assert problems[3].endswith("pack/x -> pack/y -> pack/x")
+
+
+def test_a_backup_dir_in_a_system_directory_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "programs").symlink_to("/usr/lib")
+    vm = PROFILE + "---\n" + VM + "  backup:\n    retain: 3\n    dir: /etc/backups\n"
+    pool = f"apiVersion: somnus/v1\nkind: Pool\nmetadata: {{name: p}}\nspec:\n  backup: {{dir: {tmp_path}/programs}}\n"
+    assert validate_problems(tmp_path, {"a.yaml": vm, "pool.yaml": pool}) == [
+        "pool.yaml:5: pool/p: spec.backup.dir: 'programs' (it resolves to /usr/lib) "
+        "is a system directory; name one that holds backups only",
+        "a.yaml:16: vm/coder-1: spec.backup.dir: '/etc/backups' is a system directory; "
+        "name one that holds backups only",
+    ]
+    write(tmp_path, {"a.yaml": vm.replace("/etc/backups", f"{tmp_path}/backups"), "pool.yaml": ""})
+    desired = references.resolve(loader.load([tmp_path]))
+    assert desired.vms["coder-1"].backup is not None and desired.vms["coder-1"].backup.dir == f"{tmp_path}/backups"

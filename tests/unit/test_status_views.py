@@ -215,7 +215,7 @@ def test_a_vm_with_a_backup_policy_shows_its_last_backup_the_next_one_due_and_th
     vm = dataclasses.replace(VM, backup=BackupStatus(last, at + 86400, policy))
     assert status_view.vm_json(vm)["backup"] == {
         "last": "20261130T030000000Z", "lastAt": at, "lastLevel": "inc", "nextDue": at + 86400,
-        "schedule": "24h", "retain": 7, "maxAge": "30d"}
+        "schedule": "24h", "retain": 7, "maxAge": "30d", "dir": None}
     out = io.StringIO()
     describe_view.DescribeHuman(out).describe(Description(vm, ()))
     assert ("backup:      last 20261130T030000000Z (inc, 2026-11-30 03:00:00), next 2026-12-01 03:00:00, "
