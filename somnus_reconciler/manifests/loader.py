@@ -29,7 +29,7 @@ from pydantic.alias_generators import to_camel
 
 from somnus_reconciler.manifests import guarded_yaml
 from somnus_reconciler.manifests.guarded_yaml import SHOWN_CHARS, shown
-from somnus_reconciler.values import model
+from somnus_reconciler.values import fields, model
 from somnus_reconciler.values.diagnostics import Diagnostic, Diagnostics, Source
 
 if TYPE_CHECKING:
@@ -302,7 +302,7 @@ def _explain(kind: str, loc: Loc, error: ErrorDetails, lines: Mapping[str, int])
         return line, f"{parent}missing required field {shown(loc[-1])}"
     if loc == ("apiVersion",) and error_type == "literal_error":
         return line, f"apiVersion {shown(value)} is not supported (use {model.API_VERSION})"
-    if (error_type == "string_pattern_mismatch" and ctx.get("pattern") == model.DNS1123_LABEL) or (
+    if (error_type == "string_pattern_mismatch" and ctx.get("pattern") == fields.DNS1123_LABEL) or (
         error_type == "string_too_long" and ctx.get("max_length") == 63
     ):
         prefix = "" if loc == ("metadata", "name") else f"{path}: "

@@ -20,7 +20,7 @@ from typing import ParamSpec, TypeVar
 from somnus_reconciler import settings as settings_mod
 from somnus_reconciler.images import vm_images
 from somnus_reconciler.manifests.loader import Declared
-from somnus_reconciler.values import model
+from somnus_reconciler.values import fields, model
 from somnus_reconciler.values.desired import (
     DEFAULT_POOL,
     DesiredContainer,
@@ -153,7 +153,7 @@ def _playbook_problem(d: Declared, playbook: str) -> str | None:
         return f"leads outside {d.source.file.parent}, the directory of this manifest"
     if not target.is_file():
         return f"does not exist (looked for {target})"
-    if any(marker in str(target) for marker in model.TEMPLATE_MARKERS):
+    if any(marker in str(target) for marker in fields.TEMPLATE_MARKERS):
         # Ansible gets the absolute path and templates it on the host.
         return f"resolves to {target}, whose directories hold a template marker Ansible would evaluate"
     return None

@@ -14,12 +14,9 @@ local libvirt URI (the `ext` and `ssh` transports run commands).
 
 from __future__ import annotations
 
-import re
-import urllib.parse
 from typing import Annotated, Literal, Union
 
 from pydantic import (
-    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -30,108 +27,19 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
-from somnus_reconciler.values import quantity
+from somnus_reconciler.values.fields import (
+    AbsolutePath,
+    AnsibleText,
+    LabelValue,
+    LibvirtUri,
+    Name,
+    PackageName,
+    Quantity,
+    label_key_problem,
+)
 from somnus_reconciler.values.quantity import format_bytes, parse_duration
 
 API_VERSION = "somnus/v1"
-DNS1123_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
-
-Name = Annotated[str, Field(pattern=DNS1123_LABEL, min_length=1, max_length=63)]
-
-# Kubernetes label syntax (apimachinery IsQualifiedName, IsValidLabelValue): a key is
-# [prefix/]name with a DNS-1123 subdomain as prefix; a name, and a value unless empty,
-# is at most 63 of these characters.
-LABEL_NAME = r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?"
-DNS1123_SUBDOMAIN = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*"
-_LABEL_RULE = ("at most 63 characters: letters, digits, '-', '_' and '.', "
-               "beginning and ending with a letter or digit")
-# Package names of apt (name, name=version, name/release, name:arch), winget ids and
-# brew formulae (name@version, tap/name): no spaces, no shell or template characters.
-PACKAGE_NAME = r"[A-Za-z0-9][A-Za-z0-9._+:@/=~-]*"
-TEMPLATE_MARKERS = ("{{", "{%", "{#")
-_LIBVIRT_SCHEMES = ("qemu", "qemu+unix")
-_LIBVIRT_PATHS = ("/system", "/session")
-
-
-def _shown(text: str, limit: int = 40) -> str:
-    """`text` quoted for a message, cut short: hostile input can be long."""
-    return repr(text if len(text) <= limit else text[:limit] + "...")
-
-
-def _label_value(value: str) -> str:
-    if value and not (len(value) <= 63 and re.fullmatch(LABEL_NAME, value)):
-        raise ValueError(f"label value {_shown(value)} must be empty or {_LABEL_RULE}")
-    return value
-
-
-def _label_key_problem(key: str) -> str | None:
-    prefix, slash, name = key.rpartition("/")
-    if slash and not (len(prefix) <= 253 and re.fullmatch(DNS1123_SUBDOMAIN, prefix)):
-        return ("its prefix must be a DNS-1123 subdomain "
-                "(lowercase letters, digits, '-' and '.', at most 253 characters)")
-    if not (len(name) <= 63 and re.fullmatch(LABEL_NAME, name)):
-        return f"its name must be {_LABEL_RULE}"
-    return None
-
-
-def _no_template(text: str) -> str:
-    """Refuse Jinja markers in strings that reach Ansible as extra vars: Ansible
-    templates them on the host, where `lookup('pipe', ...)` runs any command."""
-    if any(marker in text for marker in TEMPLATE_MARKERS):
-        raise ValueError(f"{_shown(text)} contains a template marker ({', '.join(TEMPLATE_MARKERS)}): "
-                         "Ansible would evaluate it on the host")
-    return text
-
-
-def _package_name(name: str) -> str:
-    if not (len(name) <= 200 and re.fullmatch(PACKAGE_NAME, name)):
-        raise ValueError(f"package name {_shown(name)} must start with a letter or digit and hold only "
-                         "letters, digits and . _ + : @ / = ~ -")
-    return name
-
-
-def _absolute_path(path: str) -> str:
-    if not path.startswith(("/", "~")):
-        raise ValueError(f"{_shown(path)} must be an absolute path")
-    return path
-
-
-def _local_libvirt_uri(uri: str) -> str:
-    """Only the local daemon: remote transports reach other hosts, and `ext` (or ssh's
-    `command=`) runs a program of the manifest's choosing. SOMNUS_LIBVIRT_URI, set by
-    whoever runs somnus, is not limited."""
-    parts = urllib.parse.urlsplit(uri)
-    options = set(urllib.parse.parse_qs(parts.query, keep_blank_values=True))
-    if (parts.scheme not in _LIBVIRT_SCHEMES or parts.netloc or parts.path not in _LIBVIRT_PATHS
-            or options - {"socket"} or parts.fragment):
-        raise ValueError(f"{_shown(uri)} is not a local libvirt URI: a Pool may give qemu:///system or "
-                         "qemu:///session (qemu+unix with ?socket=PATH too); set SOMNUS_LIBVIRT_URI "
-                         "for any other")
-    return uri
-
-
-# Byte counts as libvirt and Docker hold them (signed 64 bits). Unbounded, '9' * 5000
-# would pass and only fail later, where it is printed: int -> str stops at 4300 digits.
-MAX_BYTES = 2**63 - 1
-
-
-def _at_most_8ei(amount: int) -> int:
-    if amount > MAX_BYTES:
-        raise ValueError(f"is more than {format_bytes(MAX_BYTES + 1)} ({MAX_BYTES} bytes), "
-                         "the most libvirt and Docker take")
-    return amount
-
-
-Quantity = Annotated[quantity.Quantity, AfterValidator(_at_most_8ei)]
-LabelValue = Annotated[str, AfterValidator(_label_value),
-                       Field(json_schema_extra={"maxLength": 63, "pattern": f"^({LABEL_NAME})?$"})]
-AnsibleText = Annotated[str, AfterValidator(_no_template)]
-PackageName = Annotated[str, AfterValidator(_package_name),
-                        Field(json_schema_extra={"maxLength": 200, "pattern": f"^{PACKAGE_NAME}$"})]
-AbsolutePath = Annotated[str, AfterValidator(_absolute_path)]
-LibvirtUri = Annotated[str, AfterValidator(_local_libvirt_uri)]
-
-
 class Strict(BaseModel):
     """Base of every manifest model: camelCase aliases, frozen, no unknown fields."""
 
@@ -152,7 +60,7 @@ class Metadata(Strict):
     def _label_keys(cls, labels: dict[str, str]) -> dict[str, str]:
         # The message starts with the key, so that the loader points at the key's line.
         problems = [f"{key} is not a valid label key: {problem}"
-                    for key in labels if (problem := _label_key_problem(key)) is not None]
+                    for key in labels if (problem := label_key_problem(key)) is not None]
         if problems:
             raise ValueError("; ".join(problems))
         return labels
