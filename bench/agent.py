@@ -72,7 +72,7 @@ def main() -> None:
         root = Path(tmp)
         (root / "host").mkdir()
         with running_agent(root / "host") as host_agent:
-            host = measure(AgentClient(host_agent.port, TOKEN), args.requests)
+            host = measure(AgentClient(host_agent.port, TOKEN, host_agent.certificate), args.requests)
 
         manifests, state = root / "manifests", root / "state"
         manifests.mkdir()
@@ -93,7 +93,8 @@ def main() -> None:
                 time.sleep(1)
             ready_s = time.monotonic() - started
             port = int(row["forwards"]["agent"].rsplit(":", 1)[1])
-            guest = measure(AgentClient(port, guest_access.read_agent_token(state, f"{PREFIX}-vm")), args.requests)
+            guest = measure(AgentClient(port, guest_access.read_agent_token(state, f"{PREFIX}-vm"),
+                                           guest_access.agent_certificate(state, f"{PREFIX}-vm")), args.requests)
             get_ms = timed_ms(lambda: somnus(state, "get", "vm", f"{PREFIX}-vm"), 5)
             describe_ms = timed_ms(lambda: somnus(state, "describe", f"vm/{PREFIX}-vm"), 5)
         finally:

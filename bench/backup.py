@@ -54,7 +54,8 @@ def agent(state_dir: Path, timeout_s: float = 600) -> AgentClient:
         row = json.loads(somnus(state_dir, "get", "vm", NAME, "-o", "json").stdout)["items"][0]
         address = row["forwards"].get("agent")
         if address:
-            client = AgentClient(int(address.rsplit(":", 1)[1]), guest_access.read_agent_token(state_dir, NAME))
+            client = AgentClient(int(address.rsplit(":", 1)[1]), guest_access.read_agent_token(state_dir, NAME),
+                                 guest_access.agent_certificate(state_dir, NAME))
             try:
                 client.status()
                 return client

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -32,6 +33,7 @@ from somnus_reconciler.passes import prepare
 from somnus_reconciler.providers import (
     ansible_inputs,  # noqa: E402
     guest_access,  # noqa: E402
+    guest_identity,  # noqa: E402
 )
 from somnus_reconciler.providers import backends as backends_mod
 from testkit import apt_repo  # noqa: E402
@@ -100,7 +102,7 @@ def plain_playbook(tree: Path, state_dir: Path, workdir: Path) -> list[list[str]
     inventory = {"guest": {"hosts": {"vm": {
         "ansible_host": "127.0.0.1", "ansible_port": port, "ansible_user": "root",
         "ansible_ssh_private_key_file": str(key.private_key),
-        "ansible_ssh_common_args": "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null",
+        "ansible_ssh_common_args": shlex.join(guest_identity.ssh_options(key.identity)),
         "ansible_python_interpreter": "/usr/bin/python3"}}}}
     (workdir / "inventory.json").write_text(json.dumps(inventory))
     playbook = Path(sys.executable).parent / "ansible-playbook"

@@ -1,4 +1,4 @@
-"""Command line: ``python3 -m somnus_agent --listen HOST:PORT --token-file FILE``.
+"""Command line: ``python3 -m somnus_agent --listen HOST:PORT --token-file FILE --tls-cert PEM --tls-key PEM``.
 
 Parses arguments, builds the runtime (refusing to start on a bad token file or
 config), starts the monitored processes and serves until SIGTERM/SIGINT.
@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import pathlib
 import signal
+import ssl
 import sys
 import types
 
@@ -27,6 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="somnus_agent", description="Somnus in-guest agent")
     parser.add_argument("--listen", required=True, type=_listen_address, metavar="HOST:PORT")
     parser.add_argument("--token-file", required=True, type=pathlib.Path)
+    parser.add_argument("--tls-cert", required=True, type=pathlib.Path,
+                        help="this VM's certificate (PEM), the one the host pins")
+    parser.add_argument("--tls-key", required=True, type=pathlib.Path, help="its private key (PEM)")
     parser.add_argument("--config", type=pathlib.Path, default=None)
     parser.add_argument("--exec-log", type=pathlib.Path, default=None,
                         help="log of every /execute (default: somnus-agent.log next to --config, else stderr)")
@@ -44,9 +48,14 @@ def main(argv: list[str] | None = None) -> int:
     except (auth.TokenFileError, config.ConfigError) as e:
         print(f"somnus_agent: refusing to start: {e}", file=sys.stderr)
         return 2
+    try:
+        tls = server.tls_context(str(args.tls_cert), str(args.tls_key))
+    except (OSError, ssl.SSLError) as e:
+        print(f"somnus_agent: refusing to start: TLS certificate or key unusable: {e}", file=sys.stderr)
+        return 2
     host, port = args.listen
     try:
-        httpd = server.make_server(host, port, runtime)
+        httpd = server.make_server(host, port, runtime, tls)
     except OSError as e:
         print(f"somnus_agent: cannot listen on {host}:{port}: {e.strerror}", file=sys.stderr)
         return 2

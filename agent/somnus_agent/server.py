@@ -1,14 +1,19 @@
-"""HTTP front of the agent: authentication, JSON framing, limits, routing.
+"""HTTPS front of the agent: TLS, authentication, JSON framing, limits, routing.
 
-Every request is authenticated before anything else happens; only then is it
-routed (404/405) and its body read (capped, 413). Built by :mod:`somnus_agent.cli`.
+The agent speaks TLS only, with the certificate the host made for this VM and
+pinned (so the host sends its token to nobody else). Each connection's handshake
+runs in its own thread, bounded by the socket timeout. Every request is
+authenticated before anything else happens; only then is it routed (404/405) and
+its body read (capped, 413). Built by :mod:`somnus_agent.cli`.
 """
 
 from __future__ import annotations
 
 import http.server
 import json
+import socket
 import socketserver
+import ssl
 import sys
 import traceback
 from typing import Any
@@ -24,13 +29,27 @@ DRAIN_TIMEOUT_S = 2.0
 
 
 class AgentHTTPServer(http.server.ThreadingHTTPServer):
-    """A threading HTTP server that carries the agent runtime for its handlers."""
+    """A threading HTTPS server that carries the agent runtime for its handlers."""
 
     daemon_threads = True
 
-    def __init__(self, address: tuple[str, int], runtime: AgentRuntime) -> None:
+    def __init__(self, address: tuple[str, int], runtime: AgentRuntime, tls: ssl.SSLContext) -> None:
         self.runtime = runtime
+        self.tls = tls
         super().__init__(address, AgentRequestHandler)
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        connection, address = self.socket.accept()
+        # The handshake waits for the handler's thread (`AgentRequestHandler.setup`), so
+        # that a slow or silent client never holds up the others.
+        return self.tls.wrap_socket(connection, server_side=True, do_handshake_on_connect=False), address
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        error = sys.exc_info()[1]
+        if isinstance(error, OSError):  # a handshake refused or a client gone: one line, not a traceback
+            sys.stderr.write(f"{client_address[0]}:{client_address[1]} {type(error).__name__}: {error}\n")
+            return
+        super().handle_error(request, client_address)
 
 
 class AgentRequestHandler(http.server.BaseHTTPRequestHandler):
@@ -39,8 +58,15 @@ class AgentRequestHandler(http.server.BaseHTTPRequestHandler):
     server: AgentHTTPServer
     protocol_version = "HTTP/1.1"
     timeout = SOCKET_TIMEOUT_S
+    # A header and a body written apart would otherwise wait for the client's delayed ACK (40 ms).
+    disable_nagle_algorithm = True
     server_version = "somnus-agent"
     sys_version = ""
+
+    def setup(self) -> None:
+        self.request.settimeout(SOCKET_TIMEOUT_S)
+        self.request.do_handshake()
+        super().setup()
 
     def log_message(self, format: str, *args: Any) -> None:
         # Access log to stderr without headers, so tokens never reach it.
@@ -134,6 +160,14 @@ class AgentRequestHandler(http.server.BaseHTTPRequestHandler):
     do_PATCH = _handle
 
 
-def make_server(host: str, port: int, runtime: AgentRuntime) -> AgentHTTPServer:
+def tls_context(certificate: str, key: str) -> ssl.SSLContext:
+    """The server's TLS: this VM's certificate and key (ssl.SSLError or OSError when unusable)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(certificate, key)
+    return context
+
+
+def make_server(host: str, port: int, runtime: AgentRuntime, tls: ssl.SSLContext) -> AgentHTTPServer:
     socketserver.TCPServer.allow_reuse_address = True
-    return AgentHTTPServer((host, port), runtime)
+    return AgentHTTPServer((host, port), runtime, tls)

@@ -39,6 +39,7 @@ def cli() -> None:
 cli.add_command(guest_commands.snapshots)
 cli.add_command(guest_commands.rollback)
 cli.add_command(guest_commands.soft_reboot)
+cli.add_command(guest_commands.ssh)
 cli.add_command(guest_commands.backup)
 cli.add_command(guest_commands.backups)
 cli.add_command(guest_commands.restore)

@@ -1,4 +1,4 @@
-"""Commands on one guest by hand: `snapshots`, `rollback`, `soft-reboot`, `backup`,
+"""Commands on one guest by hand: `snapshots`, `rollback`, `soft-reboot`, `ssh`, `backup`,
 `backups`, `restore`.
 
 Registered on the `somnus` group by `commands`; like every command they parse,
@@ -8,6 +8,7 @@ hand the result to their view (`guest_view`, `backup_view`).
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -95,6 +96,30 @@ def soft_reboot(address: str, timeout_s: float, state_dir: str | None) -> None:
         arguments.fail(str(e))
     guest_view.SoftRebootHuman().result(f"vm/{name}", result)
     sys.exit(EXIT_OK if result.confirmed else EXIT_NOT_CONFIRMED)
+
+
+@click.command(context_settings={"ignore_unknown_options": True})
+@click.argument("address")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+@arguments.state_dir
+def ssh(address: str, command: Sequence[str], state_dir: str | None) -> None:
+    """A shell (or COMMAND) as root in vm/NAME, once it has proved its host key.
+
+    Exit code: the session's; 2 when the VM is not there, not running, or what answers
+    on its SSH port is not the VM.
+    """
+    from somnus_reconciler.passes import guest_shell
+    from somnus_reconciler.values.errors import SomnusError
+
+    kind, _, name = address.partition("/")
+    if model.SHORT_KIND.get(kind, kind) != "vm" or not name:
+        arguments.fail("give vm/NAME: containers are reached with docker exec")
+    try:
+        argv = guest_shell.ssh_argv(name, command, interactive=sys.stdin.isatty(), state_dir=state_dir)
+    except (ProviderError, SomnusError) as e:
+        arguments.fail(str(e))
+    sys.stdout.flush()
+    os.execvp(argv[0], argv)
 
 
 def _backed_up(address: str) -> tuple[str, str]:

@@ -57,6 +57,6 @@ class AnsiblePackRunner:
         key = guest_access.ensure_keypair(self._state_dir, vm.name)
         try:
             guest_access.wait_for_ssh(ports["ssh"], key, self._ssh_timeout_s)
-        except SomnusError as e:  # GuestUnreachable (temporary), or no ssh client on the host
+        except SomnusError as e:  # unreachable (temporary), not the guest, or no ssh client on the host
             raise as_provider_error(vm.address, "reach guest", e) from e
-        return SshTarget("127.0.0.1", ports["ssh"], "root", key.private_key)
+        return SshTarget("127.0.0.1", ports["ssh"], "root", key.private_key, key.identity)

@@ -29,7 +29,9 @@ from pathlib import Path
 from somnus_reconciler.images import rootfs, store
 
 # Label of the read-only disk the host gives a debian-12 guest at boot; its
-# `authorized_keys` goes to /root/.ssh/, every other file to /etc/somnus/.
+# `authorized_keys` goes to /root/.ssh/, `ssh_host_ed25519_key` (the host key the
+# host made and pinned, providers.guest_identity) to /etc/ssh/, every other file
+# to /etc/somnus/.
 SEED_LABEL = "SOMNUS-SEED"
 ROOT_LABEL = "somnus-root"
 
@@ -66,11 +68,13 @@ FSTYPE=ext4
 RESUME=none
 """
 
-# Each guest makes its own host key on first boot: an image-wide key would be
-# shared by every VM built from it.
+# A guest without a host key from its seed makes its own at first boot (an
+# image-wide key would be shared by every VM built from it); somnus's hosts
+# refuse it, as they know only the key they made.
 _GUEST_HOSTKEY_UNIT = """\
 [Unit]
 Description=Somnus: make this guest's SSH host key
+After=somnus-seed.service
 Before=ssh.service
 ConditionPathExists=!/etc/ssh/ssh_host_ed25519_key
 
@@ -85,7 +89,8 @@ WantedBy=multi-user.target
 _GUEST_SEED_SCRIPT = f"""\
 #!/bin/sh
 # Somnus: install what the host put on the disk labelled {SEED_LABEL}:
-# authorized_keys for root, every other file (e.g. the agent token) in /etc/somnus.
+# authorized_keys for root, the SSH host key for sshd, every other file (e.g. the
+# agent token and its TLS key) in /etc/somnus.
 set -eu
 # blkid scans the block devices itself, so this does not wait for udev's links.
 device=$(blkid -L {SEED_LABEL} || true)
@@ -103,6 +108,9 @@ for file in "$mnt"/*; do
     name=${{file##*/}}
     if [ "$name" = authorized_keys ]; then
         install -m 0600 "$file" /root/.ssh/authorized_keys
+    elif [ "$name" = ssh_host_ed25519_key ]; then
+        install -m 0600 "$file" /etc/ssh/ssh_host_ed25519_key
+        rm -f /etc/ssh/ssh_host_ed25519_key.pub
     else
         install -m 0600 "$file" "/etc/somnus/$name"
     fi
@@ -149,6 +157,8 @@ AGENT_GUEST_DIR = "usr/lib/somnus-agent/somnus_agent"
 AGENT_GUEST_PORT = 7465
 AGENT_TOKEN_FILE = "agent-token"  # in /etc/somnus/, from the seed
 AGENT_CONFIG_FILE = "agent.json"  # in /etc/somnus/; the seed may bring its own
+AGENT_CERT_FILE = "agent-cert.pem"  # in /etc/somnus/, from the seed (providers.guest_identity)
+AGENT_KEY_FILE = "agent-key.pem"
 
 _GUEST_AGENT_CONFIG = json.dumps(
     {"processes": [], "watch_logs": ["/var/log/apt/term.log"]},
@@ -161,11 +171,13 @@ Description=Somnus in-guest agent
 After=somnus-seed.service network.target
 Wants=somnus-seed.service
 ConditionPathExists=/etc/somnus/{AGENT_TOKEN_FILE}
+ConditionPathExists=/etc/somnus/{AGENT_CERT_FILE}
 
 [Service]
 Environment=PYTHONPATH=/{AGENT_GUEST_DIR.rsplit("/", 1)[0]} PYTHONDONTWRITEBYTECODE=1
 ExecStart=/usr/bin/python3 -m somnus_agent --listen 0.0.0.0:{AGENT_GUEST_PORT} \\
     --token-file /etc/somnus/{AGENT_TOKEN_FILE} --config /etc/somnus/{AGENT_CONFIG_FILE} \\
+    --tls-cert /etc/somnus/{AGENT_CERT_FILE} --tls-key /etc/somnus/{AGENT_KEY_FILE} \\
     --exec-log /var/log/somnus-agent-exec.log
 Restart=always
 RestartSec=1

@@ -23,11 +23,7 @@ class SoftRebootRefused(PermanentError):
 def soft_reboot(name: str, *, timeout_s: float, state_dir: str | None) -> agent_client.SoftRebootConfirmation:
     """Soft-reboot vm/`name`; ProviderError when libvirt fails, SoftRebootRefused as above."""
     address = f"vm/{name}"
-    backends = backends_mod.open_backends(None, state_dir=state_dir)
-    try:
-        vm = backends.vms.observe_one(name)
-    finally:
-        backends.close()
+    vm, settings = backends_mod.observe_vm(name, state_dir=state_dir)
     if vm is None or not vm.managed:
         raise SoftRebootRefused(f"{address} not found among the VMs somnus manages")
     if not vm.running:
@@ -35,14 +31,14 @@ def soft_reboot(name: str, *, timeout_s: float, state_dir: str | None) -> agent_
     assert vm.mark is not None
     if not vm_images.guest_services(vm.mark.image).agent:
         raise SoftRebootRefused(f"{address}: image {vm.mark.image} carries no agent to ask (debian-12 does)")
-    client = agent_client.for_vm(vm, backends.settings.state_dir)
+    client = agent_client.for_vm(vm, settings.state_dir)
     if client is None:
         raise SoftRebootRefused(f"{address} has no agent forward or token (made before the agent existed?)")
     try:
         confirmation = agent_client.confirm_soft_reboot(client, timeout_s)
     except agent_client.AgentError as e:
         raise SoftRebootRefused(f"{address}: {e}") from e
-    with Journal(backends.settings.journal_path) as journal:
+    with Journal(settings.journal_path) as journal:
         journal.record(address, status.SOFT_REBOOT_ACTION, Outcome.OK if confirmation.confirmed else Outcome.TIMED_OUT,
                        confirmation.message)
     return confirmation

@@ -5,12 +5,15 @@
 `soft-reboot` uses `confirm_soft_reboot`. The agent itself is
 agent/somnus_agent (SPEC section 7).
 
-Requests go to 127.0.0.1 only, to the VM's `agent` port forward. The token is
-read from the state directory (`guest_access.ensure_agent_token`), sent in the
-Authorization header, and appears in no error message, repr or log.
+Requests go to 127.0.0.1 only, to the VM's `agent` port forward, over TLS with the
+VM's own certificate pinned (`guest_identity`): the agent proves who it is before
+the token is sent. The token is read from the state directory
+(`guest_access.ensure_agent_token`), sent in the Authorization header, and appears
+in no error message, repr or log.
 
-Errors are `AgentError`s: `AgentUnreachable` (temporary: nothing answers yet)
-or `AgentRefused` (permanent: the agent said no). Answers are decoded JSON
+Errors are `AgentError`s: `AgentUnreachable` (temporary: nothing answers yet),
+`AgentRefused` (permanent: the agent said no) or `AgentUnproven` (permanent:
+what answered is not the VM's agent, or the VM has no pinned certificate). Answers are decoded JSON
 (`JsonObject`), passed on as the agent sent them; the processes that
 `confirm_soft_reboot` reads are narrowed into `ProcessStatus`.
 """
@@ -19,13 +22,14 @@ from __future__ import annotations
 
 import http.client
 import json
+import ssl
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypedDict
 
-from somnus_reconciler.providers import guest_access
+from somnus_reconciler.providers import guest_access, guest_identity
 from somnus_reconciler.values.actual import ActualVm
 from somnus_reconciler.values.errors import PermanentError, SomnusError, TemporaryError
 
@@ -60,10 +64,17 @@ class AgentRefused(AgentError, PermanentError):
         self.status = status
 
 
+class AgentUnproven(AgentError, PermanentError):
+    """What answered did not prove it is the VM's agent (or the VM has no certificate to
+    prove it with): the token was not sent."""
+
+
 @dataclass(frozen=True)
 class AgentClient:
     port: int
     token: str = field(repr=False)
+    certificate: Path  # the VM's agent certificate, the only one trusted (guest_identity)
+    vm: str = "?"
     host: str = "127.0.0.1"
     timeout_s: float = DEFAULT_TIMEOUT_S
 
@@ -71,22 +82,40 @@ class AgentClient:
     def address(self) -> str:
         return f"{self.host}:{self.port}"
 
+    def _tls(self) -> ssl.SSLContext:
+        """Trusting the VM's certificate alone; AgentUnproven (how to migrate) when it has none."""
+        if not self.certificate.is_file():
+            raise AgentUnproven(str(guest_identity.unpinned(self.vm)))
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.check_hostname = False  # pinned: this VM's certificate is the only trust anchor
+        context.load_verify_locations(cafile=str(self.certificate))
+        return context
+
     def request(self, method: str, path: str, body: Mapping[str, object] | None = None,
                 *, timeout_s: float | None = None) -> JsonObject:
-        """One request on a fresh connection; the decoded JSON answer of a 2xx status."""
-        conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout_s or self.timeout_s)
+        """One request on a fresh TLS connection; the decoded JSON answer of a 2xx status."""
+        conn = http.client.HTTPSConnection(self.host, self.port, timeout=timeout_s or self.timeout_s,
+                                           context=self._tls())
         data = json.dumps(body).encode() if body is not None else None
         headers = {"Authorization": f"Bearer {self.token}", "Accept": "application/json"}
         if data is not None:
             headers["Content-Type"] = "application/json"
         try:
+            conn.connect()  # the handshake: the agent proves who it is before the token goes
             conn.request(method, path, body=data, headers=headers)
             response = conn.getresponse()
             raw = response.read()
+        except ssl.SSLError as e:
+            if _unproven(e):
+                raise AgentUnproven(f"vm/{self.vm}: what answers on {self.address} did not prove it is the VM's "
+                                    f"agent ({e.reason or e}); the token was not sent") from None
+            raise AgentUnreachable(f"vm/{self.vm}: {method} {path} on {self.address}: {e}") from None
         except (OSError, http.client.HTTPException) as e:
             # QEMU accepts on the forward and drops the connection while nothing
             # listens in the guest: that is "not up yet", like a refusal.
-            raise AgentUnreachable(f"{method} {path} on {self.address}: {e or type(e).__name__}") from None
+            raise AgentUnreachable(f"vm/{self.vm}: {method} {path} on {self.address}: "
+                                   f"{e or type(e).__name__}") from None
         finally:
             conn.close()
         try:
@@ -114,6 +143,13 @@ class AgentClient:
                             timeout_s=timeout_s + self.timeout_s)
 
 
+def _unproven(error: ssl.SSLError) -> bool:
+    """A handshake that failed on who the peer is (a certificate not the pinned one, or a
+    peer that does not speak TLS at all), not on a connection dropped while booting."""
+    return isinstance(error, ssl.SSLCertVerificationError) or error.reason in (
+        "WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "PACKET_LENGTH_TOO_LONG", "HTTP_REQUEST")
+
+
 def for_vm(vm: ActualVm, state_dir: Path, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> AgentClient | None:
     """The client of `vm`'s agent; None when the VM has no agent forward or token."""
     forward = next((f for f in vm.mark.forwards if f.name == AGENT_FORWARD), None) if vm.mark else None
@@ -123,7 +159,8 @@ def for_vm(vm: ActualVm, state_dir: Path, *, timeout_s: float = DEFAULT_TIMEOUT_
         token = guest_access.read_agent_token(state_dir, vm.name)
     except (FileNotFoundError, ValueError):
         return None
-    return AgentClient(forward.host_port, token, timeout_s=timeout_s)
+    return AgentClient(forward.host_port, token, guest_access.agent_certificate(state_dir, vm.name), vm.name,
+                       timeout_s=timeout_s)
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import shlex
 import shutil
 import sys
 import tempfile
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import TypedDict
 
 from somnus_reconciler.manifests.pack_files import PLAYBOOKS_DIR, pack_playbook_path
+from somnus_reconciler.providers.guest_identity import GuestIdentity, pinned, ssh_options
 from somnus_reconciler.providers.protocols import ProviderError
 from somnus_reconciler.values.desired import DesiredPack
 
@@ -28,7 +30,6 @@ PACK_PLAYBOOK = PLAYBOOKS_DIR / "pack.yml"
 OS_FAMILIES = ("debian", "windows", "macos")
 ACTIONS = ("install", "uninstall")
 GUEST_GROUP = "guest"
-SSH_COMMON_ARGS = "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null"
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,7 @@ class SshTarget:
     port: int
     user: str
     private_key: Path
+    identity: GuestIdentity  # its host key, checked strictly by every connection
 
 
 @dataclass(frozen=True)
@@ -127,7 +129,7 @@ def _ssh_hostvars(target: SshTarget, os_family: str, pack: DesiredPack) -> HostV
         "ansible_port": target.port,
         "ansible_user": target.user,
         "ansible_ssh_private_key_file": str(target.private_key),
-        "ansible_ssh_common_args": SSH_COMMON_ARGS,
+        "ansible_ssh_common_args": shlex.join(ssh_options(pinned(target.identity))),
     }
     if os_family == "windows":
         hostvars["ansible_shell_type"] = "powershell"
@@ -195,7 +197,8 @@ def ansible_env(data_dir: Path, *, control_dir: Path | None = None) -> dict[str,
         "ANSIBLE_ROLES_PATH": str(data_dir / "roles"),
         "ANSIBLE_COLLECTIONS_SCAN_SYS_PATH": "True",
         "ANSIBLE_GATHERING": "explicit",
-        "ANSIBLE_HOST_KEY_CHECKING": "False",
+        # False would put StrictHostKeyChecking=no before the inventory's pinned-key options.
+        "ANSIBLE_HOST_KEY_CHECKING": "True",
         "ANSIBLE_RETRY_FILES_ENABLED": "False",
         "ANSIBLE_PIPELINING": "True",
         "ANSIBLE_TIMEOUT": "30",

@@ -1,7 +1,7 @@
 """The two daemons, opened together, and what they hold now.
 
 `open_backends` opens libvirt and Docker for one pass (or one loop);
-`observe_reachable` reads both, plus the containers' pack records from the
+`observe_vm` reads one VM for a command on one guest; `observe_reachable` reads both, plus the containers' pack records from the
 journal, and leaves out a daemon that stays unreachable after retries, so the
 other half can still converge; `applied_hashes` reads what was last applied.
 Called by `passes` (prepare, status, apply, rollback and the loop).
@@ -43,6 +43,16 @@ class Backends:
 def open_backends(desired: DesiredState | None, *, state_dir: str | None = None) -> Backends:
     resolved = settings_mod.resolve(desired.pool if desired else None, state_dir=state_dir)
     return Backends(resolved, LibvirtProvider(resolved), DockerProvider(resolved.docker_host))
+
+
+def observe_vm(name: str, *, state_dir: str | None) -> tuple[ActualVm | None, Settings]:
+    """vm/`name` as libvirt has it now (None: no such domain), and the settings it was read
+    with; for a command on one guest, which needs no connection afterwards."""
+    backends = open_backends(None, state_dir=state_dir)
+    try:
+        return backends.vms.observe_one(name), backends.settings
+    finally:
+        backends.close()
 
 
 def observe_reachable(backends: Backends, *, retry_delays_s: Sequence[float] = UNREACHABLE_RETRY_DELAYS_S,

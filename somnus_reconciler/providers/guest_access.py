@@ -6,7 +6,10 @@ attach it read-only, and call `wait_for_ssh` after starting the guest; the
 guest's `somnus-seed.service` (see `debian_image`) installs the seed's
 `authorized_keys` for root before sshd starts. `remove_keypair` goes with the
 VM's deletion. `ensure_agent_token` makes the in-guest agent's bearer token,
-which goes on the same seed disk and which `agent_client` sends.
+which goes on the same seed disk and which `agent_client` sends. `seed_files` is
+everything the seed disk carries, with the identity the guest proves itself with
+(`guest_identity`: its SSH host key, checked by every `ssh_command`, and its
+agent's certificate).
 
 Private keys live in the state directory, never under the guest directory:
 QEMU does not need them, and nothing here prints or logs them. SSH always goes
@@ -16,7 +19,6 @@ forwards.
 
 from __future__ import annotations
 
-import contextlib
 import grp
 import ipaddress
 import os
@@ -30,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from somnus_reconciler.images import vm_images
+from somnus_reconciler.providers import guest_identity, secret_files
 from somnus_reconciler.values.errors import PermanentError, TemporaryError
 
 KEYS_DIR = "keys"
@@ -49,6 +52,7 @@ _SEED_SLACK_BYTES = 1024 * 1024  # inodes, directory and superblocks of a tiny e
 class GuestKey:
     private_key: Path
     public_openssh: str  # "ssh-ed25519 AAAA... somnus@<vm>", as authorized_keys takes it
+    identity: guest_identity.GuestIdentity  # what the guest must prove before ssh runs anything
 
 
 class GuestUnreachable(TemporaryError):
@@ -70,7 +74,7 @@ def ensure_keypair(state_dir: Path, vm_name: str) -> GuestKey:
 
     The private key (OpenSSH format, no passphrase) is at
     `state_dir/keys/<vm_name>/id_ed25519`, mode 0600, in directories of mode
-    0700 (see `_publish_secret`). A PermanentError when that file holds
+    0700 (see `secret_files.publish_secret`). A PermanentError when that file holds
     another kind of key.
     """
     # Imported here: every `somnus diff` imports this module (through the libvirt
@@ -83,7 +87,7 @@ def ensure_keypair(state_dir: Path, vm_name: str) -> GuestKey:
     comment = f"somnus@{vm_name}"
     if not private_path.exists():
         new_key = ed25519.Ed25519PrivateKey.generate()
-        _publish_secret(private_path, new_key.private_bytes(
+        secret_files.publish_secret(private_path, new_key.private_bytes(
             serialization.Encoding.PEM,
             serialization.PrivateFormat.OpenSSH,
             serialization.NoEncryption(),
@@ -94,8 +98,9 @@ def ensure_keypair(state_dir: Path, vm_name: str) -> GuestKey:
         raise PermanentError(f"{private_path} does not hold an ed25519 key; remove it to get a new one")
     public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
     public_openssh = f"{public.decode()} {comment}"
-    _write_public(key_dir / PUBLIC_KEY_FILE, public_openssh + "\n")
-    return GuestKey(private_key=private_path, public_openssh=public_openssh)
+    secret_files.write_public(key_dir / PUBLIC_KEY_FILE, public_openssh + "\n")
+    return GuestKey(private_key=private_path, public_openssh=public_openssh,
+                    identity=guest_identity.identity_of(key_dir, vm_name))
 
 
 def ensure_agent_token(state_dir: Path, vm_name: str) -> str:
@@ -109,8 +114,22 @@ def ensure_agent_token(state_dir: Path, vm_name: str) -> str:
 
     path = _secret_dir(state_dir, vm_name) / AGENT_TOKEN_FILE
     if not path.exists():
-        _publish_secret(path, Fernet.generate_key() + b"\n")
+        secret_files.publish_secret(path, Fernet.generate_key() + b"\n")
     return read_agent_token(state_dir, vm_name)
+
+
+def seed_files(state_dir: Path, vm_name: str) -> dict[str, bytes]:
+    """What the VM's seed disk carries: root's authorized_keys, the agent token, and the
+    identity it proves itself with (`guest_identity`), each made on first use and kept."""
+    key = ensure_keypair(state_dir, vm_name)
+    token = ensure_agent_token(state_dir, vm_name)
+    return {"authorized_keys": (key.public_openssh + "\n").encode(), AGENT_TOKEN_FILE: (token + "\n").encode(),
+            **guest_identity.ensure_identity(_secret_dir(state_dir, vm_name), vm_name)}
+
+
+def agent_certificate(state_dir: Path, vm_name: str) -> Path:
+    """Where the VM's agent certificate is pinned (it may not exist: a VM made before pinning)."""
+    return guest_identity.identity_of(_key_dir(state_dir, vm_name), vm_name).agent_certificate
 
 
 def read_agent_token(state_dir: Path, vm_name: str) -> str:
@@ -151,35 +170,6 @@ def _secret_dir(state_dir: Path, vm_name: str) -> Path:
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(directory, 0o700)
     return key_dir
-
-
-def _publish_secret(path: Path, data: bytes) -> None:
-    """Write `data` to `path` with mode 0600 unless it exists.
-
-    Concurrent first calls agree on one secret: it is published with link(2),
-    which never replaces an existing file.
-    """
-    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)  # mode 0600
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        with contextlib.suppress(FileExistsError):
-            os.link(temporary, path)
-    finally:
-        os.unlink(temporary)
-
-
-def _write_public(path: Path, content: str) -> None:
-    with contextlib.suppress(OSError):
-        if path.read_text() == content:
-            return
-    fd, temporary = tempfile.mkstemp(prefix=".pub.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(content)
-    os.chmod(temporary, 0o644)
-    os.replace(temporary, path)
 
 
 # --- the seed disk ------------------------------------------------------------------
@@ -252,9 +242,9 @@ def _group_id(group: str) -> int:
 def ssh_command(port: int, key: GuestKey, *remote: str, host: str = "127.0.0.1") -> list[str]:
     """argv of `ssh` as root into the guest forwarded at host:port, running `remote`.
 
-    Host keys are neither checked nor remembered: each guest makes a new one at
-    first boot and the forward is on loopback. `-F none` keeps the user's own
-    ssh configuration (proxies, other keys) out of it.
+    The server must hold the VM's own host key (`guest_identity.ssh_options`); a VM
+    without a pinned one is refused (GuestIdentityError). `-F none` keeps the user's
+    own ssh configuration (proxies, other keys) out of it.
     """
     _require_loopback(host)
     return [
@@ -263,8 +253,7 @@ def ssh_command(port: int, key: GuestKey, *remote: str, host: str = "127.0.0.1")
         "-p", str(port),
         "-o", "BatchMode=yes",
         "-o", "IdentitiesOnly=yes",
-        "-o", "StrictHostKeyChecking=no",
-        "-o", "UserKnownHostsFile=/dev/null",
+        *guest_identity.ssh_options(guest_identity.pinned(key.identity)),
         "-o", "LogLevel=ERROR",
         "-o", f"ConnectTimeout={int(_SSH_ATTEMPT_TIMEOUT_S)}",
         f"root@{host}",
@@ -274,7 +263,8 @@ def ssh_command(port: int, key: GuestKey, *remote: str, host: str = "127.0.0.1")
 
 def wait_for_ssh(port: int, key: GuestKey, timeout_s: float, *, host: str = "127.0.0.1") -> None:
     """Poll `ssh ... root@host true` until it succeeds; GuestUnreachable after `timeout_s`
-    (a PermanentError when the host has no ssh client)."""
+    (a PermanentError when the host has no ssh client, a GuestIdentityError at once when
+    the server is not the guest)."""
     argv = ssh_command(port, key, "true", host=host)
     started = time.monotonic()
     deadline = started + timeout_s
@@ -288,6 +278,8 @@ def wait_for_ssh(port: int, key: GuestKey, timeout_s: float, *, host: str = "127
             )
             if result.returncode == 0:
                 return
+            if guest_identity.refused_host_key(result.stderr):
+                raise guest_identity.mismatch(key.identity.vm, host, port)
             last_error = _last_line(result.stderr) or f"ssh exited {result.returncode}"
         except subprocess.TimeoutExpired:
             last_error = "ssh did not finish"

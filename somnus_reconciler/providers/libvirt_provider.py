@@ -209,13 +209,9 @@ class LibvirtProvider:
                 dom.create()
 
     def _write_seed(self, name: str) -> None:
-        """The read-only seed disk: the VM's public key and agent token (made once, kept)."""
-        key = guest_access.ensure_keypair(self._settings.state_dir, name)
-        token = guest_access.ensure_agent_token(self._settings.state_dir, name)
-        guest_access.build_seed_disk(self._vm_dir(name) / "seed.img", {
-            "authorized_keys": (key.public_openssh + "\n").encode(),
-            guest_access.AGENT_TOKEN_FILE: (token + "\n").encode(),
-        })
+        """The read-only seed disk: the VM's public key, agent token and identity (made once, kept)."""
+        guest_access.build_seed_disk(self._vm_dir(name) / "seed.img",
+                                     guest_access.seed_files(self._settings.state_dir, name))
 
     def start(self, name: str) -> None:
         with self._mapped(name, "start"):

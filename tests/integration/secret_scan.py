@@ -5,7 +5,8 @@ the output of every `somnus` call it makes (`SESSION.record_output`; event_strea
 adds the JSON events and stderr of every `watch` and `gitops`) and harvests the
 secrets after each call (`SESSION.harvest`: a delete or prune removes a VM's keys, so
 they are read while they exist). At the end of the session `SESSION.scan()` looks for
-each secret (an agent token; the base64 body lines of an ed25519 private key) in every
+each secret (an agent token; the base64 body lines of a private key: the VM's SSH key,
+its guest's host key, its agent's TLS key) in every
 recorded output and in every other file under every registered state directory: the
 journal and its WAL, console logs, `runs/` (Ansible artifacts), `history-index/`,
 `gitops/`. A finding names the secret by its file and where it was found, never the
@@ -24,6 +25,8 @@ from pathlib import Path
 
 KEY_FILE = "id_ed25519"
 TOKEN_FILE = "agent-token"
+HOST_KEY_FILE = "ssh_host_ed25519_key"  # the guest's, made on the host (guest_identity)
+AGENT_KEY_FILE = "agent-key.pem"  # PKCS#8: every body line holds key bytes
 PRIVATE_KEY_BEGIN = b"-----BEGIN OPENSSH PRIVATE KEY-----"
 # The first body line of every unencrypted ed25519 key is the same header; short lines
 # (the comment and padding at the end) are not secret either.
@@ -46,14 +49,14 @@ def read_secret(path: Path) -> Secret | None:
         token = data.strip()
         return Secret(path, (token,)) if token else None
     body = [line.strip() for line in data.splitlines()[1:] if not line.startswith(b"-----")]
-    needles = tuple(line for line in body[1:] if len(line) >= _MIN_KEY_LINE)
+    needles = tuple(line for line in body[0 if path.name == AGENT_KEY_FILE else 1:] if len(line) >= _MIN_KEY_LINE)
     return Secret(path, needles) if needles else None
 
 
 def secret_files(state_dir: Path) -> Iterator[Path]:
     keys = state_dir / "keys"
     if keys.is_dir():
-        for name in (KEY_FILE, TOKEN_FILE):
+        for name in (KEY_FILE, TOKEN_FILE, HOST_KEY_FILE, AGENT_KEY_FILE):
             yield from sorted(keys.glob(f"*/{name}"))
 
 

@@ -64,7 +64,8 @@ def _agent(ws: Workspace) -> AgentClient:
         address = row["forwards"].get("agent")
         if address and {c["type"]: c["status"] for c in row["conditions"]}.get("Ready") == "True":
             client = AgentClient(int(address.rsplit(":", 1)[1]),
-                                 guest_access.read_agent_token(ws.state_dir, ws.name("vm")))
+                                 guest_access.read_agent_token(ws.state_dir, ws.name("vm")),
+                                 guest_access.agent_certificate(ws.state_dir, ws.name("vm")))
             try:
                 client.status()
                 return client

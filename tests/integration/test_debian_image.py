@@ -112,9 +112,8 @@ def guest(
         secret_scan.SESSION.register(state_dir)  # this key, too, must not leak (secret_scan.py)
         secret_scan.SESSION.harvest()
         seed = vm_dir / "seed.img"
-        guest_access.build_seed_disk(
-            seed, {"authorized_keys": f"{key.public_openssh}\n".encode(), "agent-token": AGENT_TOKEN}
-        )
+        # The host key and agent certificate it proves itself with, as the provider gives every VM.
+        guest_access.build_seed_disk(seed, {**guest_access.seed_files(state_dir, name), "agent-token": AGENT_TOKEN})
         overlay = vm_dir / "disk.qcow2"
         subprocess.run(
             ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(debian_image.disk), str(overlay)],
@@ -161,9 +160,11 @@ def test_guest_is_reachable_by_key_and_ready_for_ansible(guest: Guest) -> None:
     assert guest.ssh("python3 -c 'import apt, apt_pkg; apt_pkg.init(); print(apt_pkg.VERSION)'").stdout.strip()
     authorized = guest.ssh("cat /root/.ssh/authorized_keys").stdout
     assert authorized.strip() == guest.key.public_openssh
-    modes = guest.ssh("stat -c '%n %a' /root/.ssh /root/.ssh/authorized_keys /etc/somnus /etc/somnus/agent-token")
-    assert modes.stdout.split("\n")[:4] == [
+    modes = guest.ssh("stat -c '%n %a' /root/.ssh /root/.ssh/authorized_keys /etc/somnus /etc/somnus/agent-token "
+                      "/etc/somnus/agent-key.pem /etc/ssh/ssh_host_ed25519_key")
+    assert modes.stdout.split("\n")[:6] == [
         "/root/.ssh 700", "/root/.ssh/authorized_keys 600", "/etc/somnus 700", "/etc/somnus/agent-token 600",
+        "/etc/somnus/agent-key.pem 600", "/etc/ssh/ssh_host_ed25519_key 600",
     ]
     assert guest.ssh("cat /etc/somnus/agent-token").stdout.encode() == AGENT_TOKEN
     # `is-system-running` exits non-zero when degraded; its output is the answer.

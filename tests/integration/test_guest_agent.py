@@ -85,7 +85,8 @@ def ready_row(ws: Workspace) -> dict[str, Any]:
 def client(ws: Workspace, ready_row: dict[str, Any]) -> AgentClient:
     host, port = ready_row["forwards"]["agent"].rsplit(":", 1)
     assert host == "127.0.0.1"
-    return AgentClient(int(port), guest_access.read_agent_token(ws.state_dir, ws.name("vm")))
+    return AgentClient(int(port), guest_access.read_agent_token(ws.state_dir, ws.name("vm")),
+                       guest_access.agent_certificate(ws.state_dir, ws.name("vm")))
 
 
 def test_the_agent_starts_at_boot_and_the_vm_turns_ready(ws: Workspace, ready_row: dict[str, Any],
@@ -117,7 +118,7 @@ def test_execute_runs_a_command_and_the_guest_logs_it_without_its_stdin(client: 
 def test_a_wrong_or_missing_token_is_refused(client: AgentClient) -> None:
     for token in ("wrong-token", ""):
         with pytest.raises(AgentRefused) as refused:
-            AgentClient(client.port, token).execute(["touch", "/tmp/must-not-exist"])
+            AgentClient(client.port, token, client.certificate).execute(["touch", "/tmp/must-not-exist"])
         assert refused.value.status == 401
     assert client.execute(["test", "-e", "/tmp/must-not-exist"])["exit_code"] == 1
 
@@ -127,6 +128,14 @@ def test_the_token_is_0600_on_the_host_and_in_the_guest(ws: Workspace, client: A
     assert host_file.stat().st_mode & 0o777 == 0o600
     guest_mode = client.execute(["stat", "-c", "%a %U", "/etc/somnus/agent-token"])["stdout"].split()
     assert guest_mode == ["600", "root"]
+
+
+def test_somnus_ssh_reaches_the_guest_that_proved_its_host_key(ws: Workspace, client: AgentClient) -> None:
+    shell = ws.somnus("ssh", f"vm/{ws.name('vm')}", "ssh-keygen", "-y", "-f",
+                       "/etc/ssh/ssh_host_ed25519_key", check_exit=0)
+    pinned = (ws.state_dir / "keys" / ws.name("vm") / "known_hosts").read_text().split()
+    assert shell.stdout.split()[:2] == pinned[1:3]  # the key the host made is the one sshd holds
+    assert ws.somnus("ssh", f"vm/{ws.name('vm')}", "exit", "3").returncode == 3  # the session's own code
 
 
 def configure(client: AgentClient, processes: list[dict[str, Any]], watch_logs: list[str]) -> dict[str, Any]:

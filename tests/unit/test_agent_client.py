@@ -16,15 +16,16 @@ import pytest
 from somnus_reconciler.passes import agent_health, status
 from somnus_reconciler.passes.agent_health import AgentHealth
 from somnus_reconciler.providers import agent_client
-from somnus_reconciler.providers.agent_client import AgentClient, AgentRefused, AgentUnreachable
+from somnus_reconciler.providers.agent_client import AgentClient, AgentRefused, AgentUnproven, AgentUnreachable
 from somnus_reconciler.values.actual import ActualVm, PortForward, PowerState, VmMark
-from testkit.agent_process import TOKEN, free_port, running_agent
+from testkit import impostors
+from testkit.agent_process import TOKEN, free_port, running_agent, write_certificate
 
 
 @pytest.fixture
 def agent_and_client(tmp_path: pathlib.Path) -> Any:
     with running_agent(tmp_path) as agent:
-        yield agent, AgentClient(agent.port, TOKEN)
+        yield agent, AgentClient(agent.port, TOKEN, agent.certificate)
 
 
 def test_status_and_stats_come_back_as_json(agent_and_client: Any) -> None:
@@ -37,15 +38,16 @@ def test_status_and_stats_come_back_as_json(agent_and_client: Any) -> None:
 def test_a_wrong_token_is_refused_with_401_and_the_token_is_not_in_the_error(agent_and_client: Any) -> None:
     agent, _ = agent_and_client
     with pytest.raises(AgentRefused) as refused:
-        AgentClient(agent.port, "not-the-token").status()
+        AgentClient(agent.port, "not-the-token", agent.certificate).status()
     assert refused.value.status == 401
     assert "not-the-token" not in str(refused.value)
-    assert "not-the-token" not in repr(AgentClient(agent.port, "not-the-token"))
+    assert "not-the-token" not in repr(AgentClient(agent.port, "not-the-token", agent.certificate))
 
 
-def test_nothing_listening_is_unreachable() -> None:
+def test_nothing_listening_is_unreachable(tmp_path: pathlib.Path) -> None:
+    certificate, _ = write_certificate(tmp_path)
     with pytest.raises(AgentUnreachable):
-        AgentClient(free_port(), TOKEN, timeout_s=1.0).status()
+        AgentClient(free_port(), TOKEN, certificate, timeout_s=1.0).status()
 
 
 def test_a_soft_reboot_is_confirmed_once_every_process_has_a_new_pid(agent_and_client: Any) -> None:
@@ -115,9 +117,39 @@ def test_the_real_agent_s_answers_parse_into_a_report(agent_and_client: Any, tmp
     token_dir = tmp_path / "state" / "keys" / "vm1"
     token_dir.mkdir(parents=True)
     (token_dir / "agent-token").write_text(TOKEN)
+    (token_dir / "agent-cert.pem").write_bytes(agent.certificate.read_bytes())  # pinned, as for a VM
     health = agent_health.probe(_vm(port=agent.port), tmp_path / "state", recent_errors=True)
     assert health is not None and health.connected, health
     assert health.report is not None and health.report.ok
     assert [p.name for p in health.report.processes] == ["sleeper"] and health.report.processes[0].running
     assert health.report.stats.memory.total > 0 and health.report.stats.disk.path == "/"
     assert health.report.recent_errors and health.report.recent_errors[0].text == "ERROR: CUDA device not found"
+
+
+def test_a_vm_without_a_pinned_certificate_is_refused_and_says_how_to_migrate(
+        agent_and_client: Any, tmp_path: pathlib.Path) -> None:
+    agent, _ = agent_and_client
+    token_dir = tmp_path / "keys" / "vm1"
+    token_dir.mkdir(parents=True)
+    (token_dir / "agent-token").write_text(TOKEN)
+    health = agent_health.probe(_vm(port=agent.port), tmp_path)
+    assert health is not None and not health.connected
+    assert "vm/vm1 has no pinned identity" in health.message and "To migrate" in health.message
+
+
+def test_an_agent_with_another_certificate_gets_no_token(agent_and_client: Any, tmp_path: pathlib.Path) -> None:
+    agent, _ = agent_and_client
+    other = tmp_path / "other"
+    other.mkdir()
+    pinned, _ = write_certificate(other)  # the certificate of another VM
+    with pytest.raises(AgentUnproven, match=r"vm/vm1: what answers on 127\.0\.0\.1:\d+ did not prove"):
+        AgentClient(agent.port, TOKEN, pinned, "vm1").status()
+
+
+def test_a_plain_http_server_on_the_agent_port_receives_no_token(tmp_path: pathlib.Path) -> None:
+    certificate, _ = write_certificate(tmp_path)
+    with impostors.http_impostor() as listener:
+        with pytest.raises(AgentUnproven, match="vm/vm1: what answers on"):
+            AgentClient(listener.port, TOKEN, certificate, "vm1", timeout_s=1.0).status()
+    assert listener.received[:1] == b"\x16"  # a TLS ClientHello, and nothing after it
+    assert TOKEN.encode() not in listener.received and b"Authorization" not in listener.received

@@ -8,6 +8,7 @@ mkfs.ext4 makes them. The SSH test only ever connects to a closed port on
 from __future__ import annotations
 
 import base64
+import shlex
 import socket
 import stat
 import subprocess
@@ -17,7 +18,11 @@ from pathlib import Path
 import pytest
 
 from somnus_reconciler.images import vm_images
-from somnus_reconciler.providers import guest_access
+from somnus_reconciler.providers import ansible_inputs, guest_access, guest_identity
+from somnus_reconciler.values.desired import DesiredPack
+from somnus_reconciler.values.diagnostics import Source
+from somnus_reconciler.values.model import CapabilityPackSpec
+from testkit import impostors
 
 
 def _mode(path: Path) -> int:
@@ -142,6 +147,7 @@ def test_seed_disk_needs_an_existing_group(tmp_path: Path) -> None:
 
 
 def test_wait_for_ssh_gives_up_naming_where_and_why(tmp_path: Path) -> None:
+    guest_access.seed_files(tmp_path, "vm-a")  # the host key it is checked against
     key = guest_access.ensure_keypair(tmp_path, "vm-a")
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))
@@ -159,6 +165,7 @@ def test_wait_for_ssh_gives_up_naming_where_and_why(tmp_path: Path) -> None:
 
 
 def test_ssh_goes_to_loopback_only(tmp_path: Path) -> None:
+    guest_access.seed_files(tmp_path, "vm-a")  # the host key it is checked against
     key = guest_access.ensure_keypair(tmp_path, "vm-a")
 
     assert "root@127.0.0.1" in guest_access.ssh_command(2222, key, "true")
@@ -166,3 +173,57 @@ def test_ssh_goes_to_loopback_only(tmp_path: Path) -> None:
     for host in ("10.0.2.15", "192.168.122.10", "example.org"):
         with pytest.raises(ValueError, match="loopback"):
             guest_access.wait_for_ssh(2222, key, 1.0, host=host)
+
+
+# --- the guest's identity -------------------------------------------------------------
+
+
+def test_the_seed_carries_an_identity_made_once_and_pinned_on_the_host(tmp_path: Path) -> None:
+    files = guest_access.seed_files(tmp_path, "vm-a")
+    assert set(files) == {"authorized_keys", "agent-token", "ssh_host_ed25519_key", "agent-key.pem", "agent-cert.pem"}
+    assert guest_access.seed_files(tmp_path, "vm-a") == files  # kept, not made anew
+    key_dir = tmp_path / "keys" / "vm-a"
+    for secret in ("ssh_host_ed25519_key", "agent-key.pem", "id_ed25519", "agent-token"):
+        assert _mode(key_dir / secret) == 0o600, secret
+    public = subprocess.run(["ssh-keygen", "-y", "-f", str(key_dir / "ssh_host_ed25519_key")],
+                            capture_output=True, text=True, check=True).stdout.split()[:2]
+    assert (key_dir / "known_hosts").read_text().split() == ["somnus-vm-a", *public]
+    assert (key_dir / "agent-cert.pem").read_bytes() == files["agent-cert.pem"]
+
+
+def test_ssh_checks_the_pinned_host_key_strictly(tmp_path: Path) -> None:
+    guest_access.seed_files(tmp_path, "vm-a")
+    argv = guest_access.ssh_command(2222, guest_access.ensure_keypair(tmp_path, "vm-a"), "true")
+    options = [argv[i + 1] for i, arg in enumerate(argv) if arg == "-o"]
+    assert {"StrictHostKeyChecking=yes", f"UserKnownHostsFile={tmp_path}/keys/vm-a/known_hosts",
+            "GlobalKnownHostsFile=/dev/null", "HostKeyAlias=somnus-vm-a"} <= set(options)
+    assert "StrictHostKeyChecking=no" not in options
+
+
+def test_a_vm_without_a_pinned_host_key_is_refused_before_ssh_runs(tmp_path: Path) -> None:
+    key = guest_access.ensure_keypair(tmp_path, "old-vm")  # as a VM made before identities
+    with pytest.raises(guest_identity.GuestIdentityError, match="vm/old-vm has no pinned identity"):
+        guest_access.ssh_command(2222, key, "true")
+
+
+def test_an_ssh_server_with_another_host_key_is_refused_and_runs_nothing(tmp_path: Path) -> None:
+    guest_access.seed_files(tmp_path, "vm-a")
+    key = guest_access.ensure_keypair(tmp_path, "vm-a")
+    with impostors.ssh_impostor() as impostor:
+        started = time.monotonic()
+        with pytest.raises(guest_identity.GuestIdentityError) as refused:
+            guest_access.wait_for_ssh(impostor.port, key, timeout_s=60.0)
+    assert time.monotonic() - started < 20  # refused at once, not retried until the timeout
+    assert f"vm/vm-a: the SSH server on 127.0.0.1:{impostor.port} did not prove it is vm/vm-a" in str(refused.value)
+    assert impostor.log == []  # no login, no command
+
+
+def test_ansible_connects_with_the_pinned_host_key_only(tmp_path: Path) -> None:
+    guest_access.seed_files(tmp_path, "vm-a")
+    key = guest_access.ensure_keypair(tmp_path, "vm-a")
+    pack = DesiredPack("tools", CapabilityPackSpec(), Source(tmp_path / "pack.yaml", 1))
+    target = ansible_inputs.SshTarget("127.0.0.1", 2222, "root", key.private_key, key.identity)
+    [host] = ansible_inputs.inventory(target, "debian", pack)["guest"]["hosts"].values()
+    args = shlex.split(str(host["ansible_ssh_common_args"]))
+    assert "StrictHostKeyChecking=yes" in args and f"UserKnownHostsFile={key.identity.known_hosts}" in args
+    assert ansible_inputs.ansible_env(tmp_path)["ANSIBLE_HOST_KEY_CHECKING"] == "True"

@@ -11,7 +11,7 @@ import pytest
 
 from somnus_reconciler.providers import guest_access
 from somnus_reconciler.providers.agent_client import AgentClient, AgentRefused, AgentUnreachable
-from testkit.agent_process import TOKEN, free_port, running_agent
+from testkit.agent_process import TOKEN, free_port, running_agent, write_certificate
 from tests.integration import secret_scan
 
 
@@ -24,7 +24,7 @@ def _key_body_lines(private_key: Path) -> list[str]:
 
 def test_the_token_is_in_no_repr_str_or_error_of_the_client(tmp_path: Path) -> None:
     token = guest_access.ensure_agent_token(tmp_path, "vm-a")
-    client = AgentClient(free_port(), token, timeout_s=1.0)
+    client = AgentClient(free_port(), token, write_certificate(tmp_path)[0], timeout_s=1.0)
     assert token not in repr(client) and token not in str(client)
     with pytest.raises(AgentUnreachable) as unreachable:
         client.status()
@@ -35,9 +35,9 @@ def test_the_token_is_in_no_refusal_even_when_the_agent_answers(tmp_path: Path) 
     with running_agent(tmp_path) as agent:
         wrong = "a-wrong-token-that-must-not-be-echoed"
         with pytest.raises(AgentRefused) as refused:
-            AgentClient(agent.port, wrong).execute(["true"])
+            AgentClient(agent.port, wrong, agent.certificate).execute(["true"])
         assert wrong not in str(refused.value)
-        answer = AgentClient(agent.port, TOKEN).status()
+        answer = AgentClient(agent.port, TOKEN, agent.certificate).status()
         assert TOKEN not in str(answer)
 
 
@@ -49,9 +49,7 @@ def test_making_keys_tokens_and_seed_disks_logs_and_prints_nothing_secret(
     caplog.set_level(logging.DEBUG)
     key = guest_access.ensure_keypair(tmp_path, "vm-a")
     token = guest_access.ensure_agent_token(tmp_path, "vm-a")
-    guest_access.build_seed_disk(tmp_path / "seed.img", {
-        "authorized_keys": (key.public_openssh + "\n").encode(), "agent-token": (token + "\n").encode(),
-    }, group=None)
+    guest_access.build_seed_disk(tmp_path / "seed.img", guest_access.seed_files(tmp_path, "vm-a"), group=None)
     with pytest.raises(guest_access.GuestUnreachable) as unreachable:
         guest_access.wait_for_ssh(free_port(), key, timeout_s=1.0)
 
@@ -112,3 +110,16 @@ def test_the_scan_remembers_secrets_deleted_before_the_end_and_flags_loose_modes
         f"the secret of {tmp_path}/keys/vm-a/agent-token is in stdout of somnus describe vm/vm-a",
         f"{key.private_key} has mode 644, not 600",
     ])
+
+
+def test_the_scan_covers_the_guests_host_key_and_agent_key(tmp_path: Path) -> None:
+    files = guest_access.seed_files(tmp_path, "vm-a")
+    scan = _scan_of(tmp_path)
+    host_key_line = _key_body_lines(tmp_path / "keys" / "vm-a" / "ssh_host_ed25519_key")[1]
+    agent_key_line = files["agent-key.pem"].splitlines()[1].decode()
+    scan.record_output("stdout of somnus ssh", f"{host_key_line}\n{agent_key_line}")
+    assert sorted(scan.scan()) == sorted([
+        f"the secret of {tmp_path}/keys/vm-a/ssh_host_ed25519_key is in stdout of somnus ssh",
+        f"the secret of {tmp_path}/keys/vm-a/agent-key.pem is in stdout of somnus ssh",
+    ])
+    assert len(scan.secrets) == 4
