@@ -23,6 +23,8 @@ readonly PACKAGES=(
     # VM backups and restores (somnus_reconciler/providers/vm_backups.py): full and
     # incremental through libvirt checkpoints and NBD
     virtnbdbackup
+    # Secrets: the age CLI, which reads the values somnus writes (tests/unit/test_secret_values.py)
+    age
     # Debian guest and container images (debootstrap, mkfs.ext4 -d), guest SSH
     debootstrap e2fsprogs openssh-client
     # Python environment and building wheels

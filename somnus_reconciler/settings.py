@@ -1,7 +1,8 @@
 """Where things live and which daemons to talk to: the Pool spec plus environment.
 
 Precedence (highest first): command-line option, environment variable
-(`SOMNUS_LIBVIRT_URI`, `DOCKER_HOST`, `SOMNUS_STATE_DIR`, `SOMNUS_GUEST_DIR`),
+(`SOMNUS_LIBVIRT_URI`, `DOCKER_HOST`, `SOMNUS_STATE_DIR`, `SOMNUS_GUEST_DIR`,
+`SOMNUS_AGE_KEY_FILE`),
 the manifests' Pool, the defaults of `model.PoolSpec`.
 
 The state directory holds the journal and console logs. Guest disks and base
@@ -28,6 +29,12 @@ class Settings:
     guest_dir: Path
     docker_host: str | None
     shutdown_timeout_s: float = 30.0
+    age_key_file_override: Path | None = None  # SOMNUS_AGE_KEY_FILE
+
+    @property
+    def age_key_file(self) -> Path:
+        """The host's age identity, which decrypts Secrets (outside any repository, 0600)."""
+        return self.age_key_file_override or self.state_dir / "age.key"
 
     @property
     def images_dir(self) -> Path:
@@ -71,4 +78,5 @@ def resolve(
         guest_dir=Path(env.get("SOMNUS_GUEST_DIR") or DEFAULT_GUEST_DIR),
         docker_host=env.get("DOCKER_HOST"),
         shutdown_timeout_s=float(env.get("SOMNUS_SHUTDOWN_TIMEOUT", "30")),
+        age_key_file_override=Path(env["SOMNUS_AGE_KEY_FILE"]).expanduser() if env.get("SOMNUS_AGE_KEY_FILE") else None,
     )

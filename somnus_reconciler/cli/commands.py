@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import click
 
 from somnus_reconciler import __version__
-from somnus_reconciler.cli import arguments, guest_commands, loop_commands, views
+from somnus_reconciler.cli import arguments, guest_commands, loop_commands, secret_commands, views
 from somnus_reconciler.cli.exit_codes import EXIT_CHANGES_PENDING, EXIT_INVALID_OR_ERROR, EXIT_OK, EXIT_STEP_FAILED
 from somnus_reconciler.providers.protocols import ProviderError
 from somnus_reconciler.values import model
@@ -40,6 +40,7 @@ cli.add_command(guest_commands.snapshots)
 cli.add_command(guest_commands.rollback)
 cli.add_command(guest_commands.soft_reboot)
 cli.add_command(guest_commands.ssh)
+cli.add_command(secret_commands.secret)
 cli.add_command(guest_commands.backup)
 cli.add_command(guest_commands.backups)
 cli.add_command(guest_commands.restore)

@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from pydantic_core import ErrorDetails  # what pydantic.ValidationError.errors() lists
 
 AnyManifest = Union[
-    model.ResourceProfile, model.CapabilityPack, model.VirtualMachine, model.Container, model.Pool
+    model.ResourceProfile, model.CapabilityPack, model.VirtualMachine, model.Container, model.Secret, model.Pool
 ]
 Loc = tuple[Union[str, int], ...]
 
@@ -189,7 +189,8 @@ def _load_document(path: Path, node: yaml.Node, data: object, result: _FileResul
         manifest = model.MANIFEST_ADAPTER.validate_python(data, by_alias=True, by_name=False)
     except pydantic.ValidationError as e:
         for error in e.errors(include_url=False):
-            loc: Loc = tuple(error["loc"][1:])  # [0] is the discriminator tag
+            loc: Loc = tuple(part for part in error["loc"][1:]  # [0] is the kind, a discriminator tag
+                             if part not in model.UNION_TAGS)
             line, message = _explain(kind, loc, error, lines)
             problems.append(Diagnostic(Source(path, line or start.line), address, message))
     else:

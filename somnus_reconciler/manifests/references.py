@@ -25,15 +25,17 @@ from somnus_reconciler.values.desired import (
     DEFAULT_POOL,
     DesiredContainer,
     DesiredPack,
+    DesiredSecret,
     DesiredState,
     DesiredVm,
+    SecretEnv,
     VmResources,
 )
 from somnus_reconciler.values.diagnostics import Diagnostics
 
 M = TypeVar(
     "M", model.ResourceProfile, model.CapabilityPack, model.VirtualMachine, model.Container,
-    model.Pool,
+    model.Secret, model.Pool,
 )
 P = ParamSpec("P")
 
@@ -53,6 +55,7 @@ def resolve(declared: Sequence[Declared], *, images_dir: Path | None = None) -> 
     packs = _of_kind(unique, model.CapabilityPack)
     vms = _of_kind(unique, model.VirtualMachine)
     containers = _of_kind(unique, model.Container)
+    secrets = _of_kind(unique, model.Secret)
     pools = list(_of_kind(unique, model.Pool).values())
 
     for extra, _ in pools[1:]:
@@ -66,19 +69,13 @@ def resolve(declared: Sequence[Declared], *, images_dir: Path | None = None) -> 
         if policy is not None and policy.dir is not None:
             _check_backup_dir(d, policy.dir, diagnostics)
     for d, vm in vms.values():
-        if vm.spec.profile is not None:
-            _check_reference(d, "spec.profile", [vm.spec.profile], "profile", profiles, diagnostics)
-        problem = _unresolvable(vm_images.path_problem, vm.spec.image, image_roots)
-        if problem is not None:
-            diagnostics.add(d.source_of("spec.image"), d.address, f"spec.image: {problem}")
-        if vm.spec.packs and not vm_images.guest_services(vm.spec.image).ssh:
-            diagnostics.add(d.source_of("spec.packs"), d.address,
-                            f"spec.packs: image {vm.spec.image!r} carries no SSH server that takes somnus's key, "
-                            "so no pack can be installed in it (packs need a VM of debian-12, or a container)")
+        _check_vm(d, vm, profiles, image_roots, diagnostics)
     wanted = [(d, vm.spec.packs) for d, vm in vms.values()]
     wanted += [(d, c.spec.packs) for d, c in containers.values()]
     for d, names in wanted:
         _check_reference(d, "spec.packs", names, "pack", packs, diagnostics)
+    for d, container in containers.values():
+        _check_secret_refs(d, container, secrets, diagnostics)
     for d, pack in packs.values():
         _check_reference(d, "spec.requires", pack.spec.requires, "pack", packs, diagnostics)
         _check_playbook(d, pack.spec.playbook, diagnostics)
@@ -95,10 +92,30 @@ def resolve(declared: Sequence[Declared], *, images_dir: Path | None = None) -> 
             name: _desired_container(d, c, requires, scope) for name, (d, c) in containers.items()
         },
         packs={name: DesiredPack(name, pack.spec, d.source) for name, (d, pack) in packs.items()},
+        secrets={name: _desired_secret(d, secret) for name, (d, secret) in secrets.items()},
         pool=pool[1].spec if pool else model.PoolSpec(),
         pool_source=pool[0].source if pool else None,
         pool_name=pool[1].metadata.name if pool else None,
     )
+
+
+def _check_vm(d: Declared, vm: model.VirtualMachine, profiles: Mapping[str, object], image_roots: list[Path],
+              diagnostics: Diagnostics) -> None:
+    if vm.spec.profile is not None:
+        _check_reference(d, "spec.profile", [vm.spec.profile], "profile", profiles, diagnostics)
+    problem = _unresolvable(vm_images.path_problem, vm.spec.image, image_roots)
+    if problem is not None:
+        diagnostics.add(d.source_of("spec.image"), d.address, f"spec.image: {problem}")
+    if vm.spec.packs and not vm_images.guest_services(vm.spec.image).ssh:
+        diagnostics.add(d.source_of("spec.packs"), d.address,
+                        f"spec.packs: image {vm.spec.image!r} carries no SSH server that takes somnus's key, "
+                        "so no pack can be installed in it (packs need a VM of debian-12, or a container)")
+
+
+def _desired_secret(d: Declared, secret: model.Secret) -> DesiredSecret:
+    spec = secret.spec
+    return DesiredSecret(secret.metadata.name, tuple(spec.recipients), tuple(sorted(spec.data.items())), d.source,
+                         tuple((key, d.source_of(f"spec.data.{key}")) for key in spec.data))
 
 
 def _unique(declared: Iterable[Declared], diagnostics: Diagnostics) -> list[Declared]:
@@ -126,10 +143,10 @@ def _check_reference(
     for index, name in enumerate(names):
         if name in known:
             continue
-        field = path if path == "spec.profile" else f"{path}[{index}]"
+        field = path if path in ("spec.profile",) or what == "secret" else f"{path}[{index}]"
         close = difflib.get_close_matches(name, list(known), n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
-        kind = "ResourceProfile" if what == "profile" else "CapabilityPack"
+        kind = {"profile": "ResourceProfile", "secret": "Secret"}.get(what, "CapabilityPack")
         diagnostics.add(d.source_of(field), d.address,
                         f"{field}: {what} {name!r} is not declared (no {kind} of that name){hint}")
 
@@ -201,6 +218,21 @@ def _check_backup_dir(d: Declared, directory: str, diagnostics: Diagnostics) -> 
         via = f" (it resolves to {resolved})" if str(resolved) != directory else ""
         diagnostics.add(d.source_of("spec.backup.dir"), d.address,
                         f"spec.backup.dir: {directory!r}{via} is a system directory; name one that holds backups only")
+
+
+def _check_secret_refs(d: Declared, container: model.Container,
+                       secrets: dict[str, tuple[Declared, model.Secret]], diagnostics: Diagnostics) -> None:
+    """Each `env` entry taken from a Secret names a declared Secret and one of its keys."""
+    for variable, value in container.spec.env.items():
+        if not isinstance(value, model.FromSecret):
+            continue
+        ref, field = value.secret_ref, f"spec.env.{variable}.secretRef"
+        if ref.name not in secrets:
+            _check_reference(d, f"{field}.name", [ref.name], "secret", secrets, diagnostics)
+        elif ref.key not in secrets[ref.name][1].spec.data:
+            keys = ", ".join(sorted(secrets[ref.name][1].spec.data)) or "none"
+            diagnostics.add(d.source_of(f"{field}.key"), d.address,
+                            f"{field}.key: secret/{ref.name} has no key {ref.key!r} (its keys: {keys})")
 
 
 def _check_cycles(
@@ -309,11 +341,13 @@ def _desired_container(
         cpus=spec.resources.cpus,
         memory=spec.resources.memory,
         network=spec.network,
-        env=tuple(sorted(spec.env.items())),
+        env=tuple(sorted((k, v) for k, v in spec.env.items() if isinstance(v, str))),
         packs=_install_order(spec.packs, requires),
         owner=container.metadata.labels.get("owner"),
         source=d.source,
         pool=pool,
         drift_policy=spec.drift_policy,
         volumes=tuple((v.name, v.mount_path) for v in spec.volumes),
+        secret_env=tuple(SecretEnv(k, v.secret_ref.name, v.secret_ref.key)
+                         for k, v in sorted(spec.env.items()) if isinstance(v, model.FromSecret)),
     )

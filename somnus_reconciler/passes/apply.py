@@ -16,7 +16,7 @@ from somnus_reconciler.providers import backends as backends_mod
 
 def apply(paths: Sequence[Path], options: converge.PassOptions, *, state_dir: str | None) -> converge.PassReport:
     """InvalidInput before any change when the manifests or the plan are refused."""
-    desired = prepare.load_desired(paths)
+    desired = prepare.load_desired(paths, state_dir=state_dir)
     backends = backends_mod.open_backends(desired, state_dir=state_dir)
     try:
         return converge.run_pass(desired, backends, options)

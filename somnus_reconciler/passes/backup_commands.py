@@ -119,7 +119,7 @@ def restore_container(name: str, backup_name: str | None, manifests: Sequence[Pa
                       state_dir: str | None) -> ContainerRestored:
     """container/`name` as backup `backup_name` (None: the newest) had it, with the spec
     `manifests` declare for it; its present state is backed up first."""
-    desired = prepare.load_desired(manifests) if manifests else None
+    desired = prepare.load_desired(manifests, state_dir=state_dir) if manifests else None
     if desired is None or name not in desired.containers:
         raise BackupRefused(f"container/{name} is made anew with its declared spec: give -f MANIFESTS declaring it")
     with _session(state_dir) as (backends, _, journal):

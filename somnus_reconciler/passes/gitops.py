@@ -122,7 +122,7 @@ def _apply(checkout: Checkout, loop: Loop, trigger: Trigger, *, resync: bool = F
         if not manifests.is_dir():
             raise InvalidInput((Diagnostic(None, None, f"revision {revision[:12]} has no directory "
                                                        f"{checkout.source.path!r}"),))
-        return prepare.load_desired([manifests])
+        return prepare.load_desired([manifests], state_dir=loop.state_dir)
 
     return loop.run_pass(load, trigger, check_packs=resync)
 

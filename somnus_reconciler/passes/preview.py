@@ -18,15 +18,16 @@ from somnus_reconciler.values.desired import DesiredState
 
 
 def validate(paths: Sequence[Path]) -> DesiredState:
-    """The manifests under `paths`, loaded and checked as far as can be without observing."""
-    desired = prepare.load_desired(paths)
+    """The manifests under `paths`, loaded and checked as far as can be without observing
+    (and without the age identity: Secrets are checked for structure and references)."""
+    desired = prepare.load_desired(paths, decrypt=False)
     prepare.static_check(desired)
     return desired
 
 
 def plan(paths: Sequence[Path], *, prune: bool, state_dir: str | None) -> Plan:
     """The plan against the actual state, as `apply` would compute it."""
-    desired = prepare.load_desired(paths)
+    desired = prepare.load_desired(paths, state_dir=state_dir)
     backends = backends_mod.open_backends(desired, state_dir=state_dir)
     try:
         return prepare.prepare(desired, backends, prune=prune)

@@ -73,7 +73,7 @@ def rollback(guest: Guest, snapshot: str | None, manifests: Sequence[Path], *, s
         if not manifests:
             raise RollbackRefused("a container is made anew from its snapshot with its declared spec: "
                                   "give -f MANIFESTS")
-        desired = prepare.load_desired(manifests)
+        desired = prepare.load_desired(manifests, state_dir=state_dir)
         if guest.name not in desired.containers:
             raise RollbackRefused(f"{guest.address} is not declared in {', '.join(map(str, manifests))}")
     backends = backends_mod.open_backends(desired, state_dir=state_dir)

@@ -33,7 +33,7 @@ def watch(paths: Sequence[Path], loop: Loop, *, interval_s: float, step_ms: int 
     next_resync = time.monotonic()
     while not loop.stop.is_set():
         resync = trigger.reason in ("start", "resync")
-        loop.run_pass(lambda: prepare.load_desired(paths), trigger, check_packs=resync)
+        loop.run_pass(lambda: prepare.load_desired(paths, state_dir=loop.state_dir), trigger, check_packs=resync)
         if resync:
             next_resync = time.monotonic() + interval_s
         next_trigger = _next(changes, loop.stop, next_resync)

@@ -299,9 +299,10 @@ def container_change(want: DesiredContainer, have: ActualContainer | None) -> Ch
     if have is None:
         return Change(want.address, Action.CREATE, Disruption.NONE, desired=want)
     if have.spec_hash != want.spec_hash:
+        secrets = sorted({f"secret/{ref.secret}" for ref in want.secret_env})  # named, never their values
         return Change(
             want.address, Action.REPLACE, Disruption.RECREATE, desired=want, actual=have,
-            reason="spec changed",
+            reason=f"spec or {', '.join(secrets)} changed" if secrets else "spec changed",
         )
     if not have.running:
         return Change(

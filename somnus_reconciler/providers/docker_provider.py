@@ -153,7 +153,7 @@ class DockerProvider:
                     image=from_image or c.image,
                     command=list(c.command) if c.command is not None else None,
                     name=c.name,
-                    environment=[f"{k}={v}" for k, v in c.env],
+                    environment=[f"{k}={v}" for k, v in c.env] + _revealed_env(c),
                     labels={**mark_labels(c), **({LABEL_SPEC_HASH: spec_hash} if spec_hash else {})},
                     host_config=api.create_host_config(**host_config_args),
                 )
@@ -367,3 +367,10 @@ def _unmarked(name: str, verb: str) -> str:
 
 def _address(name: str) -> str:
     return f"container/{name}"
+
+
+def _revealed_env(c: DesiredContainer) -> list[str]:
+    """The variables taken from Secrets, in clear for dockerd only."""
+    if len(c.revealed_env) != len(c.secret_env):
+        raise ProviderError(c.address, "create", "its Secret values were not decrypted (load_desired does)")
+    return [f"{variable}={value.reveal()}" for variable, value in c.revealed_env]

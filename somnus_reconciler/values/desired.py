@@ -58,6 +58,55 @@ class DesiredVm:
         return _spec_hash(self)
 
 
+class Revealed:
+    """A Secret's value in clear, in memory only: its repr and str say which it is, never
+    what; `reveal()` is called where it goes into a guest (the container's environment)."""
+
+    __slots__ = ("_value", "label")
+
+    def __init__(self, value: str, label: str) -> None:
+        self._value, self.label = value, label
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return f"<secret {self.label}>"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Revealed) and other._value == self._value and other.label == self.label
+
+    def __hash__(self) -> int:
+        return hash(self.label)
+
+
+@dataclass(frozen=True)
+class SecretEnv:
+    """An environment variable from a Secret: `variable` = secret `secret`'s `key`."""
+
+    variable: str
+    secret: str
+    key: str
+
+
+@dataclass(frozen=True)
+class DesiredSecret:
+    name: str
+    recipients: tuple[str, ...]
+    data: tuple[tuple[str, str], ...]  # (key, age-armored value), as declared
+    source: Source = field(compare=False)
+    key_sources: tuple[tuple[str, Source], ...] = field(default=(), compare=False)  # where each key is
+
+    def value_source(self, key: str) -> Source:
+        return dict(self.key_sources).get(key, self.source)
+
+    @property
+    def address(self) -> str:
+        return f"secret/{self.name}"
+
+
 @dataclass(frozen=True)
 class DesiredContainer:
     name: str
@@ -73,6 +122,11 @@ class DesiredContainer:
     pool: str = DEFAULT_POOL
     drift_policy: str = "correct"  # correct | warn
     volumes: tuple[tuple[str, str], ...] = ()  # (volume name, mount path), as declared
+    secret_env: tuple[SecretEnv, ...] = ()
+    # Filled in by passes.prepare.load_desired, which decrypts: a keyed hash of the values
+    # `secret_env` takes (so a new value recreates the container), and the values themselves.
+    secret_digest: str = ""
+    revealed_env: tuple[tuple[str, Revealed], ...] = field(default=(), compare=False, repr=False)
 
     @property
     def address(self) -> str:
@@ -92,7 +146,8 @@ def _spec_hash(obj: DesiredVm | DesiredContainer) -> str:
     data.pop("source")
     data.pop("packs")
     data.pop("drift_policy")
-    for optional in ("backup", "volumes"):  # absent ones keep the hashes objects had before them
+    data.pop("revealed_env", None)  # in clear: the keyed `secret_digest` stands for it
+    for optional in ("backup", "volumes", "secret_env", "secret_digest"):  # absent ones keep earlier hashes
         if not data.get(optional):
             data.pop(optional, None)
     return _hash(data)
@@ -116,6 +171,7 @@ class DesiredState:
     # pack name -> fingerprint of its spec and playbook files; filled in by
     # passes.prepare.load_desired (it reads files) so that planning stays pure.
     pack_fingerprints: dict[str, str] = field(default_factory=dict)
+    secrets: dict[str, DesiredSecret] = field(default_factory=dict)
 
     @property
     def scope(self) -> str:

@@ -113,3 +113,21 @@ PackageName = Annotated[str, AfterValidator(_package_name),
                         Field(json_schema_extra={"maxLength": 200, "pattern": f"^{PACKAGE_NAME}$"})]
 AbsolutePath = Annotated[str, AfterValidator(_absolute_path)]
 LibvirtUri = Annotated[str, AfterValidator(_local_libvirt_uri)]
+
+
+# age's X25519 recipients: "age1" and 58 bech32 characters.
+AGE_RECIPIENT = r"^age1[02-9ac-hj-np-z]{58}$"
+AGE_ARMOR_BEGIN = "-----BEGIN AGE ENCRYPTED FILE-----"
+AgeRecipient = Annotated[str, Field(pattern=AGE_RECIPIENT)]
+# A Secret's keys name environment variables and files alike.
+SecretKey = Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]+$", min_length=1, max_length=253)]
+
+
+def _age_armored(value: str) -> str:
+    """A Secret's value as it stands in a manifest: age's ASCII armor, nothing in clear."""
+    if not value.strip().startswith(AGE_ARMOR_BEGIN):
+        raise ValueError(f"is not encrypted (age's armor, {AGE_ARMOR_BEGIN}): run `somnus secret encrypt FILE`")
+    return value
+
+
+AgeArmored = Annotated[str, AfterValidator(_age_armored)]

@@ -19,8 +19,10 @@ from typing import Annotated, Literal, Union
 from pydantic import (
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
     PositiveInt,
+    Tag,
     TypeAdapter,
     field_validator,
     model_validator,
@@ -29,12 +31,15 @@ from pydantic.alias_generators import to_camel
 
 from somnus_reconciler.values.fields import (
     AbsolutePath,
+    AgeArmored,
+    AgeRecipient,
     AnsibleText,
     LabelValue,
     LibvirtUri,
     Name,
     PackageName,
     Quantity,
+    SecretKey,
     label_key_problem,
 )
 from somnus_reconciler.values.quantity import format_bytes, parse_duration
@@ -188,13 +193,34 @@ class VolumeMount(Strict):
     mount_path: AbsolutePath
 
 
+class SecretRef(Strict):
+    name: Name
+    key: SecretKey
+
+
+class FromSecret(Strict):
+    """An environment variable's value taken from a Secret (`{secretRef: {name, key}}`)."""
+
+    secret_ref: SecretRef
+
+
+# An env value is text or a reference to a Secret, told apart by its YAML type, so that a
+# wrong one gets the error of its own kind only. The tags hold "=", which no variable
+# name does: `manifests.loader` leaves them out of the field paths it shows.
+UNION_TAGS = ("=text", "=secretRef")
+EnvValue = Annotated[
+    Union[Annotated[str, Tag("=text")], Annotated[FromSecret, Tag("=secretRef")]],
+    Discriminator(lambda value: "=secretRef" if isinstance(value, (dict, FromSecret)) else "=text"),
+]
+
+
 class ContainerSpec(Strict):
     image: Annotated[str, Field(min_length=1)]
     command: list[str] | None = None
     resources: ContainerResources = Field(default_factory=ContainerResources)
     packs: list[Name] = Field(default_factory=list)
     network: Literal["none", "host"] = "none"
-    env: dict[str, str] = Field(default_factory=dict)
+    env: dict[str, EnvValue] = Field(default_factory=dict)
     volumes: list[VolumeMount] = Field(default_factory=list, description=(
         "named volumes only, no host paths: their data outlives the container"
     ))
@@ -212,11 +238,12 @@ class ContainerSpec(Strict):
 
     @field_validator("env")
     @classmethod
-    def _env_names(cls, env: dict[str, str]) -> dict[str, str]:
+    def _env_names(cls, env: dict[str, str | FromSecret]) -> dict[str, str | FromSecret]:
         # "A=B: c" would silently set A to "B=c"; NUL cannot pass through exec at all.
         problems = [f"{key} is not a valid variable name (empty, or holds '=' or NUL)"
                     for key in env if not key or "=" in key or "\0" in key]
-        problems += [f"{key} has a value holding NUL" for key, value in env.items() if "\0" in value]
+        problems += [f"{key} has a value holding NUL" for key, value in env.items()
+                     if isinstance(value, str) and "\0" in value]
         if problems:
             raise ValueError("; ".join(problems))
         return env
@@ -268,13 +295,25 @@ class Container(_Document):
     spec: ContainerSpec
 
 
+class SecretSpec(Strict):
+    recipients: list[AgeRecipient] = Field(min_length=1, description=(
+        "age public keys (age1...) whose identities may decrypt the values; the host's is one of them"
+    ))
+    data: dict[SecretKey, AgeArmored] = Field(description="each value encrypted on its own (age, ASCII armor)")
+
+
+class Secret(_Document):
+    kind: Literal["Secret"]
+    spec: SecretSpec
+
+
 class Pool(_Document):
     kind: Literal["Pool"]
     spec: PoolSpec = Field(default_factory=PoolSpec)
 
 
 Manifest = Annotated[
-    Union[ResourceProfile, CapabilityPack, VirtualMachine, Container, Pool],
+    Union[ResourceProfile, CapabilityPack, VirtualMachine, Container, Secret, Pool],
     Field(discriminator="kind"),
 ]
 # pydantic types TypeAdapter's argument as a PEP 747 TypeForm: mypy accepts the
@@ -287,6 +326,7 @@ KINDS: dict[str, type[_Document]] = {
     "CapabilityPack": CapabilityPack,
     "VirtualMachine": VirtualMachine,
     "Container": Container,
+    "Secret": Secret,
     "Pool": Pool,
 }
 # Short kind names used in addresses (`vm/coder-1`) and on the command line.
@@ -295,6 +335,7 @@ SHORT_KIND: dict[str, str] = {
     "Container": "container",
     "CapabilityPack": "pack",
     "ResourceProfile": "profile",
+    "Secret": "secret",
     "Pool": "pool",
 }
 

@@ -6,7 +6,8 @@ adds the JSON events and stderr of every `watch` and `gitops`) and harvests the
 secrets after each call (`SESSION.harvest`: a delete or prune removes a VM's keys, so
 they are read while they exist). At the end of the session `SESSION.scan()` looks for
 each secret (an agent token; the base64 body lines of a private key: the VM's SSH key,
-its guest's host key, its agent's TLS key) in every
+its guest's host key, its agent's TLS key; the host's age identity; the clear values of
+Secrets that tests register with `register_value`) in every
 recorded output and in every other file under every registered state directory: the
 journal and its WAL, console logs, `runs/` (Ansible artifacts), `history-index/`,
 `gitops/`. A finding names the secret by its file and where it was found, never the
@@ -27,6 +28,7 @@ KEY_FILE = "id_ed25519"
 TOKEN_FILE = "agent-token"
 HOST_KEY_FILE = "ssh_host_ed25519_key"  # the guest's, made on the host (guest_identity)
 AGENT_KEY_FILE = "agent-key.pem"  # PKCS#8: every body line holds key bytes
+AGE_KEY_FILE = "age.key"  # the host's age identity (Settings.age_key_file), in the state directory
 PRIVATE_KEY_BEGIN = b"-----BEGIN OPENSSH PRIVATE KEY-----"
 # The first body line of every unencrypted ed25519 key is the same header; short lines
 # (the comment and padding at the end) are not secret either.
@@ -48,12 +50,17 @@ def read_secret(path: Path) -> Secret | None:
     if path.name == TOKEN_FILE:
         token = data.strip()
         return Secret(path, (token,)) if token else None
+    if path.name == AGE_KEY_FILE:
+        keys = tuple(line.strip() for line in data.splitlines() if line.startswith(b"AGE-SECRET-KEY-"))
+        return Secret(path, keys) if keys else None
     body = [line.strip() for line in data.splitlines()[1:] if not line.startswith(b"-----")]
     needles = tuple(line for line in body[0 if path.name == AGENT_KEY_FILE else 1:] if len(line) >= _MIN_KEY_LINE)
     return Secret(path, needles) if needles else None
 
 
 def secret_files(state_dir: Path) -> Iterator[Path]:
+    if (state_dir / AGE_KEY_FILE).is_file():
+        yield state_dir / AGE_KEY_FILE
     keys = state_dir / "keys"
     if keys.is_dir():
         for name in (KEY_FILE, TOKEN_FILE, HOST_KEY_FILE, AGENT_KEY_FILE):
@@ -74,6 +81,10 @@ class SecretScan:
     def record_output(self, what: str, text: str) -> None:
         if text:
             self.outputs.append((what, text))
+
+    def register_value(self, label: str, value: str) -> None:
+        """A Secret's clear value a test put in a manifest: it must turn up nowhere."""
+        self.secrets[Path(f"<{label}>")] = Secret(Path(label), (value.encode(),))
 
     def harvest(self) -> None:
         for state_dir in self.state_dirs:

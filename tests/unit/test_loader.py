@@ -89,22 +89,22 @@ SINGLE_PROBLEMS = {
     "missing kind": (
         "apiVersion: somnus/v1\nmetadata: {name: x}\nspec: {}\n",
         "a.yaml:1: missing kind (one of ResourceProfile, CapabilityPack, VirtualMachine, "
-        "Container, Pool)",
+        "Container, Secret, Pool)",
     ),
     "unknown kind with hint": (
         "apiVersion: somnus/v1\nkind: VirtualMachin\nmetadata: {name: x}\n",
         "a.yaml:2: unknown kind 'VirtualMachin' (did you mean 'VirtualMachine'?); expected one of "
-        "ResourceProfile, CapabilityPack, VirtualMachine, Container, Pool",
+        "ResourceProfile, CapabilityPack, VirtualMachine, Container, Secret, Pool",
     ),
     "unknown kind without hint": (
         "apiVersion: somnus/v1\nkind: Deployment\nmetadata: {name: x}\n",
         "a.yaml:2: unknown kind 'Deployment'; expected one of "
-        "ResourceProfile, CapabilityPack, VirtualMachine, Container, Pool",
+        "ResourceProfile, CapabilityPack, VirtualMachine, Container, Secret, Pool",
     ),
     "kind that is not a string": (
         "apiVersion: somnus/v1\nkind: [Pool]\n",
         "a.yaml:2: unknown kind ['Pool']; expected one of "
-        "ResourceProfile, CapabilityPack, VirtualMachine, Container, Pool",
+        "ResourceProfile, CapabilityPack, VirtualMachine, Container, Secret, Pool",
     ),
     "duplicate top-level key": (
         "kind: Pool\nmetadata: {name: a}\nkind: Pool\napiVersion: somnus/v1\n",

@@ -148,6 +148,8 @@ class ScriptedLoop(StopAfterOneEvent):
     """Answers each pass with the next report of `reports` (calling `load`, which checks the
     revision out), and stops after the last."""
 
+    state_dir = None
+
     def __init__(self, reports: list[Callable[[], PassReport]]) -> None:
         super().__init__()
         self.reports = reports
