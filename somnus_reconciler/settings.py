@@ -37,6 +37,11 @@ class Settings:
         return self.age_key_file_override or self.state_dir / "age.key"
 
     @property
+    def secret_digest_key_file(self) -> Path:
+        """The key of the keyed hashes marks hold instead of Secret values (age_secrets.keyed_digest)."""
+        return self.state_dir / "keys" / "secret-digest.key"
+
+    @property
     def images_dir(self) -> Path:
         return self.guest_dir / "images"
 

@@ -46,14 +46,14 @@ def load_desired(paths: Sequence[Path], *, decrypt: bool = True, state_dir: str 
     desired = dataclasses.replace(desired, pack_fingerprints=fingerprints)
     if not decrypt or not any(c.secret_env for c in desired.containers.values()):
         return desired
-    return reveal_secrets(desired, settings_mod.resolve(desired.pool, state_dir=state_dir).age_key_file)
+    return reveal_secrets(desired, settings_mod.resolve(desired.pool, state_dir=state_dir))
 
 
-def reveal_secrets(desired: DesiredState, key_file: Path) -> DesiredState:
+def reveal_secrets(desired: DesiredState, settings: settings_mod.Settings) -> DesiredState:
     """Each container's `secret_env` decrypted into `revealed_env`, with its keyed
     `secret_digest`; InvalidInput at the value's line for any that does not decrypt."""
     try:
-        identity = age_secrets.Identity(key_file)
+        identity = age_secrets.Identity(settings.age_key_file)
     except age_secrets.SecretError as e:
         raise InvalidInput((Diagnostic(None, None, str(e)),)) from None
     problems = Diagnostics()
@@ -70,7 +70,8 @@ def reveal_secrets(desired: DesiredState, key_file: Path) -> DesiredState:
                 problems.add(secret.value_source(ref.key), secret.address, f"spec.data.{ref.key}: {e}")
                 continue
             revealed.append((ref.variable, Revealed(value, f"{ref.secret}/{ref.key}")))
-        digest = identity.keyed_digest((f"{variable}={value.label}", value.reveal()) for variable, value in revealed)
+        digest = age_secrets.keyed_digest(settings.secret_digest_key_file,
+                                          ((f"{variable}={value.label}", value.reveal()) for variable, value in revealed))
         containers[name] = dataclasses.replace(container, revealed_env=tuple(revealed), secret_digest=digest)
     problems.raise_if_any()
     return dataclasses.replace(desired, containers=containers)

@@ -47,8 +47,6 @@ class Identity:
             raise SecretError(f"{path} holds no age identity (a line AGE-SECRET-KEY-1...)") from None
         self.path = path
         self.public_key = str(self._identity.to_public())
-        # The key of `keyed_digest`: from the identity, so only its holder can test a guess.
-        self._digest_key = hashlib.sha256(b"somnus secret digest\0" + (secret or "").encode()).digest()
 
     def __repr__(self) -> str:
         return f"Identity({self.path}, public key {self.public_key})"
@@ -64,12 +62,19 @@ class Identity:
         except UnicodeDecodeError:
             raise SecretError(f"{what} is not UTF-8 text once decrypted") from None
 
-    def keyed_digest(self, values: Iterable[tuple[str, str]]) -> str:
-        """HMAC-SHA256 of (label, value) pairs: what a mark records instead of the values."""
-        mac = hmac.new(self._digest_key, digestmod=hashlib.sha256)
-        for label, value in values:
-            mac.update(label.encode() + b"\0" + value.encode() + b"\0")
-        return mac.hexdigest()[:32]
+
+
+def keyed_digest(key_file: Path, values: Iterable[tuple[str, str]]) -> str:
+    """HMAC-SHA256 of (label, value) pairs, what a mark records instead of the values. Its
+    key is a random file of the host's (made on first use, 0600), not the age identity,
+    so that only this host can test a guess and a rotated identity changes no digest."""
+    key_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if not key_file.exists():
+        secret_files.publish_secret(key_file, os.urandom(32))
+    mac = hmac.new(key_file.read_bytes(), digestmod=hashlib.sha256)
+    for label, value in values:
+        mac.update(label.encode() + b"\0" + value.encode() + b"\0")
+    return mac.hexdigest()[:32]
 
 
 def _reason(error: Exception) -> str:

@@ -186,7 +186,10 @@ def test_rotate_encrypts_to_a_new_identity_and_keeps_the_old_one_aside(tmp_path:
     old = _run("secret", "keygen", state=state).splitlines()[0]
     path = _secret_file(tmp_path, old)
     secret_commands.encrypt_file(path)
+    digest = prepare.load_desired([path], state_dir=str(state)).containers["box"].secret_digest
     new = _run("secret", "rotate", str(tmp_path), state=state).splitlines()[0]
+    # Same values, same digest: a rotation recreates no container.
+    assert prepare.load_desired([path], state_dir=str(state)).containers["box"].secret_digest == digest
     assert new != old and new in path.read_text() and old not in path.read_text()
     identity = age_secrets.Identity(state / "age.key")
     assert identity.public_key == new
