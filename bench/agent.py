@@ -32,6 +32,7 @@ sys.path.insert(0, str(REPO))
 from somnus_reconciler.providers import guest_access  # noqa: E402
 from somnus_reconciler.providers.agent_client import AgentClient, AgentUnreachable  # noqa: E402
 from testkit.agent_process import TOKEN, running_agent  # noqa: E402
+from testkit.backups import remove_backups  # noqa: E402
 
 PREFIX = "bench-agent"
 
@@ -103,6 +104,7 @@ def main() -> None:
                 somnus(state, "apply", str(manifests), "--prune", "-y")
             except (subprocess.CalledProcessError, AgentUnreachable) as e:
                 print(f"cleanup failed: {e}", file=sys.stderr)
+            remove_backups(PREFIX)  # the prune's backup of the bench VM
 
     print(f"apply -> Ready (boot under TCG, agent up): {ready_s:.1f} s")
     print(f"{'request':<22} {'guest via forward':>22} {'host loopback':>18}")

@@ -27,6 +27,8 @@ import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+from testkit.backups import remove_backups  # noqa: E402
+
 PREFIX = "bench-noop"
 
 RAW_FLOOR = """
@@ -128,6 +130,7 @@ def main() -> None:
     finally:
         path.write_text(yaml.safe_dump_all(manifests(0), sort_keys=False))
         somnus("apply", str(path), "--prune", "-y", env=env)
+        remove_backups(PREFIX)
 
     print(f"no-op diff, N VMs (shut off) + N containers; median of {args.repeat}; one run\n")
     print(f"{'N':>4} | {'converge':>9} | {'somnus diff':>11} | {'raw floor':>9} | {'ratio':>5} "

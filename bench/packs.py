@@ -37,6 +37,7 @@ from somnus_reconciler.providers import (
 )
 from somnus_reconciler.providers import backends as backends_mod
 from testkit import apt_repo  # noqa: E402
+from testkit.backups import remove_backups  # noqa: E402
 
 PREFIX = "bench-packs"
 PACKS = ["local-repo", "hello", "marker"]
@@ -155,6 +156,7 @@ def main() -> None:
     finally:
         cleanup = write_tree(root / "cleanup", with_guests=False)
         subprocess.run([*somnus, "apply", str(cleanup), "--prune", "-y"], capture_output=True, env=env)
+        remove_backups(PREFIX)
 
     print(f"pack steps, one VM (debian-12, TCG) + one container, packs {', '.join(PACKS)}; median of {args.repeat}\n")
     print(f"converge from nothing (VM boot + 3 packs on each guest): {converge_s:.1f} s")

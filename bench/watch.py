@@ -33,6 +33,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench.noop import manifests, somnus  # noqa: E402
+from testkit.backups import remove_backups  # noqa: E402
 
 
 def percentile(samples: list[float], p: float) -> float:
@@ -117,6 +118,7 @@ def main() -> None:
             watcher.wait(timeout=60)
             path.write_text(yaml.safe_dump_all(docs[:1]))  # the Pool alone: prune everything else
             somnus("apply", str(root / "m"), "--prune", "-y", env=env)
+            remove_backups("bench-noop")
 
     print(f"{args.edits} edits of one file, {n} VMs + {n} containers, no-op reconciles:")
     print(f"  write -> plan starts:     median {statistics.median(to_plan) * 1000:6.0f} ms"
