@@ -152,7 +152,7 @@ class VmBackups:
     def _place(self, vm: str, directory: str | None) -> None:
         """Make `<root>/<vm>` the VM's own directory, or a link to `<directory>/<vm>`;
         the backups already taken move along, so that a chain stays whole."""
-        here, target = self.root / vm, Path(directory) / vm if directory is not None else None
+        here, target = self.root / vm, Path(directory).expanduser() / vm if directory is not None else None
         if (here.is_symlink() and target is not None and here.resolve() == target.resolve()
                 or not here.is_symlink() and target is None):
             return

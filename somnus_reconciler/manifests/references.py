@@ -143,7 +143,7 @@ def _check_reference(
     for index, name in enumerate(names):
         if name in known:
             continue
-        field = path if path in ("spec.profile",) or what == "secret" else f"{path}[{index}]"
+        field = path if path == "spec.profile" or what == "secret" else f"{path}[{index}]"
         close = difflib.get_close_matches(name, list(known), n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         kind = {"profile": "ResourceProfile", "secret": "Secret"}.get(what, "CapabilityPack")
@@ -186,38 +186,39 @@ def _unresolvable(check: Callable[P, str | None], *args: P.args, **kwargs: P.kwa
         return f"cannot be resolved: {e}"
 
 
+def _outside_system(raw: str, system: tuple[Path, ...], otherwise: str) -> Path | str:
+    """`raw` with its links resolved, when it lies outside the root and the `system`
+    directories; else the problem (`otherwise` says what such a directory would do)."""
+    try:
+        resolved = Path(raw).expanduser().resolve()
+    except (OSError, RuntimeError, ValueError) as e:  # as in _unresolvable
+        return f"{raw!r} cannot be resolved: {e}"
+    if resolved == Path("/") or any(resolved.is_relative_to(p) for p in system):
+        via = f" (it resolves to {resolved})" if str(resolved) != raw else ""
+        return f"{raw!r}{via} {otherwise}"
+    return resolved
+
+
 def _check_image_roots(d: Declared, pool: model.Pool, diagnostics: Diagnostics) -> list[Path]:
     """The Pool's allowedImageRoots that may be used; the root of the file system and
     system directories (after resolving links) are refused."""
     allowed: list[Path] = []
     for index, root in enumerate(pool.spec.allowed_image_roots):
-        try:
-            resolved = Path(root).expanduser().resolve()
-        except (OSError, RuntimeError, ValueError) as e:  # as in _unresolvable
-            diagnostics.add(d.source_of(f"spec.allowedImageRoots[{index}]"), d.address,
-                            f"spec.allowedImageRoots[{index}]: {root!r} cannot be resolved: {e}")
-            continue
-        if resolved == Path("/") or any(resolved.is_relative_to(p) for p in _SYSTEM_DIRS):
-            via = f" (it resolves to {resolved})" if str(resolved) != root else ""
-            diagnostics.add(d.source_of(f"spec.allowedImageRoots[{index}]"), d.address,
-                            f"spec.allowedImageRoots[{index}]: {root!r}{via} would open the host's "
-                            f"system files to guests; name a directory that holds images only")
+        field = f"spec.allowedImageRoots[{index}]"
+        checked = _outside_system(root, _SYSTEM_DIRS, "would open the host's system files to guests; "
+                                                      "name a directory that holds images only")
+        if isinstance(checked, Path):
+            allowed.append(checked)
         else:
-            allowed.append(resolved)
+            diagnostics.add(d.source_of(field), d.address, f"{field}: {checked}")
     return allowed
 
 
 def _check_backup_dir(d: Declared, directory: str, diagnostics: Diagnostics) -> None:
     """A backup directory is written as root, so it may not be (in) a system directory."""
-    try:
-        resolved = Path(directory).resolve()
-    except (OSError, RuntimeError, ValueError) as e:  # as in _unresolvable
-        diagnostics.add(d.source_of("spec.backup.dir"), d.address, f"spec.backup.dir: {directory!r} cannot be resolved: {e}")
-        return
-    if resolved == Path("/") or any(resolved.is_relative_to(p) for p in _NOT_FOR_BACKUPS):
-        via = f" (it resolves to {resolved})" if str(resolved) != directory else ""
-        diagnostics.add(d.source_of("spec.backup.dir"), d.address,
-                        f"spec.backup.dir: {directory!r}{via} is a system directory; name one that holds backups only")
+    checked = _outside_system(directory, _NOT_FOR_BACKUPS, "is a system directory; name one that holds backups only")
+    if isinstance(checked, str):
+        diagnostics.add(d.source_of("spec.backup.dir"), d.address, f"spec.backup.dir: {checked}")
 
 
 def _check_secret_refs(d: Declared, container: model.Container,

@@ -56,6 +56,7 @@ def reveal_secrets(desired: DesiredState, settings: settings_mod.Settings) -> De
         identity = age_secrets.Identity(settings.age_key_file)
     except age_secrets.SecretError as e:
         raise InvalidInput((Diagnostic(None, None, str(e)),)) from None
+    key = age_secrets.digest_key(settings.secret_digest_key_file)
     problems = Diagnostics()
     containers = dict(desired.containers)
     for name, container in desired.containers.items():
@@ -70,8 +71,8 @@ def reveal_secrets(desired: DesiredState, settings: settings_mod.Settings) -> De
                 problems.add(secret.value_source(ref.key), secret.address, f"spec.data.{ref.key}: {e}")
                 continue
             revealed.append((ref.variable, Revealed(value, f"{ref.secret}/{ref.key}")))
-        digest = age_secrets.keyed_digest(settings.secret_digest_key_file,
-                                          ((f"{variable}={value.label}", value.reveal()) for variable, value in revealed))
+        digest = age_secrets.keyed_digest(key, ((f"{variable}={value.label}", value.reveal())
+                                                for variable, value in revealed))
         containers[name] = dataclasses.replace(container, revealed_env=tuple(revealed), secret_digest=digest)
     problems.raise_if_any()
     return dataclasses.replace(desired, containers=containers)

@@ -16,7 +16,6 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -122,14 +121,6 @@ def encrypt_file(path: Path) -> int:
     return count
 
 
-@dataclass
-class _Edit:
-    """A Secret document's values, decrypted for the editor, and what they were."""
-
-    name: str
-    before: dict[str, tuple[str, str]]  # key -> (clear, armored)
-
-
 def edit_file(path: Path, editor: Sequence[str], state_dir: str | None) -> int:
     """Decrypt the file's Secrets into a private temporary file, run `editor` on it,
     encrypt what changed back into `path`; how many values were changed or added."""
@@ -140,7 +131,7 @@ def edit_file(path: Path, editor: Sequence[str], state_dir: str | None) -> int:
         fd = os.open(clear_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(path.read_text())
-        edits: dict[str, _Edit] = {}
+        edits: dict[str, dict[str, tuple[str, str]]] = {}  # secret -> key -> (clear, armored as it was)
 
         def decrypt(doc: Doc) -> bool:
             data, _ = _data(doc)
@@ -149,7 +140,7 @@ def edit_file(path: Path, editor: Sequence[str], state_dir: str | None) -> int:
                 if _encrypted(value):
                     clear = identity.decrypt(str(value), f"{_name(doc)} key {key}")
                     data[key], before[key] = clear, (clear, str(value))
-            edits[_name(doc)] = _Edit(_name(doc), before)
+            edits[_name(doc)] = before
             return True
 
         _rewrite(clear_file, decrypt)
@@ -159,14 +150,14 @@ def edit_file(path: Path, editor: Sequence[str], state_dir: str | None) -> int:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _reencrypt(path: Path, clear_file: Path, edits: dict[str, _Edit]) -> int:
+def _reencrypt(path: Path, clear_file: Path, edits: dict[str, dict[str, tuple[str, str]]]) -> int:
     """`clear_file` back into `path`, a value kept as its old ciphertext when unchanged."""
     count = 0
 
     def encrypt(doc: Doc) -> bool:
         nonlocal count
         data, recipients = _data(doc)
-        before = edits.get(_name(doc), _Edit(_name(doc), {})).before
+        before = edits.get(_name(doc), {})
         for key, value in data.items():
             if key in before and before[key][0] == value:
                 data[key] = before[key][1]

@@ -64,14 +64,19 @@ class Identity:
 
 
 
-def keyed_digest(key_file: Path, values: Iterable[tuple[str, str]]) -> str:
-    """HMAC-SHA256 of (label, value) pairs, what a mark records instead of the values. Its
-    key is a random file of the host's (made on first use, 0600), not the age identity,
-    so that only this host can test a guess and a rotated identity changes no digest."""
+def digest_key(key_file: Path) -> bytes:
+    """The key of `keyed_digest`: a random file of the host's (made on first use, 0600), not
+    the age identity, so that only this host can test a guess and a rotated identity
+    changes no digest."""
     key_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     if not key_file.exists():
         secret_files.publish_secret(key_file, os.urandom(32))
-    mac = hmac.new(key_file.read_bytes(), digestmod=hashlib.sha256)
+    return key_file.read_bytes()
+
+
+def keyed_digest(key: bytes, values: Iterable[tuple[str, str]]) -> str:
+    """HMAC-SHA256 of (label, value) pairs: what a mark records instead of the values."""
+    mac = hmac.new(key, digestmod=hashlib.sha256)
     for label, value in values:
         mac.update(label.encode() + b"\0" + value.encode() + b"\0")
     return mac.hexdigest()[:32]

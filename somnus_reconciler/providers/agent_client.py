@@ -20,6 +20,7 @@ what answered is not the VM's agent, or the VM has no pinned certificate). Answe
 
 from __future__ import annotations
 
+import functools
 import http.client
 import json
 import ssl
@@ -82,8 +83,10 @@ class AgentClient:
     def address(self) -> str:
         return f"{self.host}:{self.port}"
 
+    @functools.cached_property
     def _tls(self) -> ssl.SSLContext:
-        """Trusting the VM's certificate alone; AgentUnproven (how to migrate) when it has none."""
+        """Trusting the VM's certificate alone, made once per client (`get` asks each agent
+        twice); AgentUnproven (how to migrate) when the VM has none."""
         if not self.certificate.is_file():
             raise AgentUnproven(str(guest_identity.unpinned(self.vm)))
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
@@ -96,7 +99,7 @@ class AgentClient:
                 *, timeout_s: float | None = None) -> JsonObject:
         """One request on a fresh TLS connection; the decoded JSON answer of a 2xx status."""
         conn = http.client.HTTPSConnection(self.host, self.port, timeout=timeout_s or self.timeout_s,
-                                           context=self._tls())
+                                           context=self._tls)
         data = json.dumps(body).encode() if body is not None else None
         headers = {"Authorization": f"Bearer {self.token}", "Accept": "application/json"}
         if data is not None:

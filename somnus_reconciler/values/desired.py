@@ -75,12 +75,6 @@ class Revealed:
 
     __str__ = __repr__
 
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Revealed) and other._value == self._value and other.label == self.label
-
-    def __hash__(self) -> int:
-        return hash(self.label)
-
 
 @dataclass(frozen=True)
 class SecretEnv:
