@@ -90,19 +90,19 @@ def timed(commands: list[list[str]], env: dict[str, str], repeat: int) -> float:
     return statistics.median(samples)
 
 
-def plain_playbook(tree: Path, state_dir: Path, workdir: Path) -> list[list[str]]:
+def plain_playbook(tree: Path, key: guest_access.GuestKey, workdir: Path) -> list[list[str]]:
     """The same three packs with plain `ansible-playbook`, one run per pack (the generic
-    playbook takes its pack as extra vars), against the same VM over the same SSH."""
+    playbook takes its pack as extra vars), against the same VM over the same SSH (run
+    them with the env of an ssh-agent holding `key`, as somnus does)."""
     desired = prepare.load_desired([tree])
     backends = backends_mod.open_backends(desired)
     vm = backends.vms.observe_one(f"{PREFIX}-vm")
     backends.close()
     assert vm is not None and vm.mark is not None
     port = next(f.host_port for f in vm.mark.forwards if f.name == "ssh")
-    key = guest_access.ensure_keypair(state_dir, f"{PREFIX}-vm")
     inventory = {"guest": {"hosts": {"vm": {
         "ansible_host": "127.0.0.1", "ansible_port": port, "ansible_user": "root",
-        "ansible_ssh_private_key_file": str(key.private_key),
+        "ansible_ssh_private_key_file": str(key.public_key),
         "ansible_ssh_common_args": shlex.join(guest_identity.ssh_options(key.identity)),
         "ansible_python_interpreter": "/usr/bin/python3"}}}}
     (workdir / "inventory.json").write_text(json.dumps(inventory))
@@ -151,7 +151,9 @@ def main() -> None:
         if converge.returncode != 0:
             raise SystemExit(f"converge failed:\n{converge.stdout}{converge.stderr}")
         noop = timed([[*somnus, "apply", str(tree), "-y"]], env, args.repeat)
-        plain = timed(plain_playbook(tree, state_dir, root), env, args.repeat)
+        key = guest_access.ensure_keypair(state_dir, f"{PREFIX}-vm")
+        with guest_access.ssh_agent(key) as agent:
+            plain = timed(plain_playbook(tree, key, root), {**env, **agent.env}, args.repeat)
         costs = snapshot_costs(state_dir, tree)
     finally:
         cleanup = write_tree(root / "cleanup", with_guests=False)

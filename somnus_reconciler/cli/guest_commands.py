@@ -8,7 +8,6 @@ hand the result to their view (`guest_view`, `backup_view`).
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -115,11 +114,10 @@ def ssh(address: str, command: Sequence[str], state_dir: str | None) -> None:
     if model.SHORT_KIND.get(kind, kind) != "vm" or not name:
         arguments.fail("give vm/NAME: containers are reached with docker exec")
     try:
-        argv = guest_shell.ssh_argv(name, command, interactive=sys.stdin.isatty(), state_dir=state_dir)
+        code = guest_shell.run_ssh(name, command, interactive=sys.stdin.isatty(), state_dir=state_dir)
     except (ProviderError, SomnusError) as e:
         arguments.fail(str(e))
-    sys.stdout.flush()
-    os.execvp(argv[0], argv)
+    sys.exit(code)
 
 
 def _backed_up(address: str) -> tuple[str, str]:

@@ -54,9 +54,9 @@ class AnsiblePackRunner:
         ports = {f.name: f.host_port for f in actual.mark.forwards} if actual and actual.mark else {}
         if "ssh" not in ports:
             raise ProviderError(vm.address, "reach guest", "the domain has no SSH forward")
-        key = guest_access.ensure_keypair(self._state_dir, vm.name)
         try:
+            key = guest_access.ensure_keypair(self._state_dir, vm.name)  # VaultError: sealed with another key
             guest_access.wait_for_ssh(ports["ssh"], key, self._ssh_timeout_s)
         except SomnusError as e:  # unreachable (temporary), not the guest, or no ssh client on the host
             raise as_provider_error(vm.address, "reach guest", e) from e
-        return SshTarget("127.0.0.1", ports["ssh"], "root", key.private_key, key.identity)
+        return SshTarget("127.0.0.1", ports["ssh"], "root", key)

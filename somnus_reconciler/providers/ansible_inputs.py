@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TypedDict
 
 from somnus_reconciler.manifests.pack_files import PLAYBOOKS_DIR, pack_playbook_path
+from somnus_reconciler.providers.guest_access import GuestKey
 from somnus_reconciler.providers.guest_identity import GuestIdentity, pinned, ssh_options
 from somnus_reconciler.providers.protocols import ProviderError
 from somnus_reconciler.values.desired import DesiredPack
@@ -34,13 +35,21 @@ GUEST_GROUP = "guest"
 
 @dataclass(frozen=True)
 class SshTarget:
-    """A VM reached over SSH on a loopback port forward (never a bridge address)."""
+    """A VM reached over SSH on a loopback port forward (never a bridge address).
+
+    Ansible's ssh is given the key's public half; `ansible_provider.run_pack` runs it
+    with an ssh-agent holding the private one (`guest_access.ssh_agent`).
+    """
 
     host: str
     port: int
     user: str
-    private_key: Path
-    identity: GuestIdentity  # its host key, checked strictly by every connection
+    key: GuestKey
+
+    @property
+    def identity(self) -> GuestIdentity:
+        """Its host key, checked strictly by every connection."""
+        return self.key.identity
 
 
 @dataclass(frozen=True)
@@ -128,7 +137,8 @@ def _ssh_hostvars(target: SshTarget, os_family: str, pack: DesiredPack) -> HostV
         "ansible_host": target.host,
         "ansible_port": target.port,
         "ansible_user": target.user,
-        "ansible_ssh_private_key_file": str(target.private_key),
+        # The public half: ssh signs with the private one through the run's ssh-agent.
+        "ansible_ssh_private_key_file": str(target.key.public_key),
         "ansible_ssh_common_args": shlex.join(ssh_options(pinned(target.identity))),
     }
     if os_family == "windows":

@@ -11,14 +11,18 @@ everything the seed disk carries, with the identity the guest proves itself with
 (`guest_identity`: its SSH host key, checked by every `ssh_command`, and its
 agent's certificate).
 
-Private keys live in the state directory, never under the guest directory:
-QEMU does not need them, and nothing here prints or logs them. SSH always goes
-to a loopback address: guests are reached only through their 127.0.0.1 port
-forwards.
+Private keys and tokens live in the state directory, never under the guest
+directory (QEMU does not need them), encrypted at rest by the host vault
+(`host_vault`: `<name>.fernet`) and decrypted in memory when used; the seed disk
+gets them in the clear. ssh never reads a key file: `ssh_agent` hands the key to
+an ssh-agent of its own, and `ssh_command` points ssh at the public half. Nothing
+here prints or logs a secret. SSH always goes to a loopback address: guests are
+reached only through their 127.0.0.1 port forwards.
 """
 
 from __future__ import annotations
 
+import contextlib
 import grp
 import ipaddress
 import os
@@ -27,18 +31,21 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from somnus_reconciler.images import vm_images
-from somnus_reconciler.providers import guest_identity, secret_files
+from somnus_reconciler.providers import guest_identity, host_vault, secret_files
+from somnus_reconciler.providers import ssh_agent as ssh_agent_mod
 from somnus_reconciler.values.errors import PermanentError, TemporaryError
 
 KEYS_DIR = "keys"
 PRIVATE_KEY_FILE = "id_ed25519"
 PUBLIC_KEY_FILE = "id_ed25519.pub"
 AGENT_TOKEN_FILE = "agent-token"
+# What the host vault seals in a VM's key directory (each as `<name>.fernet`).
+SECRET_FILES = (PRIVATE_KEY_FILE, AGENT_TOKEN_FILE, guest_identity.HOST_KEY_FILE, guest_identity.AGENT_KEY_FILE)
 # The group QEMU runs in under qemu:///system on Debian (qemu.conf `group`).
 QEMU_GROUP = "libvirt-qemu"
 
@@ -50,9 +57,15 @@ _SEED_SLACK_BYTES = 1024 * 1024  # inodes, directory and superblocks of a tiny e
 
 @dataclass(frozen=True)
 class GuestKey:
-    private_key: Path
+    sealed_key: Path  # `id_ed25519.fernet`: the private key, encrypted by the host vault
+    public_key: Path  # `id_ed25519.pub`: what ssh is given; the private half comes from `ssh_agent`
     public_openssh: str  # "ssh-ed25519 AAAA... somnus@<vm>", as authorized_keys takes it
     identity: guest_identity.GuestIdentity  # what the guest must prove before ssh runs anything
+    vault: host_vault.HostVault
+
+    def private_openssh(self) -> bytes:
+        """The private key (OpenSSH format), decrypted in memory: for an ssh-agent only."""
+        return self.vault.unseal(self.sealed_key)
 
 
 class GuestUnreachable(TemporaryError):
@@ -72,10 +85,10 @@ class SeedDiskError(PermanentError):
 def ensure_keypair(state_dir: Path, vm_name: str) -> GuestKey:
     """The VM's key pair, made on first call and reused after.
 
-    The private key (OpenSSH format, no passphrase) is at
-    `state_dir/keys/<vm_name>/id_ed25519`, mode 0600, in directories of mode
-    0700 (see `secret_files.publish_secret`). A PermanentError when that file holds
-    another kind of key.
+    The private key (OpenSSH format, no passphrase) is sealed by the host vault in
+    `state_dir/keys/<vm_name>/id_ed25519.fernet`, mode 0600, in directories of mode
+    0700 (see `secret_files.publish_secret`); a clear `id_ed25519` of an earlier
+    version is sealed and removed. A PermanentError when it holds another kind of key.
     """
     # Imported here: every `somnus diff` imports this module (through the libvirt
     # provider), and only creating a VM or reaching a guest needs a key.
@@ -83,48 +96,49 @@ def ensure_keypair(state_dir: Path, vm_name: str) -> GuestKey:
     from cryptography.hazmat.primitives.asymmetric import ed25519
 
     key_dir = _secret_dir(state_dir, vm_name)
+    vault = host_vault.of(state_dir)
     private_path = key_dir / PRIVATE_KEY_FILE
     comment = f"somnus@{vm_name}"
-    if not private_path.exists():
-        new_key = ed25519.Ed25519PrivateKey.generate()
-        secret_files.publish_secret(private_path, new_key.private_bytes(
+    if not host_vault.exists(private_path):
+        vault.seal(private_path, ed25519.Ed25519PrivateKey.generate().private_bytes(
             serialization.Encoding.PEM,
             serialization.PrivateFormat.OpenSSH,
             serialization.NoEncryption(),
         ))
-    os.chmod(private_path, 0o600)
-    key = serialization.load_ssh_private_key(private_path.read_bytes(), password=None)
+    key = serialization.load_ssh_private_key(vault.unseal(private_path), password=None)
+    sealed_path = host_vault.sealed(private_path)
+    os.chmod(sealed_path, 0o600)
     if not isinstance(key, ed25519.Ed25519PrivateKey):
-        raise PermanentError(f"{private_path} does not hold an ed25519 key; remove it to get a new one")
+        raise PermanentError(f"{sealed_path} does not hold an ed25519 key; remove it to get a new one")
     public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
     public_openssh = f"{public.decode()} {comment}"
     secret_files.write_public(key_dir / PUBLIC_KEY_FILE, public_openssh + "\n")
-    return GuestKey(private_key=private_path, public_openssh=public_openssh,
-                    identity=guest_identity.identity_of(key_dir, vm_name))
+    return GuestKey(sealed_key=sealed_path, public_key=key_dir / PUBLIC_KEY_FILE, public_openssh=public_openssh,
+                    identity=guest_identity.identity_of(key_dir, vm_name), vault=vault)
 
 
 def ensure_agent_token(state_dir: Path, vm_name: str) -> str:
     """The bearer token of the VM's agent, made on first call and reused after.
 
     32 random bytes from cryptography (Fernet's key generator: os.urandom,
-    URL-safe base64), in `state_dir/keys/<vm_name>/agent-token`, mode 0600.
-    The guest gets it on the seed disk; the host sends it with every request.
+    URL-safe base64), sealed in `state_dir/keys/<vm_name>/agent-token.fernet`, mode
+    0600. The guest gets it on the seed disk; the host sends it with every request.
     """
     from cryptography.fernet import Fernet
 
     path = _secret_dir(state_dir, vm_name) / AGENT_TOKEN_FILE
-    if not path.exists():
-        secret_files.publish_secret(path, Fernet.generate_key() + b"\n")
+    if not host_vault.exists(path):
+        host_vault.of(state_dir).seal(path, Fernet.generate_key() + b"\n")
     return read_agent_token(state_dir, vm_name)
 
 
 def seed_files(state_dir: Path, vm_name: str) -> dict[str, bytes]:
-    """What the VM's seed disk carries: root's authorized_keys, the agent token, and the
-    identity it proves itself with (`guest_identity`), each made on first use and kept."""
+    """What the VM's seed disk carries, in the clear: root's authorized_keys, the agent token,
+    and the identity it proves itself with (`guest_identity`), each made on first use and kept."""
     key = ensure_keypair(state_dir, vm_name)
     token = ensure_agent_token(state_dir, vm_name)
     return {"authorized_keys": (key.public_openssh + "\n").encode(), AGENT_TOKEN_FILE: (token + "\n").encode(),
-            **guest_identity.ensure_identity(_secret_dir(state_dir, vm_name), vm_name)}
+            **guest_identity.ensure_identity(_secret_dir(state_dir, vm_name), vm_name, key.vault)}
 
 
 def agent_certificate(state_dir: Path, vm_name: str) -> Path:
@@ -133,8 +147,9 @@ def agent_certificate(state_dir: Path, vm_name: str) -> Path:
 
 
 def read_agent_token(state_dir: Path, vm_name: str) -> str:
-    """The VM's agent token; FileNotFoundError when the VM was made without one."""
-    return (_key_dir(state_dir, vm_name) / AGENT_TOKEN_FILE).read_text().strip()
+    """The VM's agent token, decrypted in memory; FileNotFoundError when the VM was made without
+    one, `host_vault.VaultError` when it cannot be decrypted."""
+    return host_vault.of(state_dir).unseal(_key_dir(state_dir, vm_name) / AGENT_TOKEN_FILE).decode().strip()
 
 
 def remove_keypair(state_dir: Path, vm_name: str) -> None:
@@ -143,18 +158,33 @@ def remove_keypair(state_dir: Path, vm_name: str) -> None:
 
 
 def save_keys(state_dir: Path, vm_name: str, dest: Path) -> None:
-    """Copy the VM's key pair and agent token into `dest` (a backup's; made 0700, the
-    files keep their 0600); nothing when the VM has none."""
+    """Copy the VM's key directory into `dest` (a backup's; made 0700, the files keep their
+    0600); nothing when the VM has none. Its secrets go sealed (a clear one is sealed first);
+    the host-vault key stays where it is, so only this host opens them."""
     source = _key_dir(state_dir, vm_name)
     if source.is_dir():
+        _seal_clear_files(state_dir, source)
         shutil.copytree(source, dest, dirs_exist_ok=True)
         os.chmod(dest, 0o700)
 
 
 def load_keys(source: Path, state_dir: Path, vm_name: str) -> None:
-    """Put keys saved by `save_keys` back as the VM's own; nothing when `source` is missing."""
+    """Put keys saved by `save_keys` back as the VM's own; nothing when `source` is missing.
+    Each saved secret replaces the VM's, sealed or clear (a backup of an earlier version)."""
     if source.is_dir():
-        shutil.copytree(source, _secret_dir(state_dir, vm_name), dirs_exist_ok=True)
+        dest = _secret_dir(state_dir, vm_name)
+        for saved in source.iterdir():
+            if host_vault.clear(saved).name in SECRET_FILES:
+                host_vault.remove(dest / saved.name)
+        shutil.copytree(source, dest, dirs_exist_ok=True)
+        _seal_clear_files(state_dir, dest)
+
+
+def _seal_clear_files(state_dir: Path, key_dir: Path) -> None:
+    vault = host_vault.of(state_dir)
+    for name in SECRET_FILES:
+        if (key_dir / name).exists():
+            vault.unseal(key_dir / name)  # seals and removes a clear file without a sealed one
 
 
 def _key_dir(state_dir: Path, vm_name: str) -> Path:
@@ -239,17 +269,28 @@ def _group_id(group: str) -> int:
 # --- SSH -------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def ssh_agent(key: GuestKey, *, parent: Path | None = None) -> Iterator[ssh_agent_mod.SshAgent]:
+    """An ssh-agent of its own holding the VM's private key in memory while the block runs
+    (`ssh_agent.holding`; its socket directory under `parent` when given). Give its `env`
+    to every `ssh_command` and Ansible run; it is stopped when the block ends."""
+    with ssh_agent_mod.holding(key.private_openssh(), f"the key of vm/{key.identity.vm}", parent=parent) as agent:
+        yield agent
+
+
 def ssh_command(port: int, key: GuestKey, *remote: str, host: str = "127.0.0.1") -> list[str]:
     """argv of `ssh` as root into the guest forwarded at host:port, running `remote`.
 
-    The server must hold the VM's own host key (`guest_identity.ssh_options`); a VM
-    without a pinned one is refused (GuestIdentityError). `-F none` keeps the user's
-    own ssh configuration (proxies, other keys) out of it.
+    Run it with the `env` of an `ssh_agent` holding the key: ssh is given the public half
+    only and signs through that agent. The server must hold the VM's own host key
+    (`guest_identity.ssh_options`); a VM without a pinned one is refused
+    (GuestIdentityError). `-F none` keeps the user's own ssh configuration (proxies,
+    other keys) out of it.
     """
     _require_loopback(host)
     return [
         "ssh", "-F", "none",
-        "-i", str(key.private_key),
+        "-i", str(key.public_key),
         "-p", str(port),
         "-o", "BatchMode=yes",
         "-o", "IdentitiesOnly=yes",
@@ -261,11 +302,22 @@ def ssh_command(port: int, key: GuestKey, *remote: str, host: str = "127.0.0.1")
     ]
 
 
-def wait_for_ssh(port: int, key: GuestKey, timeout_s: float, *, host: str = "127.0.0.1") -> None:
+def wait_for_ssh(port: int, key: GuestKey, timeout_s: float, *, host: str = "127.0.0.1",
+                 agent: ssh_agent_mod.SshAgent | None = None) -> None:
     """Poll `ssh ... root@host true` until it succeeds; GuestUnreachable after `timeout_s`
     (a PermanentError when the host has no ssh client, a GuestIdentityError at once when
-    the server is not the guest)."""
+    the server is not the guest). Through `agent`, or an `ssh_agent` of its own."""
     argv = ssh_command(port, key, "true", host=host)
+    if agent is None:
+        with ssh_agent(key) as own:
+            return _poll_ssh(argv, key, own, timeout_s, (host, port))
+    return _poll_ssh(argv, key, agent, timeout_s, (host, port))
+
+
+def _poll_ssh(argv: list[str], key: GuestKey, agent: ssh_agent_mod.SshAgent, timeout_s: float,
+              where: tuple[str, int]) -> None:
+    host, port = where
+    env = {**_c_locale(), **agent.env}
     started = time.monotonic()
     deadline = started + timeout_s
     last_error = "no attempt made"
@@ -274,7 +326,7 @@ def wait_for_ssh(port: int, key: GuestKey, timeout_s: float, *, host: str = "127
         try:
             result = subprocess.run(
                 argv, capture_output=True, text=True, check=False, stdin=subprocess.DEVNULL,
-                timeout=max(1.0, min(_SSH_ATTEMPT_TIMEOUT_S + 5, remaining)), env=_c_locale(),
+                timeout=max(1.0, min(_SSH_ATTEMPT_TIMEOUT_S + 5, remaining)), env=env,
             )
             if result.returncode == 0:
                 return
@@ -288,7 +340,7 @@ def wait_for_ssh(port: int, key: GuestKey, timeout_s: float, *, host: str = "127
         if time.monotonic() + _SSH_RETRY_INTERVAL_S > deadline:
             raise GuestUnreachable(
                 f"waited {time.monotonic() - started:.0f}s for SSH on {host}:{port} as root "
-                f"with key {key.private_key}: {last_error}"
+                f"with key {key.public_key}: {last_error}"
             )
         time.sleep(_SSH_RETRY_INTERVAL_S)
 

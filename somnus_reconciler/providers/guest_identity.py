@@ -12,10 +12,11 @@ proved that it holds the keys made for it here, before its first boot:
   seed disk; `agent_client` trusts that one certificate alone, so the token is sent
   only inside a TLS session with the VM's own agent.
 
-Private keys are in `state_dir/keys/<vm>/` with mode 0600 (`guest_access` makes the
-directory), and appear in no message or log. A VM made before this has neither, and
-its disk's seed script and agent could not take them: `pinned` refuses it, with how
-to make it anew (its disk is backed up first and can be restored).
+Private keys are in `state_dir/keys/<vm>/`, encrypted by the host vault
+(`host_vault`: `<name>.fernet`, 0600; `guest_access` makes the directory), and appear
+in no message or log. A VM made before this has neither, and its disk's seed script
+and agent could not take them: `pinned` refuses it, with how to make it anew (its
+disk is backed up first and can be restored).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import datetime
 from dataclasses import dataclass
 from pathlib import Path
 
-from somnus_reconciler.providers import secret_files
+from somnus_reconciler.providers import host_vault, secret_files
 from somnus_reconciler.values.errors import PermanentError
 
 HOST_KEY_FILE = "ssh_host_ed25519_key"  # also its name on the seed disk
@@ -68,25 +69,27 @@ def unpinned(vm: str) -> GuestIdentityError:
         f"first, `somnus backups vm/{vm}`), then apply with it again")
 
 
-def ensure_identity(key_dir: Path, vm: str) -> dict[str, bytes]:
-    """The VM's host key and agent certificate, made on first call and kept; returns the
-    files its seed disk carries (the private keys and the certificate)."""
+def ensure_identity(key_dir: Path, vm: str, vault: host_vault.HostVault) -> dict[str, bytes]:
+    """The VM's host key and agent certificate, made on first call and kept (the private
+    keys sealed by `vault`); returns the files its seed disk carries, in the clear (the
+    private keys and the certificate)."""
     from cryptography.hazmat.primitives import serialization
 
     identity = identity_of(key_dir, vm)
     host_key = key_dir / HOST_KEY_FILE
-    if not host_key.exists():
-        secret_files.publish_secret(host_key, _new_host_key())
-    loaded = serialization.load_ssh_private_key(host_key.read_bytes(), password=None)
+    if not host_vault.exists(host_key):
+        vault.seal(host_key, _new_host_key())
+    host_key_pem = vault.unseal(host_key)
+    loaded = serialization.load_ssh_private_key(host_key_pem, password=None)
     public = loaded.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
     secret_files.write_public(identity.known_hosts, f"{identity.host_key_alias} {public.decode()}\n")
     agent_key = key_dir / AGENT_KEY_FILE
-    if not agent_key.exists() or not identity.agent_certificate.exists():
+    if not host_vault.exists(agent_key) or not identity.agent_certificate.exists():
         key_pem, cert_pem = new_agent_certificate(vm)
-        agent_key.unlink(missing_ok=True)
-        secret_files.publish_secret(agent_key, key_pem)
+        host_vault.remove(agent_key)
+        vault.seal(agent_key, key_pem)
         secret_files.write_public(identity.agent_certificate, cert_pem.decode())
-    return {HOST_KEY_FILE: host_key.read_bytes(), AGENT_KEY_FILE: agent_key.read_bytes(),
+    return {HOST_KEY_FILE: host_key_pem, AGENT_KEY_FILE: vault.unseal(agent_key),
             AGENT_CERT_FILE: identity.agent_certificate.read_bytes()}
 
 

@@ -30,7 +30,7 @@ import yaml
 
 from somnus_reconciler.images import container_images
 from somnus_reconciler.manifests import pack_files
-from somnus_reconciler.providers import guest_access, guest_identity
+from somnus_reconciler.providers import guest_access
 from somnus_reconciler.providers.docker_provider import DockerProvider
 from somnus_reconciler.providers.protocols import ProviderError
 from somnus_reconciler.values.desired import DesiredPack
@@ -228,21 +228,20 @@ def test_a_closed_loopback_port_is_unreachable(make_pack: Callable[..., DesiredP
                                                tmp_path: Path) -> None:
     guest_access.seed_files(tmp_path, "closed")  # its key and pinned host key
     key = guest_access.ensure_keypair(tmp_path, "closed")
-    target = ansible_inputs.SshTarget("127.0.0.1", 1, "somnus", key.private_key, key.identity)  # port 1: nothing listens
+    target = ansible_inputs.SshTarget("127.0.0.1", 1, "somnus", key)  # port 1: nothing listens
     result = ansible_provider.run_pack(target, make_pack("any", verify=["true"]), os_family="debian",
                                        work_dir=work_dir, timeout_s=120)
     assert not result.ok
     assert result.failed_task == "unreachable"
-    assert "PRIVATE KEY" not in result.message and key.private_key.read_text() not in result.message
+    assert "PRIVATE KEY" not in result.message and key.private_openssh().decode() not in result.message
 
 
 # -- checks before any traffic --------------------------------------------------
 
 @pytest.mark.parametrize("host", ["192.168.122.10", "10.0.0.2", "172.17.0.2", "example.org"])
 def test_a_non_loopback_vm_address_is_refused_before_any_traffic(
-        host: str, make_pack: Callable[..., DesiredPack], work_dir: Path) -> None:
-    target = ansible_inputs.SshTarget(host, 22, "somnus", Path("/nonexistent"),
-                                      guest_identity.identity_of(Path("/nonexistent"), "x"))
+        host: str, make_pack: Callable[..., DesiredPack], work_dir: Path, tmp_path: Path) -> None:
+    target = ansible_inputs.SshTarget(host, 22, "somnus", guest_access.ensure_keypair(tmp_path, "x"))
     with pytest.raises(ProviderError, match="not a loopback address"):
         ansible_provider.run_pack(target, make_pack("any"), os_family="debian", work_dir=work_dir)
     assert not work_dir.exists()

@@ -34,7 +34,7 @@ import pytest
 from somnus_reconciler import settings
 from somnus_reconciler.images import container_images, rootfs, store, vm_images
 from somnus_reconciler.images.debian_image import ROOT_LABEL
-from somnus_reconciler.providers import domain_xml, guest_access
+from somnus_reconciler.providers import domain_xml, guest_access, ssh_agent
 from somnus_reconciler.providers.docker_provider import DockerProvider
 from somnus_reconciler.providers.protocols import BackendUnavailable
 from testkit.agent_process import free_port
@@ -59,6 +59,7 @@ class Guest:
     dom: libvirt.virDomain
     port: int
     key: guest_access.GuestKey
+    agent: ssh_agent.SshAgent  # holds the key for the module: ssh reads no key file
     console_log: Path
     boot_to_ssh_s: float
 
@@ -66,6 +67,7 @@ class Guest:
         result = subprocess.run(
             guest_access.ssh_command(self.port, self.key, command),
             capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
+            env={**os.environ, **self.agent.env},
         )
         if check:
             assert result.returncode == 0, (
@@ -126,13 +128,14 @@ def guest(
         cleanup.callback(destroy_and_undefine, dom)
         started = time.monotonic()
         dom.create()
+        agent = cleanup.enter_context(guest_access.ssh_agent(key))
         try:
-            guest_access.wait_for_ssh(port, key, SSH_TIMEOUT_S)
+            guest_access.wait_for_ssh(port, key, SSH_TIMEOUT_S, agent=agent)
         except guest_access.GuestUnreachable as e:
             pytest.fail(f"{e}\nconsole:\n{read_or_empty(console_log)[-4000:]}")
         boot_to_ssh_s = time.monotonic() - started
         print(f"\ndebian-12 boot to SSH under TCG ({VCPUS} vCPUs, 1 GiB): {boot_to_ssh_s:.1f} s")
-        yield Guest(dom, port, key, console_log, boot_to_ssh_s)
+        yield Guest(dom, port, key, agent, console_log, boot_to_ssh_s)
         secret_scan.SESSION.record_output(f"console log of {name}", read_or_empty(console_log))
 
 
@@ -216,7 +219,7 @@ def test_internal_snapshot_of_the_running_guest_reverts_its_disk(guest: Guest) -
     started = time.monotonic()
     guest.dom.revertToSnapshot(snapshot, 0)
     revert_s = time.monotonic() - started
-    guest_access.wait_for_ssh(guest.port, guest.key, 60.0)
+    guest_access.wait_for_ssh(guest.port, guest.key, 60.0, agent=guest.agent)
     back_s = time.monotonic() - started
     print(f"\nsnapshot create: {create_s:.2f} s, revert: {revert_s:.2f} s, revert to SSH: {back_s:.2f} s")
 

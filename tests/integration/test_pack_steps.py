@@ -155,8 +155,9 @@ def in_vm(ws: Workspace, command: str) -> subprocess.CompletedProcess[str]:
     vm = ws.get_json()[f"vm/{ws.name('vm')}"]
     port = int(vm["forwards"]["ssh"].rsplit(":", 1)[1])
     key = guest_access.ensure_keypair(ws.state_dir, ws.name("vm"))
-    return subprocess.run(guest_access.ssh_command(port, key, command), capture_output=True, text=True,
-                          timeout=120)
+    with guest_access.ssh_agent(key) as agent:  # ssh reads no key file
+        return subprocess.run(guest_access.ssh_command(port, key, command), capture_output=True, text=True,
+                              timeout=120, env={**os.environ, **agent.env})
 
 
 def test_packs_on_a_debian_vm_over_ssh_with_libvirt_snapshots(

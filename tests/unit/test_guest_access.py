@@ -37,32 +37,34 @@ def _debugfs(image: Path, request: str) -> str:
 def test_keypair_files_and_directories_are_private(tmp_path: Path) -> None:
     key = guest_access.ensure_keypair(tmp_path, "vm-a")
 
-    assert key.private_key == tmp_path / "keys" / "vm-a" / "id_ed25519"
-    assert _mode(key.private_key) == 0o600
+    assert key.sealed_key == tmp_path / "keys" / "vm-a" / "id_ed25519.fernet"
+    assert _mode(key.sealed_key) == 0o600
     assert _mode(tmp_path / "keys") == 0o700
     assert _mode(tmp_path / "keys" / "vm-a") == 0o700
-    assert key.private_key.read_text().startswith("-----BEGIN OPENSSH PRIVATE KEY-----\n")
+    assert not (tmp_path / "keys" / "vm-a" / "id_ed25519").exists()
+    assert b"PRIVATE KEY" not in key.sealed_key.read_bytes()
+    assert key.private_openssh().startswith(b"-----BEGIN OPENSSH PRIVATE KEY-----\n")
 
 
 def test_keypair_is_made_once_and_reused(tmp_path: Path) -> None:
     first = guest_access.ensure_keypair(tmp_path, "vm-a")
-    private_before = first.private_key.read_bytes()
+    private_before = first.sealed_key.read_bytes()
 
     again = guest_access.ensure_keypair(tmp_path, "vm-a")
 
     assert again == first
-    assert again.private_key.read_bytes() == private_before
+    assert again.sealed_key.read_bytes() == private_before
     assert guest_access.ensure_keypair(tmp_path, "vm-b").public_openssh != first.public_openssh
 
 
 def test_keypair_repairs_loosened_modes(tmp_path: Path) -> None:
     key = guest_access.ensure_keypair(tmp_path, "vm-a")
-    key.private_key.chmod(0o644)
+    key.sealed_key.chmod(0o644)
     (tmp_path / "keys").chmod(0o755)
 
     guest_access.ensure_keypair(tmp_path, "vm-a")
 
-    assert _mode(key.private_key) == 0o600
+    assert _mode(key.sealed_key) == 0o600
     assert _mode(tmp_path / "keys") == 0o700
 
 
@@ -76,10 +78,11 @@ def test_public_key_is_in_openssh_format_and_matches_the_private_key(tmp_path: P
     assert decoded[:4] == (11).to_bytes(4, "big") and decoded[4:15] == b"ssh-ed25519"
     assert len(decoded) == 4 + 11 + 4 + 32
     derived = subprocess.run(
-        ["ssh-keygen", "-y", "-f", str(key.private_key)], capture_output=True, text=True, check=True
-    ).stdout
+        ["ssh-keygen", "-y", "-f", "/dev/stdin"], input=key.private_openssh(), capture_output=True, check=True
+    ).stdout.decode()
     assert derived.split()[:2] == [kind, blob]
-    assert (key.private_key.parent / "id_ed25519.pub").read_text() == key.public_openssh + "\n"
+    assert key.public_key == tmp_path / "keys" / "vm-a" / "id_ed25519.pub"
+    assert key.public_key.read_text() == key.public_openssh + "\n"
 
 
 def test_remove_keypair_forgets_the_key_and_tolerates_absence(tmp_path: Path) -> None:
@@ -159,7 +162,7 @@ def test_wait_for_ssh_gives_up_naming_where_and_why(tmp_path: Path) -> None:
 
     assert time.monotonic() - started < 15
     message = str(caught.value)
-    assert f"SSH on 127.0.0.1:{port} as root with key {key.private_key}" in message
+    assert f"SSH on 127.0.0.1:{port} as root with key {key.public_key}" in message
     assert "refused" in message.lower()
     assert "PRIVATE KEY" not in message
 
@@ -184,9 +187,10 @@ def test_the_seed_carries_an_identity_made_once_and_pinned_on_the_host(tmp_path:
     assert guest_access.seed_files(tmp_path, "vm-a") == files  # kept, not made anew
     key_dir = tmp_path / "keys" / "vm-a"
     for secret in ("ssh_host_ed25519_key", "agent-key.pem", "id_ed25519", "agent-token"):
-        assert _mode(key_dir / secret) == 0o600, secret
-    public = subprocess.run(["ssh-keygen", "-y", "-f", str(key_dir / "ssh_host_ed25519_key")],
-                            capture_output=True, text=True, check=True).stdout.split()[:2]
+        assert _mode(key_dir / f"{secret}.fernet") == 0o600, secret
+        assert not (key_dir / secret).exists(), secret
+    public = subprocess.run(["ssh-keygen", "-y", "-f", "/dev/stdin"], input=files["ssh_host_ed25519_key"],
+                            capture_output=True, check=True).stdout.decode().split()[:2]
     assert (key_dir / "known_hosts").read_text().split() == ["somnus-vm-a", *public]
     assert (key_dir / "agent-cert.pem").read_bytes() == files["agent-cert.pem"]
 
@@ -222,8 +226,9 @@ def test_ansible_connects_with_the_pinned_host_key_only(tmp_path: Path) -> None:
     guest_access.seed_files(tmp_path, "vm-a")
     key = guest_access.ensure_keypair(tmp_path, "vm-a")
     pack = DesiredPack("tools", CapabilityPackSpec(), Source(tmp_path / "pack.yaml", 1))
-    target = ansible_inputs.SshTarget("127.0.0.1", 2222, "root", key.private_key, key.identity)
+    target = ansible_inputs.SshTarget("127.0.0.1", 2222, "root", key)
     [host] = ansible_inputs.inventory(target, "debian", pack)["guest"]["hosts"].values()
+    assert host["ansible_ssh_private_key_file"] == str(key.public_key)  # the private half is in an ssh-agent
     args = shlex.split(str(host["ansible_ssh_common_args"]))
     assert "StrictHostKeyChecking=yes" in args and f"UserKnownHostsFile={key.identity.known_hosts}" in args
     assert ansible_inputs.ansible_env(tmp_path)["ANSIBLE_HOST_KEY_CHECKING"] == "True"
