@@ -128,6 +128,11 @@ class OpenStep:
     detail: str
 
 
+# A container's secret files are recorded beside its packs, as "file:<path>": no pack name
+# holds a ":", so the two never meet, and both follow the container to a new ID alike.
+FILE_RECORD = "file:"
+
+
 class Journal:
     """The open journal: `with Journal(path) as journal:` closes it on the way out."""
 
@@ -224,14 +229,20 @@ class Journal:
         return [OpenStep(*row) for row in rows]
 
     # -- container packs ----------------------------------------------------------
-    def container_packs(self) -> dict[str, tuple[str, tuple[tuple[str, str], ...]]]:
-        """name -> (container ID, ((pack, fingerprint), ...)) for every container."""
+    def container_packs(self, *, files: bool = False) -> dict[str, tuple[str, tuple[tuple[str, str], ...]]]:
+        """name -> (container ID, ((pack, fingerprint), ...)) for every container; with
+        `files`, its secret files instead: ((path, keyed digest), ...)."""
         found: dict[str, tuple[str, list[tuple[str, str]]]] = {}
         for name, container_id, pack, fingerprint in self._db.execute(
             "SELECT name, container_id, pack, fingerprint FROM container_packs ORDER BY name, rowid"
         ):
-            found.setdefault(name, (container_id, []))[1].append((pack, fingerprint))
+            if pack.startswith(FILE_RECORD) == files:
+                found.setdefault(name, (container_id, []))[1].append((pack.removeprefix(FILE_RECORD), fingerprint))
         return {name: (cid, tuple(packs)) for name, (cid, packs) in found.items()}
+
+    def set_container_file(self, name: str, container_id: str, path: str, digest: str | None) -> None:
+        """Record (or with digest None, forget) one secret file written into one container."""
+        self.set_container_pack(name, container_id, FILE_RECORD + path, digest)
 
     def set_container_pack(self, name: str, container_id: str, pack: str, fingerprint: str | None) -> None:
         """Record (or with fingerprint None, forget) one pack of one container. Records of

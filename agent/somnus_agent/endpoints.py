@@ -11,7 +11,7 @@ import math
 import time
 from typing import Any, Callable
 
-from somnus_agent import __version__, auth, config, executor, logscan, stats
+from somnus_agent import __version__, auth, config, executor, files, logscan, stats
 from somnus_agent.runtime import AgentRuntime
 
 DEFAULT_TIMEOUT_S = 30.0
@@ -89,6 +89,16 @@ def post_config_reload(rt: AgentRuntime, body: dict[str, Any]) -> Response:
                           "watch_logs": [str(p) for p in rt.config.watch_logs]})
 
 
+def post_files(rt: AgentRuntime, body: dict[str, Any]) -> Response:
+    try:
+        result = files.apply(body)
+    except files.FileError as e:
+        rt.exec_log.info("files failed")  # the message names a path: kept out of the log
+        return error(422, str(e))
+    rt.exec_log.info("files written=%d removed=%d", len(result["written"]), len(result["removed"]))
+    return Response(200, result)
+
+
 Endpoint = Callable[[AgentRuntime, dict[str, Any]], Response]
 
 ROUTES: dict[str, dict[str, Endpoint]] = {
@@ -96,6 +106,7 @@ ROUTES: dict[str, dict[str, Endpoint]] = {
     "/stats/basic": {"GET": get_stats_basic},
     "/stats/intelligent": {"GET": get_stats_intelligent},
     "/execute": {"POST": post_execute},
+    "/files": {"POST": post_files},
     "/soft-reboot": {"POST": post_soft_reboot},
     "/config/reload": {"POST": post_config_reload},
 }

@@ -29,6 +29,8 @@ def describe_change(change: Change) -> str:
     if change.action.is_pack_step:
         verb = "" if change.action is Action.PACK_INSTALL else "remove "
         return f"pack {verb}{change.pack}" + (f" ({change.reason})" if change.reason else "")
+    if change.action is Action.FILES:
+        return f"files: {change.reason}"
     if change.action is Action.REPLACE:
         return f"replace: {fields}" if fields else f"replace: {change.reason}"
     if change.action in (Action.START, Action.STOP):
@@ -41,7 +43,7 @@ def _disruption_note(change: Change) -> str:
         note = "prune: disk deleted" if change.kind == "vm" else "prune"
     elif change.action is Action.REPLACE and change.kind == "vm":
         note = "recreate: disk replaced"
-    elif change.action.is_pack_step:
+    elif change.action.is_guest_step:
         note = "snapshot first"
     else:
         note = change.disruption.label
@@ -73,7 +75,8 @@ def plan_summary(plan: Plan) -> str:
     return (
         f"Plan: {count[Action.CREATE]} to create, {changed} to change, "
         f"{count[Action.REPLACE]} to replace, {count[Action.DELETE]} to delete"
-        + (f", {packs} pack step(s)." if packs else ".")
+        + (f", {packs} pack step(s)" if packs else "")
+        + (f", {count[Action.FILES]} file step(s)." if count[Action.FILES] else ".")
     )
 
 

@@ -32,6 +32,7 @@ from typing import Protocol
 from somnus_reconciler.engine import recovery
 from somnus_reconciler.engine.backups import VmBackups
 from somnus_reconciler.engine.container_backups import ContainerBackups
+from somnus_reconciler.engine.file_step import FileSteps
 from somnus_reconciler.engine.guard import guarded
 from somnus_reconciler.engine.pack_step import PackSteps, SnapshotGuard
 from somnus_reconciler.engine.resource_step import ResourceSteps, changes_guest
@@ -91,6 +92,7 @@ class Engine:
                                         container_backups)
         self._snapshots = GuestSnapshots(vms, containers, journal)
         self._packs = SnapshotGuard(self._snapshots, pack_steps, classifier)
+        self._files = FileSteps(self._snapshots, state_dir)
         self._retry = retry
         self._sleep = sleep
 
@@ -108,8 +110,8 @@ class Engine:
         for change in plan.changes:
             if should_stop():
                 break
-            if change.action.is_pack_step and change.address in failed:
-                result = self._skip(change)  # the guest's own change failed: its packs wait
+            if change.action.is_guest_step and change.address in failed:
+                result = self._skip(change)  # the guest's own change failed: its files and packs wait
             else:
                 result = self._step(change)
                 self._record_applied(result, revision)
@@ -135,7 +137,7 @@ class Engine:
                 break
             self._wait_to_retry(change, attempt, tries)
             tries += 1
-            if not change.action.is_pack_step:
+            if not change.action.is_guest_step:
                 current = self._resources.replan(change)
         result = StepResult(change, attempt.ok, attempt.message, time.monotonic() - started,
                             attempt.category, tries)
@@ -147,6 +149,8 @@ class Engine:
             return DONE
         if change.action.is_pack_step:
             return self._packs.run(change, lambda line: self._event(change, line))
+        if change.action is Action.FILES:
+            return self._files.run(change, lambda line: self._event(change, line))
         def act() -> Attempt:
             return self._resources.attempt(current, lambda line: self._event(change, line))
 

@@ -29,6 +29,7 @@ from somnus_reconciler.values.desired import (
     DesiredState,
     DesiredVm,
     SecretEnv,
+    SecretFile,
     VmResources,
 )
 from somnus_reconciler.values.diagnostics import Diagnostics
@@ -74,6 +75,8 @@ def resolve(declared: Sequence[Declared], *, images_dir: Path | None = None) -> 
     wanted += [(d, c.spec.packs) for d, c in containers.values()]
     for d, names in wanted:
         _check_reference(d, "spec.packs", names, "pack", packs, diagnostics)
+    for d, vm in vms.values():
+        _check_secret_refs(d, vm, secrets, diagnostics)
     for d, container in containers.values():
         _check_secret_refs(d, container, secrets, diagnostics)
     for d, pack in packs.values():
@@ -221,13 +224,14 @@ def _check_backup_dir(d: Declared, directory: str, diagnostics: Diagnostics) -> 
         diagnostics.add(d.source_of("spec.backup.dir"), d.address, f"spec.backup.dir: {checked}")
 
 
-def _check_secret_refs(d: Declared, container: model.Container,
+def _check_secret_refs(d: Declared, guest: model.VirtualMachine | model.Container,
                        secrets: dict[str, tuple[Declared, model.Secret]], diagnostics: Diagnostics) -> None:
-    """Each `env` entry taken from a Secret names a declared Secret and one of its keys."""
-    for variable, value in container.spec.env.items():
-        if not isinstance(value, model.FromSecret):
-            continue
-        ref, field = value.secret_ref, f"spec.env.{variable}.secretRef"
+    """Each `env` entry and file taken from a Secret names a declared Secret and one of its keys."""
+    refs = [(f"spec.files[{index}].secretRef", file.secret_ref) for index, file in enumerate(guest.spec.files)]
+    if isinstance(guest, model.Container):
+        refs += [(f"spec.env.{variable}.secretRef", value.secret_ref) for variable, value in guest.spec.env.items()
+                 if isinstance(value, model.FromSecret)]
+    for field, ref in refs:
         if ref.name not in secrets:
             _check_reference(d, f"{field}.name", [ref.name], "secret", secrets, diagnostics)
         elif ref.key not in secrets[ref.name][1].spec.data:
@@ -328,6 +332,7 @@ def _desired_vm(
         pool=pool,
         drift_policy=spec.drift_policy,
         backup=spec.backup if spec.backup is not None else pool_backup,
+        secret_files=_secret_files(spec.files),
     )
 
 
@@ -351,4 +356,9 @@ def _desired_container(
         volumes=tuple((v.name, v.mount_path) for v in spec.volumes),
         secret_env=tuple(SecretEnv(k, v.secret_ref.name, v.secret_ref.key)
                          for k, v in sorted(spec.env.items()) if isinstance(v, model.FromSecret)),
+        secret_files=_secret_files(spec.files),
     )
+
+
+def _secret_files(files: list[model.SecretFile]) -> tuple[SecretFile, ...]:
+    return tuple(SecretFile(f.path, f.secret_ref.name, f.secret_ref.key, int(f.mode, 8), f.owner) for f in files)

@@ -112,7 +112,7 @@ class Loop:
         if self._backups is None:
             self._backups = BackupScheduler(self.emit, self.stop, state_dir=self.state_dir)
         changed = {r.change.name for r in report.results
-                   if r.ok and r.change.kind == "vm" and r.change.action.is_pack_step}
+                   if r.ok and r.change.kind == "vm" and r.change.action.is_guest_step}
         self._backups.update(desired, changed)
 
     def _aborted(self, trigger: loop_events.Trigger, report: PassReport) -> PassReport:

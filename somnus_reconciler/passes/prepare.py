@@ -19,14 +19,13 @@ import psutil
 from somnus_reconciler import settings as settings_mod
 from somnus_reconciler.images import vm_images
 from somnus_reconciler.manifests import loader, pack_files, references
-from somnus_reconciler.passes import pack_health
+from somnus_reconciler.passes import pack_health, reveal
 from somnus_reconciler.planning import admission
 from somnus_reconciler.planning import plan as plan_mod
 from somnus_reconciler.planning.plan import Action, Plan
-from somnus_reconciler.providers import age_secrets
 from somnus_reconciler.providers.backends import Backends, applied_hashes, observe_reachable
 from somnus_reconciler.values.actual import ActualContainer, ActualState, ActualVm
-from somnus_reconciler.values.desired import DesiredState, DesiredVm, Revealed
+from somnus_reconciler.values.desired import DesiredState, DesiredVm
 from somnus_reconciler.values.diagnostics import Diagnostic, Diagnostics, InvalidInput
 
 
@@ -35,7 +34,7 @@ def load_desired(paths: Sequence[Path], *, decrypt: bool = True, state_dir: str 
 
     No manifest at all is an error too (as with kubectl), so that an empty
     directory can never turn `apply --prune` into "delete everything". With `decrypt`,
-    the Secret values containers use are decrypted with the host's age identity
+    the Secret values guests use are decrypted with the host's age identity (`reveal`)
     (`validate` does without: it checks structure and references only).
     """
     declared = loader.load(paths)
@@ -44,38 +43,9 @@ def load_desired(paths: Sequence[Path], *, decrypt: bool = True, state_dir: str 
     desired = references.resolve(declared)
     fingerprints = {name: pack_files.pack_fingerprint(pack) for name, pack in desired.packs.items()}
     desired = dataclasses.replace(desired, pack_fingerprints=fingerprints)
-    if not decrypt or not any(c.secret_env for c in desired.containers.values()):
+    if not decrypt or not reveal.uses_secrets(desired):
         return desired
-    return reveal_secrets(desired, settings_mod.resolve(desired.pool, state_dir=state_dir))
-
-
-def reveal_secrets(desired: DesiredState, settings: settings_mod.Settings) -> DesiredState:
-    """Each container's `secret_env` decrypted into `revealed_env`, with its keyed
-    `secret_digest`; InvalidInput at the value's line for any that does not decrypt."""
-    try:
-        identity = age_secrets.Identity(settings.age_key_file)
-    except age_secrets.SecretError as e:
-        raise InvalidInput((Diagnostic(None, None, str(e)),)) from None
-    key = age_secrets.digest_key(settings.secret_digest_key_file)
-    problems = Diagnostics()
-    containers = dict(desired.containers)
-    for name, container in desired.containers.items():
-        if not container.secret_env:
-            continue
-        revealed: list[tuple[str, Revealed]] = []
-        for ref in container.secret_env:
-            secret = desired.secrets[ref.secret]
-            try:
-                value = identity.decrypt(dict(secret.data)[ref.key], f"secret/{ref.secret} key {ref.key}")
-            except age_secrets.SecretError as e:
-                problems.add(secret.value_source(ref.key), secret.address, f"spec.data.{ref.key}: {e}")
-                continue
-            revealed.append((ref.variable, Revealed(value, f"{ref.secret}/{ref.key}")))
-        digest = age_secrets.keyed_digest(key, ((f"{variable}={value.label}", value.reveal())
-                                                for variable, value in revealed))
-        containers[name] = dataclasses.replace(container, revealed_env=tuple(revealed), secret_digest=digest)
-    problems.raise_if_any()
-    return dataclasses.replace(desired, containers=containers)
+    return reveal.reveal_secrets(desired, settings_mod.resolve(desired.pool, state_dir=state_dir))
 
 
 def host_capacity(guest_dir: Path | None = None) -> admission.HostCapacity:

@@ -28,6 +28,8 @@ class Action(enum.Enum):
     DELETE = "delete"
     PACK_INSTALL = "pack install"
     PACK_REMOVE = "pack remove"
+    FILES = "files"  # secret files written into (or removed from) a running guest
+
 
     @property
     def symbol(self) -> str:
@@ -37,6 +39,12 @@ class Action(enum.Enum):
     @property
     def is_pack_step(self) -> bool:
         return self in (Action.PACK_INSTALL, Action.PACK_REMOVE)
+
+    @property
+    def is_guest_step(self) -> bool:
+        """Runs inside a guest after the guest's own change, between a snapshot and its
+        record or rollback: a pack step or the secret files."""
+        return self.is_pack_step or self is Action.FILES
 
 
 class Disruption(enum.IntEnum):
@@ -151,8 +159,9 @@ def _declared_vm(want: DesiredVm, have: ActualVm | None, desired: DesiredState,
     change = _with_drift(vm_change(want, have), mark.spec_hash if mark else None,
                          applied.get(want.address), want.spec_hash)
     steps = [change] if change is not None else []
-    if want.running:  # a stopped guest gets its packs when it runs
-        steps += pack_changes(want, _packs_kept(change, mark.packs if mark else ()),
+    if want.running:  # a stopped guest gets its files and packs when it runs
+        steps += files_change(want, _records_kept(change, mark.files if mark else ()), have)
+        steps += pack_changes(want, _records_kept(change, mark.packs if mark else ()),
                               desired.pack_fingerprints, have, failing_packs)
     return steps
 
@@ -168,7 +177,8 @@ def _declared_container(want: DesiredContainer, have: ActualContainer | None, de
     change = _with_drift(container_change(want, have), have.spec_hash if have else None,
                          applied.get(want.address), want.spec_hash)
     steps = [change] if change is not None else []
-    steps += pack_changes(want, _packs_kept(change, have.packs if have else ()),
+    steps += files_change(want, _records_kept(change, have.files if have else ()), have)
+    steps += pack_changes(want, _records_kept(change, have.packs if have else ()),
                           desired.pack_fingerprints, have, failing_packs)
     return steps
 
@@ -200,19 +210,40 @@ def _with_drift(change: Change | None, marked: str | None, applied: str | None, 
 
 def split_drift(plan: Plan) -> tuple[Plan, tuple[Change, ...]]:
     """(the plan to run, drift only reported): drift on objects with `driftPolicy: warn`
-    is left alone, and so are their pack steps; everything else runs."""
+    is left alone, and so are their guest steps; everything else runs."""
     held = {c.address for c in plan.changes
             if c.drift and c.desired is not None and c.desired.drift_policy == "warn"}
     reported = tuple(c for c in plan.changes if c.address in held and c.drift)
-    kept = tuple(c for c in plan.changes if not (c.address in held and (c.drift or c.action.is_pack_step)))
+    kept = tuple(c for c in plan.changes if not (c.address in held and (c.drift or c.action.is_guest_step)))
     return dataclasses.replace(plan, changes=kept), reported
 
 
-def _packs_kept(change: Change | None, applied: tuple[tuple[str, str], ...]) -> dict[str, str]:
-    """Packs the object will still have after its own change: none once made anew."""
+def _records_kept(change: Change | None, applied: tuple[tuple[str, str], ...]) -> dict[str, str]:
+    """Packs (or secret files) the object will still have after its own change: none once made anew."""
     if change is not None and change.action in (Action.CREATE, Action.REPLACE):
         return {}
     return dict(applied)
+
+
+def files_change(want: DesiredVm | DesiredContainer, applied: dict[str, str],
+                 have: ActualVm | ActualContainer | None) -> list[Change]:
+    """One step writing every secret file whose keyed digest (value, mode, owner) is not
+    the one recorded on the guest and removing those no longer declared. Its fields say
+    what happens to each path (before: written | absent, after: secret/NAME/KEY | absent);
+    its reason names the Secrets, never a value. Nothing before the values are revealed."""
+    declared = dict(want.files.digests)
+    if want.secret_files and not declared:
+        return []
+    fields = [FieldChange(f.path, "written" if f.path in applied else "absent", f"secret/{f.secret}/{f.key}")
+              for f in want.secret_files if applied.get(f.path) != declared[f.path]]
+    fields += [FieldChange(path, "written", "absent") for path in applied if path not in declared]
+    if not fields:
+        return []
+    writes = [f"{f.name} ({str(f.after).rsplit('/', 1)[0]}{' changed' if f.before == 'written' else ''})"
+              for f in fields if f.after != "absent"]
+    removes = [f"remove {f.name}" for f in fields if f.after == "absent"]
+    reason = ", ".join(([f"write {', '.join(writes)}"] if writes else []) + removes)
+    return [Change(want.address, Action.FILES, Disruption.NONE, tuple(fields), want, have, reason=reason)]
 
 
 def pack_changes(want: DesiredVm | DesiredContainer, applied: dict[str, str],

@@ -20,18 +20,20 @@ what answered is not the VM's agent, or the VM has no pinned certificate). Answe
 
 from __future__ import annotations
 
+import base64
 import functools
 import http.client
 import json
 import ssl
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypedDict
 
 from somnus_reconciler.providers import guest_access, guest_identity
-from somnus_reconciler.values.actual import ActualVm
+from somnus_reconciler.values.actual import ActualVm, WrittenFile
+from somnus_reconciler.values.desired import Revealed, SecretFile
 from somnus_reconciler.values.errors import PermanentError, SomnusError, TemporaryError
 
 AGENT_FORWARD = "agent"
@@ -144,6 +146,21 @@ class AgentClient:
     def execute(self, argv: list[str], stdin: str = "", timeout_s: float = 30.0) -> JsonObject:
         return self.request("POST", "/execute", {"argv": argv, "stdin": stdin, "timeout_s": timeout_s},
                             timeout_s=timeout_s + self.timeout_s)
+
+
+    def write_files(self, writes: Sequence[tuple[SecretFile, Revealed]], removes: Sequence[str]) -> list[WrittenFile]:
+        """Secret files into the guest (`POST /files`: each written atomically with its mode and
+        owner), then `removes` removed; what the agent reports it wrote. AgentRefused (422,
+        naming the path) when one cannot be written."""
+        body = {"write": [{"path": f.path, "mode": f.mode, "owner": f.owner,
+                           "content": base64.b64encode(value.reveal().encode()).decode()} for f, value in writes],
+                "remove": list(removes)}
+        answer = self.request("POST", "/files", body)
+        try:
+            return [WrittenFile(str(w["path"]), str(w["sha256"]), int(w["mode"]), int(w["uid"]), int(w["gid"]))
+                    for w in answer["written"]]
+        except (KeyError, TypeError, ValueError):
+            raise AgentRefused(200, f"POST /files on {self.address}: unexpected answer") from None
 
 
 def _unproven(error: ssl.SSLError) -> bool:

@@ -85,11 +85,16 @@ def _observe_containers(backends: Backends) -> dict[str, ActualContainer]:
     journal_path = backends.settings.journal_path
     if journal_path.exists() and containers:
         with Journal(journal_path) as journal:
-            records = journal.container_packs()
-        for name, (container_id, packs) in records.items():
+            packs, files = journal.container_packs(), journal.container_packs(files=True)
+        for name in packs.keys() | files.keys():
             current = containers.get(name)
-            if current is not None and current.container_id == container_id:
-                containers[name] = dataclasses.replace(current, packs=packs)
+            if current is None:
+                continue
+            pack_id, applied_packs = packs.get(name, ("", ()))
+            file_id, applied_files = files.get(name, ("", ()))
+            containers[name] = dataclasses.replace(
+                current, packs=applied_packs if pack_id == current.container_id else (),
+                files=applied_files if file_id == current.container_id else ())
     return containers
 
 

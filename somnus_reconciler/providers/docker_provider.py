@@ -25,15 +25,15 @@ from __future__ import annotations
 import contextlib
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from somnus_reconciler.providers import docker_backups, docker_images
+from somnus_reconciler.providers import docker_backups, docker_files, docker_images
 from somnus_reconciler.providers.docker_errors import is_image_not_found, is_not_found, mapped
 from somnus_reconciler.providers.protocols import BackendUnavailable, ProviderError
-from somnus_reconciler.values.actual import ActualContainer, Snapshot
-from somnus_reconciler.values.desired import DesiredContainer
+from somnus_reconciler.values.actual import ActualContainer, Snapshot, WrittenFile
+from somnus_reconciler.values.desired import DesiredContainer, Revealed, SecretFile
 
 if TYPE_CHECKING:
     import docker
@@ -296,6 +296,12 @@ class DockerProvider:
     def replace_path(self, name: str, path: str, src: Path) -> None:
         container_id = self._managed(name, "restore").container_id
         docker_backups.replace_path(self._api(), _address(name), container_id, path, src)
+
+    def write_files(self, name: str, writes: Sequence[tuple[SecretFile, Revealed]],
+                    removes: Sequence[str]) -> list[WrittenFile]:
+        """Secret files into the running container (docker_files); what it reports it wrote."""
+        container_id = self._managed(name, "write files").container_id
+        return docker_files.write_files(self._api(), _address(name), container_id, writes, removes)
 
     def _managed(self, name: str, action: str) -> ActualContainer:
         actual = self.observe_one(name)

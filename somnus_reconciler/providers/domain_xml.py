@@ -44,8 +44,11 @@ def _kib(amount: int) -> str:
     return str(amount // 1024)
 
 
-def mark_element(vm: DesiredVm, forwards: tuple[PortForward, ...],
-                 packs: tuple[tuple[str, str], ...] = (), *, namespace: str = SOMNUS_NS) -> ET.Element:
+Records = tuple[tuple[str, str], ...]  # (pack, fingerprint) or (secret file's path, keyed digest)
+
+
+def mark_element(vm: DesiredVm, forwards: tuple[PortForward, ...], packs: Records = (), files: Records = (), *,
+                 namespace: str = SOMNUS_NS) -> ET.Element:
     ns = f"{{{namespace}}}" if namespace else ""
     mark = ET.Element(f"{ns}vm", {
         "spec-hash": vm.spec_hash,
@@ -62,35 +65,41 @@ def mark_element(vm: DesiredVm, forwards: tuple[PortForward, ...],
         ET.SubElement(mark, f"{ns}forward", {
             "name": fwd.name, "host-port": str(fwd.host_port), "guest-port": str(fwd.guest_port),
         })
-    for pack, fingerprint in packs:
-        ET.SubElement(mark, f"{ns}pack", {"name": pack, "fingerprint": fingerprint})
+    _add_records(mark, ns, packs, files)
     return mark
 
 
-def mark_with_packs(domain: str, packs: tuple[tuple[str, str], ...]) -> str | None:
-    """The mark of `domain` (its XML) with its pack records replaced, for `setMetadata`;
-    None when the domain carries no mark."""
+def _add_records(mark: ET.Element, ns: str, packs: Records, files: Records) -> None:
+    for pack, fingerprint in packs:
+        ET.SubElement(mark, f"{ns}pack", {"name": pack, "fingerprint": fingerprint})
+    for path, digest in files:
+        ET.SubElement(mark, f"{ns}file", {"path": path, "digest": digest})
+
+
+def mark_with_records(domain: str, *, packs: Records | None = None, files: Records | None = None) -> str | None:
+    """The mark of `domain` (its XML) with its pack or secret file records replaced (None:
+    kept), for `setMetadata`; None when the domain carries no mark."""
     mark = ET.fromstring(domain).find(f"metadata/{{{SOMNUS_NS}}}vm")
     if mark is None:
         return None
+    kept = parse_mark(mark)
+    assert kept is not None
     plain = ET.Element("vm", dict(mark.attrib))
     for child in mark:
         if child.tag == f"{{{SOMNUS_NS}}}forward":
             ET.SubElement(plain, "forward", dict(child.attrib))
-    for pack, fingerprint in packs:
-        ET.SubElement(plain, "pack", {"name": pack, "fingerprint": fingerprint})
+    _add_records(plain, "", kept.packs if packs is None else packs, kept.files if files is None else files)
     return ET.tostring(plain, encoding="unicode")
 
 
-def mark_xml(vm: DesiredVm, forwards: tuple[PortForward, ...],
-             packs: tuple[tuple[str, str], ...] = ()) -> str:
+def mark_xml(vm: DesiredVm, forwards: tuple[PortForward, ...], packs: Records = (), files: Records = ()) -> str:
     """The mark alone, as `virDomainSetMetadata` takes it: without a namespace,
     which libvirt adds itself from the key and URI it is given."""
-    return ET.tostring(mark_element(vm, forwards, packs, namespace=""), encoding="unicode")
+    return ET.tostring(mark_element(vm, forwards, packs, files, namespace=""), encoding="unicode")
 
 
 def build(vm: DesiredVm, boot: BootSource, *, domain_type: str, console_log: Path,
-          forwards: tuple[PortForward, ...], packs: tuple[tuple[str, str], ...] = (),
+          forwards: tuple[PortForward, ...], packs: Records = (), files: Records = (),
           uuid: str | None = None) -> str:
     """The whole domain; `uuid` keeps an existing domain's identity when redefining it."""
     r = vm.resources
@@ -98,7 +107,7 @@ def build(vm: DesiredVm, boot: BootSource, *, domain_type: str, console_log: Pat
     ET.SubElement(domain, "name").text = vm.name
     if uuid is not None:
         ET.SubElement(domain, "uuid").text = uuid
-    ET.SubElement(domain, "metadata").append(mark_element(vm, forwards, packs))
+    ET.SubElement(domain, "metadata").append(mark_element(vm, forwards, packs, files))
     ET.SubElement(domain, "memory", {"unit": "KiB"}).text = _kib(r.max_memory)
     ET.SubElement(domain, "currentMemory", {"unit": "KiB"}).text = _kib(r.memory)
     ET.SubElement(domain, "vcpu", {"placement": "static", "current": str(r.vcpus)}).text = str(r.max_vcpus)
@@ -176,9 +185,8 @@ def parse_mark(element: ET.Element | None) -> VmMark | None:
         PortForward(f.get("name", ""), int(f.get("host-port", "0")), int(f.get("guest-port", "0")))
         for f in element.iter(f"{{{SOMNUS_NS}}}forward")
     )
-    packs = tuple(
-        (p.get("name", ""), p.get("fingerprint", "")) for p in element.iter(f"{{{SOMNUS_NS}}}pack")
-    )
+    packs = tuple((p.get("name", ""), p.get("fingerprint", "")) for p in element.iter(f"{{{SOMNUS_NS}}}pack"))
+    files = tuple((f.get("path", ""), f.get("digest", "")) for f in element.iter(f"{{{SOMNUS_NS}}}file"))
     return VmMark(
         spec_hash=element.get("spec-hash", ""),
         image=element.get("image", ""),
@@ -189,6 +197,7 @@ def parse_mark(element: ET.Element | None) -> VmMark | None:
         backup=element.get("backup"),
         forwards=forwards,
         packs=packs,
+        files=files,
     )
 
 

@@ -26,7 +26,7 @@ from somnus_reconciler.images import vm_images
 from somnus_reconciler.providers import domain_xml, guest_access, libvirt_checkpoints
 from somnus_reconciler.providers.protocols import BackendUnavailable, ProviderError
 from somnus_reconciler.settings import Settings
-from somnus_reconciler.values.actual import ActualVm, PortForward, PowerState, Snapshot
+from somnus_reconciler.values.actual import ActualVm, PortForward, PowerState, Snapshot, VmMark
 from somnus_reconciler.values.desired import DesiredVm
 from somnus_reconciler.values.errors import PermanentError
 
@@ -177,11 +177,13 @@ class LibvirtProvider:
             seed=self._vm_dir(vm.name) / "seed.img",
         )
 
-    def _xml(self, vm: DesiredVm, forwards: tuple[PortForward, ...],
-             packs: tuple[tuple[str, str], ...] = (), uuid: str | None = None) -> str:
+    def _xml(self, vm: DesiredVm, forwards: tuple[PortForward, ...], kept: VmMark | None = None,
+             uuid: str | None = None) -> str:
+        """The domain of `vm`, keeping the pack and secret file records of the mark `kept`."""
         return domain_xml.build(
             vm, self._boot_source(vm), domain_type=self._settings.domain_type,
-            console_log=self._console_log(vm.name), forwards=forwards, packs=packs, uuid=uuid,
+            console_log=self._console_log(vm.name), forwards=forwards, uuid=uuid,
+            packs=kept.packs if kept else (), files=kept.files if kept else (),
         )
 
     def create(self, vm: DesiredVm) -> None:
@@ -238,13 +240,11 @@ class LibvirtProvider:
                 dom.destroy()
 
     def redefine(self, vm: DesiredVm) -> None:
-        """Persistent config := `vm`, keeping the disk, forwards and packs applied."""
+        """Persistent config := `vm`, keeping the disk, forwards, packs and files applied."""
         with self._mapped(vm.name, "redefine"):
             dom = self._domain(vm.name)
             mark = domain_xml.parse(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)).mark
-            forwards = mark.forwards if mark else ()
-            packs = mark.packs if mark else ()
-            self.conn.defineXML(self._xml(vm, forwards, packs, dom.UUIDString()))
+            self.conn.defineXML(self._xml(vm, mark.forwards if mark else (), mark, dom.UUIDString()))
 
     def resize_live(self, vm: DesiredVm) -> None:
         """vCPUs and memory of a running guest, live and persistent, within its maxima."""
@@ -276,20 +276,26 @@ class LibvirtProvider:
         with self._mapped(vm.name, "write mark"):
             dom = self._domain(vm.name)
             mark = domain_xml.parse(dom.XMLDesc(0)).mark
-            forwards = mark.forwards if mark else ()
-            packs = mark.packs if mark else ()
+            forwards, packs, files = (mark.forwards, mark.packs, mark.files) if mark else ((), (), ())
             flags = _LIVE_AND_CONFIG if dom.isActive() else libvirt.VIR_DOMAIN_AFFECT_CONFIG
             dom.setMetadata(
                 libvirt.VIR_DOMAIN_METADATA_ELEMENT,
-                domain_xml.mark_xml(vm, forwards, packs),
+                domain_xml.mark_xml(vm, forwards, packs, files),
                 "somnus", domain_xml.SOMNUS_NS, flags,
             )
 
     def write_packs(self, name: str, packs: tuple[tuple[str, str], ...]) -> None:
         """Record the packs applied, with their fingerprints, in the mark (live and persistent)."""
+        self._write_records(name, packs=packs)
+
+    def write_files(self, name: str, files: tuple[tuple[str, str], ...]) -> None:
+        """Record the secret files written, with their keyed digests, in the mark (live and persistent)."""
+        self._write_records(name, files=files)
+
+    def _write_records(self, name: str, **records: tuple[tuple[str, str], ...]) -> None:
         with self._mapped(name, "write mark"):
             dom = self._domain(name)
-            mark = domain_xml.mark_with_packs(dom.XMLDesc(0), packs)
+            mark = domain_xml.mark_with_records(dom.XMLDesc(0), **records)
             if mark is None:
                 raise ProviderError(f"vm/{name}", "write mark", "the domain carries no somnus mark")
             flags = _LIVE_AND_CONFIG if dom.isActive() else libvirt.VIR_DOMAIN_AFFECT_CONFIG

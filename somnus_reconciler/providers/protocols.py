@@ -8,11 +8,12 @@ again later may succeed. The engine decides retries by that type alone.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
-from somnus_reconciler.values.actual import ActualContainer, ActualVm, Snapshot
-from somnus_reconciler.values.desired import DesiredContainer, DesiredVm
+from somnus_reconciler.values.actual import ActualContainer, ActualVm, Snapshot, WrittenFile
+from somnus_reconciler.values.desired import DesiredContainer, DesiredVm, Revealed, SecretFile
 from somnus_reconciler.values.errors import DEFAULT_RETRY_DELAY_S, SomnusError, TemporaryError
 
 
@@ -85,6 +86,8 @@ class VmProvider(Protocol):
     def write_mark(self, vm: DesiredVm) -> None:
         """Record `vm`'s spec hash in the ownership mark, live and persistent."""
     def write_packs(self, name: str, packs: tuple[tuple[str, str], ...]) -> None: ...
+    def write_files(self, name: str, files: tuple[tuple[str, str], ...]) -> None:
+        """Record the secret files written (path, keyed digest) in the mark."""
     def delete(self, name: str) -> None: ...
     def snapshot(self, name: str, snapshot: str, description: str) -> None: ...
     def revert(self, name: str, snapshot: str) -> None: ...
@@ -110,3 +113,6 @@ class ContainerProvider(Protocol):
         """(volume, mount path) of the container's own named volumes."""
     def archive_path(self, name: str, path: str, dest: Path) -> None: ...
     def replace_path(self, name: str, path: str, src: Path) -> None: ...
+    def write_files(self, name: str, writes: Sequence[tuple[SecretFile, Revealed]],
+                    removes: Sequence[str]) -> list[WrittenFile]:
+        """Secret files into the running container, then `removes` removed; as written."""

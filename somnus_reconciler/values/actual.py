@@ -38,6 +38,7 @@ class VmMark:
     pool: str = "default"
     forwards: tuple[PortForward, ...] = ()
     packs: tuple[tuple[str, str], ...] = ()  # (pack name, fingerprint)
+    files: tuple[tuple[str, str], ...] = ()  # (secret file's path, keyed digest) written
     backup: str | None = None  # the VM's backup policy as JSON (model.BackupPolicy), if it has one
 
 
@@ -72,6 +73,7 @@ class ActualContainer:
     spec_hash: str | None  # None: not created by somnus; never touched
     pool: str = "default"  # the Pool it was applied under (meaningful when managed)
     packs: tuple[tuple[str, str], ...] = ()  # (pack, fingerprint) applied, from the journal
+    files: tuple[tuple[str, str], ...] = ()  # (secret file's path, keyed digest) written, from the journal
     labels: dict[str, str] = field(default_factory=dict, compare=False)
 
     @property
@@ -81,6 +83,17 @@ class ActualContainer:
     @property
     def running(self) -> bool:
         return self.state == "running"
+
+
+@dataclass(frozen=True)
+class WrittenFile:
+    """A file as the guest reports it after a write: what the step verifies."""
+
+    path: str
+    sha256: str
+    mode: int
+    uid: int
+    gid: int
 
 
 @dataclass(frozen=True)

@@ -32,32 +32,6 @@ class VmResources:
     max_memory: int  # bytes
 
 
-@dataclass(frozen=True)
-class DesiredVm:
-    name: str
-    resources: VmResources
-    image: str
-    disk_size: int  # bytes
-    os_family: str
-    running: bool
-    packs: tuple[str, ...]  # install order, requirements first
-    snapshot_retain: int
-    owner: str | None
-    profile: str | None
-    source: Source = field(compare=False)
-    pool: str = DEFAULT_POOL
-    drift_policy: str = "correct"  # correct | warn
-    backup: BackupPolicy | None = None  # the VM's, else the Pool's
-
-    @property
-    def address(self) -> str:
-        return f"vm/{self.name}"
-
-    @property
-    def spec_hash(self) -> str:
-        return _spec_hash(self)
-
-
 class Revealed:
     """A Secret's value in clear, in memory only: its repr and str say which it is, never
     what; `reveal()` is called where it goes into a guest (the container's environment)."""
@@ -83,6 +57,57 @@ class SecretEnv:
     variable: str
     secret: str
     key: str
+
+
+@dataclass(frozen=True)
+class SecretFile:
+    """A file in the guest holding secret `secret`'s `key`, with its mode and owner."""
+
+    path: str
+    secret: str
+    key: str
+    mode: int  # 0o600
+    owner: str  # "user" or "user:group"
+
+
+@dataclass(frozen=True)
+class GuestFiles:
+    """A guest's secret files as `passes.prepare` reveals them: each path's keyed digest
+    (of its mode, owner and value; recorded on the guest, compared by the plan) and value."""
+
+    digests: tuple[tuple[str, str], ...] = ()  # (path, keyed digest), as declared
+    values: tuple[tuple[str, Revealed], ...] = field(default=(), compare=False, repr=False)
+
+    def value(self, path: str) -> Revealed:
+        return dict(self.values)[path]
+
+
+@dataclass(frozen=True)
+class DesiredVm:
+    name: str
+    resources: VmResources
+    image: str
+    disk_size: int  # bytes
+    os_family: str
+    running: bool
+    packs: tuple[str, ...]  # install order, requirements first
+    snapshot_retain: int
+    owner: str | None
+    profile: str | None
+    source: Source = field(compare=False)
+    pool: str = DEFAULT_POOL
+    drift_policy: str = "correct"  # correct | warn
+    backup: BackupPolicy | None = None  # the VM's, else the Pool's
+    secret_files: tuple[SecretFile, ...] = ()
+    files: GuestFiles = GuestFiles()  # filled in by passes.prepare.load_desired, which decrypts
+
+    @property
+    def address(self) -> str:
+        return f"vm/{self.name}"
+
+    @property
+    def spec_hash(self) -> str:
+        return _spec_hash(self)
 
 
 @dataclass(frozen=True)
@@ -121,6 +146,8 @@ class DesiredContainer:
     # `secret_env` takes (so a new value recreates the container), and the values themselves.
     secret_digest: str = ""
     revealed_env: tuple[tuple[str, Revealed], ...] = field(default=(), compare=False, repr=False)
+    secret_files: tuple[SecretFile, ...] = ()
+    files: GuestFiles = GuestFiles()  # as a VM's
 
     @property
     def address(self) -> str:
@@ -132,8 +159,8 @@ class DesiredContainer:
 
 
 def _spec_hash(obj: DesiredVm | DesiredContainer) -> str:
-    """Hash of what the object is, without its packs: those are tracked one by one
-    with their fingerprints, so adding a pack never recreates anything. Nor does
+    """Hash of what the object is, without its packs and secret files: those are tracked
+    one by one with their fingerprints, so adding a pack never recreates anything. Nor does
     the drift policy count: it says what a resync does, not what the object is.
     A backup policy does, so that a new one reaches the mark (a mark-only update)."""
     data = asdict(obj)
@@ -141,6 +168,8 @@ def _spec_hash(obj: DesiredVm | DesiredContainer) -> str:
     data.pop("packs")
     data.pop("drift_policy")
     data.pop("revealed_env", None)  # in clear: the keyed `secret_digest` stands for it
+    data.pop("secret_files")
+    data.pop("files")
     for optional in ("backup", "volumes", "secret_env", "secret_digest"):  # absent ones keep earlier hashes
         if not data.get(optional):
             data.pop(optional, None)

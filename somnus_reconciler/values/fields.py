@@ -79,6 +79,14 @@ def _absolute_path(path: str) -> str:
     return path
 
 
+def _guest_file_path(path: str) -> str:
+    parts = path.split("/")
+    if not path.startswith("/") or path.endswith("/") or "\0" in path or ".." in parts or "." in parts:
+        raise ValueError(f"{_shown(path)} must be an absolute file path in the guest (no ~, . or .., "
+                         "not ending in /)")
+    return path
+
+
 def _local_libvirt_uri(uri: str) -> str:
     """Only the local daemon: remote transports reach other hosts, and `ext` (or ssh's
     `command=`) runs a program of the manifest's choosing. SOMNUS_LIBVIRT_URI, set by
@@ -112,6 +120,7 @@ AnsibleText = Annotated[str, AfterValidator(_no_template)]
 PackageName = Annotated[str, AfterValidator(_package_name),
                         Field(json_schema_extra={"maxLength": 200, "pattern": f"^{PACKAGE_NAME}$"})]
 AbsolutePath = Annotated[str, AfterValidator(_absolute_path)]
+GuestFilePath = Annotated[str, AfterValidator(_guest_file_path)]
 LibvirtUri = Annotated[str, AfterValidator(_local_libvirt_uri)]
 
 

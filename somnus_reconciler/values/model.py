@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Annotated, Literal, Union
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Discriminator,
@@ -34,6 +35,7 @@ from somnus_reconciler.values.fields import (
     AgeArmored,
     AgeRecipient,
     AnsibleText,
+    GuestFilePath,
     LabelValue,
     LibvirtUri,
     Name,
@@ -173,6 +175,7 @@ class VirtualMachineSpec(Strict):
     snapshots: SnapshotPolicy = Field(default_factory=SnapshotPolicy)
     backup: BackupPolicy | None = None  # none: the Pool's, else backups only by hand
     drift_policy: DriftPolicy = "correct"
+    files: SecretFiles = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _one_source_of_resources(self) -> VirtualMachineSpec:
@@ -204,6 +207,29 @@ class FromSecret(Strict):
     secret_ref: SecretRef
 
 
+class SecretFile(Strict):
+    """A file in the guest holding one Secret value, written through the agent (VMs) or
+    `docker exec` (containers) as a snapshot-guarded step."""
+
+    path: Annotated[GuestFilePath, Field(description="where in the guest; its directory is made when missing")]
+    secret_ref: SecretRef
+    mode: Annotated[str, Field(pattern=r"^0?[0-7]{3}$", description="octal, as chmod takes it")] = "0600"
+    owner: Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_-]*(:[a-z_][a-z0-9_-]*)?$",
+                                description="user or user:group in the guest")] = "root"
+
+
+def _distinct_file_paths(files: list[SecretFile]) -> list[SecretFile]:
+    paths = [f.path for f in files]
+    problems = [f"path {path!r} is given twice" for path in sorted(set(paths)) if paths.count(path) > 1]
+    if problems:
+        raise ValueError("; ".join(problems))
+    return files
+
+
+SecretFiles = Annotated[list[SecretFile], AfterValidator(_distinct_file_paths),
+                        Field(description="files written from Secrets, recorded by a keyed hash")]
+
+
 # An env value is text or a reference to a Secret, told apart by its YAML type, so that a
 # wrong one gets the error of its own kind only. The tags hold "=", which no variable
 # name does: `manifests.loader` leaves them out of the field paths it shows.
@@ -225,6 +251,7 @@ class ContainerSpec(Strict):
         "named volumes only, no host paths: their data outlives the container"
     ))
     drift_policy: DriftPolicy = "correct"
+    files: SecretFiles = Field(default_factory=list)
 
     @field_validator("volumes")
     @classmethod

@@ -18,6 +18,7 @@ import re
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import docker
@@ -26,6 +27,7 @@ import pytest
 
 from somnus_reconciler.providers import guest_access
 from somnus_reconciler.providers.agent_client import AgentClient, AgentRefused
+from tests.integration import secret_scan
 from tests.integration.conftest import Workspace, remove_objects
 from tests.integration.event_stream import EventStream
 from tests.integration.test_pack_steps import pack_doc, playbook
@@ -52,12 +54,13 @@ def ws(tmp_path_factory: pytest.TempPathFactory, libvirt_conn: libvirt.virConnec
     remove_objects(workspace)
 
 
-def write_manifests(ws: Workspace, disk_size: str) -> None:
-    ws.write("vm.yaml", pack_doc("marker", playbook="playbooks/marker.yml", verify=["test -e /opt/marker"]), {
+def write_manifests(ws: Workspace, disk_size: str, *, files: list[dict[str, Any]] | None = None,
+                    secret: dict[str, Any] | None = None) -> Path:
+    return ws.write("vm.yaml", pack_doc("marker", playbook="playbooks/marker.yml", verify=["test -e /opt/marker"]), {
         "apiVersion": "somnus/v1", "kind": "VirtualMachine", "metadata": {"name": ws.name("vm")},
         "spec": {"resources": {"vcpus": 1, "memory": "1Gi", "maxMemory": "1280Mi"}, "image": "debian-12",
-                 "diskSize": disk_size, "packs": ["marker"]},
-    })
+                 "diskSize": disk_size, "packs": ["marker"], "files": files or []},
+    }, *([secret] if secret else []))
 
 
 def vm_row(ws: Workspace) -> dict[str, Any]:
@@ -124,7 +127,7 @@ def test_a_wrong_or_missing_token_is_refused(client: AgentClient) -> None:
 
 
 def test_the_token_is_0600_on_the_host_and_in_the_guest(ws: Workspace, client: AgentClient) -> None:
-    host_file = ws.state_dir / "keys" / ws.name("vm") / guest_access.AGENT_TOKEN_FILE
+    host_file = ws.state_dir / "keys" / ws.name("vm") / f"{guest_access.AGENT_TOKEN_FILE}.fernet"  # sealed
     assert host_file.stat().st_mode & 0o777 == 0o600
     guest_mode = client.execute(["stat", "-c", "%a %U", "/etc/somnus/agent-token"])["stdout"].split()
     assert guest_mode == ["600", "root"]
@@ -203,6 +206,54 @@ def test_no_token_reaches_the_cli_output_or_the_journal(ws: Workspace, client: A
         assert token not in result.stdout + result.stderr
     for journal_file in ws.state_dir.glob("journal.sqlite*"):  # with its WAL, if any
         assert token.encode() not in journal_file.read_bytes()
+
+
+def test_a_file_from_a_secret_reaches_the_vm_is_rewritten_in_place_and_a_failed_write_rolls_back(
+        ws: Workspace, client: AgentClient) -> None:
+    """Issue 13, item 3: through the agent, with mode and owner; a new value rewrites the file
+    without a restart; a file in a read-only directory fails the step and the snapshot taken
+    before it brings the first file's old value back."""
+    values = {label: f"deploy-key-{label}-{uuid.uuid4().hex[:8]}-never-in-clear" for label in ("a", "b", "c")}
+    for label, value in values.items():
+        secret_scan.SESSION.register_value(f"vm file secret ({label}) of {ws.prefix}", value)
+    public = ws.somnus("secret", "keygen", check_exit=0).stdout.strip()
+    token_file = {"path": "/etc/somnus-test/hub-token", "secretRef": {"name": "hub", "key": "token"},
+                  "mode": "0440", "owner": "nobody:nogroup"}
+    domain_id = vm_row(ws)["domainId"]
+
+    def declare(value: str, *extra: dict[str, Any]) -> str:
+        path = write_manifests(ws, f"{DISK_SIZE_GIB}Gi", files=[token_file, *extra], secret={
+            "apiVersion": "somnus/v1", "kind": "Secret", "metadata": {"name": "hub"},
+            "spec": {"recipients": [public], "data": {"token": value}}})
+        ws.somnus("secret", "encrypt", str(path), check_exit=0)
+        return ws.somnus("diff", str(ws.manifests), check_exit=1).stdout
+
+    def in_guest() -> str:
+        return client.execute(["sh", "-c", "stat -c '%a %U:%G' /etc/somnus-test/hub-token && "
+                                           "cat /etc/somnus-test/hub-token"])["stdout"]
+
+    planned = declare(values["a"])
+    assert f"vm/{ws.name('vm')}" in planned and "files: write /etc/somnus-test/hub-token (secret/hub)" in planned
+    ws.somnus("apply", str(ws.manifests), "-y", check_exit=0)
+    assert in_guest() == f"440 nobody:nogroup\n{values['a']}"
+
+    assert "/etc/somnus-test/hub-token (secret/hub changed)" in declare(values["b"])
+    ws.somnus("apply", str(ws.manifests), "-y", check_exit=0)
+    assert in_guest() == f"440 nobody:nogroup\n{values['b']}"
+    ws.somnus("diff", str(ws.manifests), check_exit=0)
+    assert vm_row(ws)["domainId"] == domain_id  # rewritten in place, no restart
+
+    assert client.execute(["sh", "-c", "mkdir -p /mnt/ro && mount -t tmpfs -o ro tmpfs /mnt/ro"])["exit_code"] == 0
+    declare(values["c"], {"path": "/mnt/ro/token", "secretRef": {"name": "hub", "key": "token"}})
+    failed = ws.somnus("apply", str(ws.manifests), "-y", check_exit=1)
+    assert "/mnt/ro/token" in failed.stdout and "Read-only file system" in failed.stdout, failed.stdout
+    assert "rolled back to somnus-files-" in failed.stdout, failed.stdout
+    assert in_guest() == f"440 nobody:nogroup\n{values['b']}"  # the snapshot's value, not the new one
+    assert client.execute(["test", "-e", "/mnt/ro/token"])["exit_code"] != 0
+
+    declare(values["c"])
+    ws.somnus("apply", str(ws.manifests), "-y", check_exit=0)
+    assert in_guest() == f"440 nobody:nogroup\n{values['c']}"
 
 
 def test_a_larger_disk_grows_in_place_and_a_smaller_one_is_refused(ws: Workspace, client: AgentClient) -> None:

@@ -37,7 +37,7 @@ _PACK = {"apiVersion": "somnus/v1", "kind": "CapabilityPack", "metadata": {"name
 def _point_forwards_at(ws: Workspace, ports: dict[str, int]) -> None:
     """The mark's forwards (what somnus reads) to `ports`, live and persistent; QEMU keeps its own."""
     dom = ws.domain("vm")
-    mark = domain_xml.mark_with_packs(dom.XMLDesc(0), ())
+    mark = domain_xml.mark_with_records(dom.XMLDesc(0))
     assert mark is not None
     for name, port in ports.items():
         mark, count = re.subn(rf'(<forward name="{name}" host-port=")\d+', rf"\g<1>{port}", mark)
