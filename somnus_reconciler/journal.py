@@ -23,13 +23,16 @@ leaves half a record. Tables:
 from __future__ import annotations
 
 import fcntl
+import functools
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Concatenate, ParamSpec, TypeVar
 
 from somnus_reconciler.values.outcome import Outcome
 
@@ -87,6 +90,7 @@ _STEP_DONE = "done"  # `steps.state` of a step that ended well
 _ADDED_COLUMNS = (
     ("steps", "phase", "TEXT NOT NULL DEFAULT 'started'"),
     ("events", "category", "TEXT"),
+    ("events", "started_at", "REAL"),  # a step's start: steps of different objects overlap
 )
 
 
@@ -103,11 +107,12 @@ class Event:
     outcome: Outcome | str
     message: str
     category: str | None = None
+    started_at: float | None = None  # a step's start (its end is `at`); None for other events
 
     @classmethod
     def from_row(cls, id: int, at: float, address: str, action: str, outcome: str, message: str,
-                 category: str | None) -> Event:
-        return cls(id, at, address, action, read_outcome(outcome), message, category)
+                 category: str | None, started_at: float | None) -> Event:
+        return cls(id, at, address, action, read_outcome(outcome), message, category, started_at)
 
 
 def read_outcome(word: str) -> Outcome | str:
@@ -128,6 +133,21 @@ class OpenStep:
     detail: str
 
 
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _serialized(method: Callable[Concatenate[Journal, _P], _R]) -> Callable[Concatenate[Journal, _P], _R]:
+    """The journal method runs holding the journal's lock (its statements are not
+    interleaved with another thread's)."""
+    @functools.wraps(method)
+    def locked(self: Journal, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        with self._lock:
+            return method(self, *args, **kwargs)
+
+    return locked
+
+
 # A container's secret files are recorded beside its packs, as "file:<path>": no pack name
 # holds a ":", so the two never meet, and both follow the container to a new ID alike.
 FILE_RECORD = "file:"
@@ -138,7 +158,10 @@ class Journal:
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self._db = sqlite3.connect(path, isolation_level=None, timeout=30)
+        # The engine's steps of different objects run in threads and share this one
+        # connection: `_serialized` lets one method at a time use it.
+        self._db = sqlite3.connect(path, isolation_level=None, timeout=30, check_same_thread=False)
+        self._lock = threading.RLock()
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.executescript(_SCHEMA)
         for table, column, definition in _ADDED_COLUMNS:  # a journal written before them
@@ -153,25 +176,29 @@ class Journal:
         self.close()
 
     # -- events -------------------------------------------------------------------
+    @_serialized
     def record(self, address: str, action: str, outcome: Outcome, message: str,
-               category: str | None = None) -> None:
-        """One event, its outcome stored as its word."""
+               category: str | None = None, *, started_at: float | None = None) -> None:
+        """One event, its outcome stored as its word; a step's with when it started."""
         with self._db:
             self._db.execute(
-                "INSERT INTO events (at, address, action, outcome, message, category) VALUES (?, ?, ?, ?, ?, ?)",
-                (time.time(), address, action, outcome.value, message, category),
+                "INSERT INTO events (at, address, action, outcome, message, category, started_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (time.time(), address, action, outcome.value, message, category, started_at),
             )
 
+    @_serialized
     def recent(self, address: str | None = None, limit: int = 20, *, action: str | None = None) -> list[Event]:
         """Newest first; optionally only one object's events, or one action's."""
         where = [(clause, value) for clause, value in (("address = ?", address), ("action = ?", action))
                  if value is not None]
-        query = "SELECT id, at, address, action, outcome, message, category FROM events"
+        query = "SELECT id, at, address, action, outcome, message, category, started_at FROM events"
         if where:
             query += " WHERE " + " AND ".join(clause for clause, _ in where)
         rows = self._db.execute(query + " ORDER BY id DESC LIMIT ?", (*[v for _, v in where], limit))
         return [Event.from_row(*row) for row in rows]
 
+    @_serialized
     def history(self, *, address: str | None = None, since: float | None = None,
                 outcome: Outcome | str | None = None, after_id: int = 0,
                 limit: int | None = None) -> list[Event]:
@@ -181,7 +208,7 @@ class Journal:
         where = [(clause, value) for clause, value in (
             ("address = ?", address), ("at >= ?", since), ("outcome = ?", outcome), ("id > ?", after_id),
         ) if value is not None]
-        query = ("SELECT id, at, address, action, outcome, message, category FROM events WHERE "
+        query = ("SELECT id, at, address, action, outcome, message, category, started_at FROM events WHERE "
                  + " AND ".join(clause for clause, _ in where))
         parameters = [value for _, value in where]
         if limit is None:
@@ -191,17 +218,20 @@ class Journal:
         return [Event.from_row(*row) for row in rows]
 
     # -- triage cache ---------------------------------------------------------------
+    @_serialized
     def cached_triage(self, text_sha256: str) -> tuple[str, float] | None:
         row = self._db.execute("SELECT category, score FROM triage_cache WHERE text_sha256 = ?",
                                (text_sha256,)).fetchone()
         return (row[0], row[1]) if row else None
 
+    @_serialized
     def cache_triage(self, text_sha256: str, category: str, score: float) -> None:
         with self._db:
             self._db.execute("INSERT OR REPLACE INTO triage_cache VALUES (?, ?, ?)",
                              (text_sha256, category, score))
 
     # -- steps --------------------------------------------------------------------
+    @_serialized
     def open_step(self, address: str, step: str, snapshot: str | None, detail: str = "") -> int:
         with self._db:
             cursor = self._db.execute(
@@ -211,6 +241,7 @@ class Journal:
             )
         return int(cursor.lastrowid or 0)
 
+    @_serialized
     def close_step(self, step_id: int, outcome: Outcome) -> None:
         """The step ended: stored as "done" for Outcome.OK (this table's word since the first
         release), else as the Outcome's word (rolled back, failed)."""
@@ -218,10 +249,12 @@ class Journal:
         with self._db:
             self._db.execute("UPDATE steps SET state = ? WHERE id = ?", (state, step_id))
 
+    @_serialized
     def step_phase(self, step_id: int, phase: str) -> None:
         with self._db:
             self._db.execute("UPDATE steps SET phase = ? WHERE id = ?", (phase, step_id))
 
+    @_serialized
     def open_steps(self) -> list[OpenStep]:
         rows = self._db.execute(
             "SELECT id, address, step, snapshot, pid, detail FROM steps WHERE state = 'open' ORDER BY id"
@@ -229,6 +262,7 @@ class Journal:
         return [OpenStep(*row) for row in rows]
 
     # -- container packs ----------------------------------------------------------
+    @_serialized
     def container_packs(self, *, files: bool = False) -> dict[str, tuple[str, tuple[tuple[str, str], ...]]]:
         """name -> (container ID, ((pack, fingerprint), ...)) for every container; with
         `files`, its secret files instead: ((path, keyed digest), ...)."""
@@ -240,10 +274,12 @@ class Journal:
                 found.setdefault(name, (container_id, []))[1].append((pack.removeprefix(FILE_RECORD), fingerprint))
         return {name: (cid, tuple(packs)) for name, (cid, packs) in found.items()}
 
+    @_serialized
     def set_container_file(self, name: str, container_id: str, path: str, digest: str | None) -> None:
         """Record (or with digest None, forget) one secret file written into one container."""
         self.set_container_pack(name, container_id, FILE_RECORD + path, digest)
 
+    @_serialized
     def set_container_pack(self, name: str, container_id: str, pack: str, fingerprint: str | None) -> None:
         """Record (or with fingerprint None, forget) one pack of one container. Records of
         an earlier container of that name (gone: names are unique) are forgotten."""
@@ -257,6 +293,7 @@ class Journal:
                     "VALUES (?, ?, ?, ?)", (name, container_id, pack, fingerprint),
                 )
 
+    @_serialized
     def move_container_packs(self, name: str, replaced_id: str | None, container_id: str | None) -> None:
         """Container `replaced_id` was made anew as `container_id` from its own snapshot: its
         records move along; those of any other container of that name are forgotten.
@@ -269,35 +306,42 @@ class Journal:
             self._db.execute("UPDATE container_packs SET container_id = ? WHERE name = ?", (container_id, name))
 
     # -- applied declarations and revisions ---------------------------------------
+    @_serialized
     def set_applied(self, address: str, spec_hash: str, revision: str | None) -> None:
         with self._db:
             self._db.execute("INSERT OR REPLACE INTO applied VALUES (?, ?, ?, ?)",
                              (address, spec_hash, revision, time.time()))
 
+    @_serialized
     def forget_applied(self, address: str) -> None:
         with self._db:
             self._db.execute("DELETE FROM applied WHERE address = ?", (address,))
 
+    @_serialized
     def applied(self) -> dict[str, tuple[str, str | None]]:
         """address -> (spec hash, revision) of what was last applied to it."""
         return {row[0]: (row[1], row[2]) for row in
                 self._db.execute("SELECT address, spec_hash, revision FROM applied")}
 
+    @_serialized
     def mark_revision(self, source: str, revision: str, state: str, reason: str) -> None:
         with self._db:
             self._db.execute("INSERT OR REPLACE INTO revisions VALUES (?, ?, ?, ?, ?)",
                              (source, revision, state, reason, time.time()))
 
+    @_serialized
     def revision_state(self, source: str, revision: str) -> str | None:
         row = self._db.execute("SELECT state FROM revisions WHERE source = ? AND revision = ?",
                                (source, revision)).fetchone()
         return str(row[0]) if row else None
 
+    @_serialized
     def last_good_revision(self, source: str) -> str | None:
         row = self._db.execute("SELECT revision FROM revisions WHERE source = ? AND state = 'good' "
                                "ORDER BY at DESC LIMIT 1", (source,)).fetchone()
         return str(row[0]) if row else None
 
+    @_serialized
     def close(self) -> None:
         self._db.close()
 

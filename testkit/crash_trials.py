@@ -4,8 +4,9 @@ Used by tests/integration/test_crash_trials.py (CI's count) and bench/reliabilit
 (larger counts). Each trial flips the manifests between two variants, so every
 apply has work: a tiny-linux VM resized live or restarted, a container recreated
 (its spec changes), and a pack step in another container (snapshot -> playbook ->
-verify). The apply's process group is killed after a random delay (seeded: the
-seed is printed, a trial is reproducible). Then a plain `somnus apply` must exit
+verify). The apply's process group is killed after a random number of its progress
+lines and a random fraction of a second (seeded: the seed is printed, a trial is
+reproducible). Then a plain `somnus apply` must exit
 0, `somnus diff` must exit 0, and nothing may be lost or left over: no step open in
 the journal, no playbook of a killed apply still running, no libvirt snapshot or
 committed image beyond retention or of an object that is gone, no object with the
@@ -38,6 +39,9 @@ PACK_PLAYBOOK = [{"name": "marker", "hosts": "all", "gather_facts": False, "task
     {"name": "take a moment", "ansible.builtin.command": "sleep 1"},
 ]}]
 
+# An apply of either variant prints about 10 progress lines (3 steps started and
+# finished, the pack's playbook tasks): a kill after 1 to 8 of them lands inside it.
+_PROGRESS_LINES = 8
 
 @dataclass(frozen=True)
 class TrialResult:
@@ -83,15 +87,27 @@ class Trials:
     def trial(self, number: int, seed: int, conn: libvirt.virConnect, client: docker.DockerClient) -> TrialResult:
         rng = random.Random(seed)
         self.write(number % 2)
-        delay = rng.uniform(0.3, 12.0)
+        # The moment is drawn by events, not by the clock alone, so that it lands inside
+        # the apply on a fast machine as on a slow one: after a random number of its
+        # progress lines (a step started, a playbook task done, a step finished), then a
+        # random part of a second or so.
+        lines, extra = rng.randint(1, _PROGRESS_LINES), rng.uniform(0.0, 1.5)
+        started = time.monotonic()
         proc = subprocess.Popen([sys.executable, "-m", "somnus_reconciler", "apply", str(self.manifests), "-y"],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=self.env,
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=self.env,
                                 start_new_session=True)
-        time.sleep(delay)
+        assert proc.stdout is not None
+        seen = 0
+        for line in proc.stdout:
+            seen += line.startswith((f"vm/{self.prefix}", f"container/{self.prefix}"))
+            if seen >= lines:
+                time.sleep(extra)
+                break
+        delay = time.monotonic() - started
         killed_mid_run = proc.poll() is None
         if killed_mid_run:
             os.killpg(proc.pid, signal.SIGKILL)  # the apply and its ansible-runner children
-        proc.wait()
+        proc.communicate()
         after = self.somnus("apply", str(self.manifests), "-y")
         diff = self.somnus("diff", str(self.manifests))
         problems = [f"apply after the kill exited {after.returncode}: {after.stdout[-800:]}{after.stderr[-800:]}"

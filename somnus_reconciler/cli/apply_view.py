@@ -1,7 +1,8 @@
 """`somnus apply`: the plan (as `diff` shows it), each step's progress, and the summary.
 
-`progress` picks the engine hook: `TerminalProgress` (a rich progress bar) on a
-terminal, `PlainProgress` (a line per step, flushed) for logs, pipes and CI.
+`progress` picks the engine hook: `TerminalProgress` (a rich display: the overall bar
+and a line per step under way) on a terminal, `PlainProgress` (lines naming the object,
+flushed) for logs, pipes and CI.
 `ApplyHuman` shows the plan, a wait for another apply's lock, and what the pass
 did. Apply has no JSON output.
 """
@@ -17,6 +18,7 @@ from somnus_reconciler.planning.plan import Change
 
 if TYPE_CHECKING:
     from rich.console import Console
+    from rich.progress import TaskID
 
     from somnus_reconciler.passes.converge import PassReport
 
@@ -71,7 +73,7 @@ class PlainProgress:
         print(f"{change.address}: {describe_change(change)} ...", file=self._out, flush=True)
 
     def step_event(self, change: Change, line: str) -> None:
-        print(f"    {line}", file=self._out, flush=True)
+        print(f"{change.address}:     {line}", file=self._out, flush=True)
 
     def step_finished(self, result: StepResult) -> None:
         outcome = "done" if result.ok else f"FAILED{_failure_tag(result)}: {result.message}"
@@ -79,7 +81,9 @@ class PlainProgress:
 
 
 class TerminalProgress:
-    """A rich progress bar over the steps, with a line per finished step."""
+    """A rich display: the overall bar, a line per step under way (steps of different
+    objects run at the same time) with its latest event and elapsed time, and a line
+    printed per finished step."""
 
     def __init__(self, console: Console | None = None) -> None:
         from rich.console import Console
@@ -87,34 +91,43 @@ class TerminalProgress:
 
         self._console = console or Console()
         self._progress = Progress(
-            SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
-            TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(),
+            SpinnerColumn(), TextColumn("{task.description}"), BarColumn(bar_width=None),
+            TextColumn("{task.fields[count]}"), TimeElapsedColumn(),
             console=self._console, transient=True,
         )
-        self._task = self._progress.add_task("applying", total=0)
-        self._current = "applying"
+        self._overall = self._progress.add_task("applying", total=0, count="")
+        self._running: dict[int, tuple[TaskID, str]] = {}  # id(change) -> (its line, its description)
 
     def start(self, total: int) -> None:
-        """Show the bar, once the plan is known and confirmed."""
-        self._progress.update(self._task, total=total)
+        """Show the display, once the plan is known and confirmed."""
+        self._progress.update(self._overall, total=total, count=f"0/{total}")
         self._progress.start()
 
     def stop(self) -> None:
         self._progress.stop()
 
     def step_started(self, change: Change) -> None:
-        self._current = f"{change.address}: {describe_change(change)}"
-        self._progress.update(self._task, description=self._current)
+        from rich.markup import escape
+
+        description = f"  {escape(change.address)}: {escape(describe_change(change))}"
+        task = self._progress.add_task(description, total=None, count="")
+        self._running[id(change)] = (task, description)
 
     def step_event(self, change: Change, line: str) -> None:
         from rich.markup import escape
 
-        self._progress.update(self._task, description=f"{self._current} [dim]{escape(line)}[/]")
+        if id(change) in self._running:
+            task, description = self._running[id(change)]
+            self._progress.update(task, description=f"{description} [dim]{escape(line)}[/]")
 
     def step_finished(self, result: StepResult) -> None:
-        mark = "[green]✓[/]" if result.ok else "[red]✗[/]"
         from rich.markup import escape
 
+        if id(result.change) in self._running:
+            self._progress.remove_task(self._running.pop(id(result.change))[0])
+        mark = "[green]✓[/]" if result.ok else "[red]✗[/]"
         detail = "" if result.ok else f"{escape(_failure_tag(result))}: {escape(result.message)}"
         self._console.print(f"{mark} {result.change.address}{detail} ({result.duration_s:.1f}s)", highlight=False)
-        self._progress.advance(self._task)
+        self._progress.advance(self._overall)
+        overall = self._progress.tasks[0]
+        self._progress.update(self._overall, count=f"{int(overall.completed)}/{int(overall.total or 0)}")

@@ -16,6 +16,9 @@ from somnus_reconciler.values.diagnostics import InvalidInput
 paths = click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
 state_dir = click.option("--state-dir", envvar="SOMNUS_STATE_DIR", default=None,
                          help="Journal and console logs [env SOMNUS_STATE_DIR].")
+# Terraform's default; passes.converge.DEFAULT_PARALLELISM is the same (not imported: cheap CLI start).
+parallelism = click.option("--parallelism", type=click.IntRange(min=1), default=10, show_default=True,
+                           help="Objects converged at the same time (the steps of one object keep their order).")
 
 
 def fail(message: str) -> NoReturn:

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from somnus_reconciler.passes.converge import PassReport
     from somnus_reconciler.planning.plan import Plan
 
-_paths, _state_dir = arguments.paths, arguments.state_dir
+_paths, _state_dir, _parallelism = arguments.paths, arguments.state_dir, arguments.parallelism
 _fail, _report_invalid = arguments.fail, arguments.report_invalid
 
 
@@ -100,9 +100,10 @@ def _diff_exit_code(plan: Plan) -> int:
               help="Consent to replacing this VM's disk (a backup is taken first); repeatable.")
 @click.option("--dry-run", is_flag=True, help="Show the plan and stop (exit codes as diff).")
 @click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation on a terminal.")
+@_parallelism
 @_state_dir
 def apply(paths: Sequence[Path], prune: bool, replace: Sequence[str], dry_run: bool, yes: bool,
-          state_dir: str | None) -> None:
+          parallelism: int, state_dir: str | None) -> None:
     """Converge actual state to the manifests.
 
     One apply at a time per state directory. Steps a killed apply left open are
@@ -135,7 +136,7 @@ def apply(paths: Sequence[Path], prune: bool, replace: Sequence[str], dry_run: b
     options = converge.PassOptions(
         prune=prune, replace=frozenset(replace), hooks=[progress], on_recovered=view.recovered, on_plan=on_plan,
         classifier=triage.default_classifier(),
-        on_lock_wait=view.lock_wait, should_stop=interrupted.is_set,
+        on_lock_wait=view.lock_wait, should_stop=interrupted.is_set, parallelism=parallelism,
     )
     try:
         report = apply_pass.apply(paths, options, state_dir=state_dir)

@@ -68,12 +68,17 @@ class HistoryJson(HistoryView):
     def events(self, items: Sequence[HistoryItem]) -> None:
         self.json({"items": [
             {"id": i.event.id,
-             "at": datetime.datetime.fromtimestamp(i.event.at, datetime.UTC).isoformat(timespec="seconds"),
+             "at": _iso(i.event.at),
              "address": i.event.address, "action": i.event.action, "outcome": i.event.outcome,
              "category": i.event.category, "message": i.event.message,
+             **({"startedAt": _iso(i.event.started_at)} if i.event.started_at is not None else {}),
              **({"score": i.score} if i.score is not None else {})}
             for i in items
         ]})
+
+
+def _iso(at: float) -> str:
+    return datetime.datetime.fromtimestamp(at, datetime.UTC).isoformat(timespec="seconds")
 
 
 def for_output(output: str) -> HistoryTable | HistoryJson:

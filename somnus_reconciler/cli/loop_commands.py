@@ -34,14 +34,15 @@ def _duration(value: str, option: str) -> float:
     return seconds
 
 
-def _loop(output: str, prune: bool, state_dir: str | None) -> Loop:
+def _loop(output: str, prune: bool, state_dir: str | None, parallelism: int) -> Loop:
     """A reconcile loop writing its events as text lines or JSON lines, stopped by SIGINT/SIGTERM."""
     from somnus_reconciler.cli import loop_views
     from somnus_reconciler.passes.loop import Loop
     from somnus_reconciler.semantic import triage
 
     view = loop_views.for_output(output)
-    loop = Loop(view.show, prune=prune, state_dir=state_dir, classifier=triage.default_classifier())
+    loop = Loop(view.show, prune=prune, state_dir=state_dir, classifier=triage.default_classifier(),
+                parallelism=parallelism)
     loop.install_signal_handlers()
     return loop
 
@@ -52,6 +53,7 @@ _loop_options = [
     click.option("--prune", is_flag=True, help="Delete owned objects that are no longer declared."),
     click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text",
                  help="text: one line per reconcile; json: one event per line."),
+    arguments.parallelism,
     arguments.state_dir,
 ]
 
@@ -65,12 +67,13 @@ def _with_loop_options(command: _Command) -> _Command:
 @click.command()
 @arguments.paths
 @_with_loop_options
-def watch(paths: Sequence[Path], interval: str, prune: bool, output: str, state_dir: str | None) -> None:
+def watch(paths: Sequence[Path], interval: str, prune: bool, output: str, parallelism: int,
+          state_dir: str | None) -> None:
     """Reconcile PATHS on every change and every --interval, until SIGINT or SIGTERM."""
     from somnus_reconciler.passes import watch as watch_mod
 
     interval_s = _duration(interval, "--interval")
-    loop = _loop(output, prune, state_dir)
+    loop = _loop(output, prune, state_dir, parallelism)
     try:
         watch_mod.watch(paths, loop, interval_s=interval_s)
     finally:
@@ -82,7 +85,7 @@ def watch(paths: Sequence[Path], interval: str, prune: bool, output: str, state_
 @click.option("--branch", default="main", show_default=True)
 @click.option("--path", "subpath", default=".", show_default=True, help="Manifests directory in the repository.")
 @_with_loop_options
-def gitops(repo: str, branch: str, subpath: str, interval: str, prune: bool, output: str,
+def gitops(repo: str, branch: str, subpath: str, interval: str, prune: bool, output: str, parallelism: int,
            state_dir: str | None) -> None:
     """Follow BRANCH of REPO (any URL git takes): apply each new revision, quarantine bad ones.
 
@@ -98,7 +101,7 @@ def gitops(repo: str, branch: str, subpath: str, interval: str, prune: bool, out
 
     interval_s = _duration(interval, "--interval")
     resolved = settings_mod.resolve(state_dir=state_dir).state_dir
-    loop = _loop(output, prune, str(resolved))
+    loop = _loop(output, prune, str(resolved), parallelism)
     fetch_now = threading.Event()
     signal.signal(signal.SIGHUP, lambda _signum, _frame: fetch_now.set())
     try:

@@ -1,8 +1,15 @@
 """The engine: executes a Plan step by step; `somnus apply`, `watch` and `gitops`
 run it through passes.converge.
 
+Objects are converged at the same time, up to `parallelism` of them, each in a
+thread of its own; one object's steps keep their plan order. What the threads
+share is made for it: the journal serializes its statements, hooks are called one
+at a time, each thread has its own Docker client, and libvirt's connection is
+thread-safe.
+
 Each change is one step, tried by its own module: a VM or container change by
-`resource_step` (act -> verify -> settle), a pack step by `pack_step`. A step
+`resource_step` (act -> verify -> settle), a pack step by `pack_step`, secret
+files by `file_step`. A step
 that changes a guest (a pack step, a VM's restart or stop, a container's
 recreate) runs inside `guard.guarded`: snapshot -> act -> record | roll back.
 Every step ends in the journal with its outcome, message
@@ -23,8 +30,10 @@ watch and gitops).
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -88,6 +97,7 @@ class Engine:
     ) -> None:
         self._journal = journal
         self._hooks = hooks
+        self._hooks_lock = threading.Lock()  # hooks are called from the steps' threads, one at a time
         self._resources = ResourceSteps(vms, containers, verify_timeout_s, boot_timeout_s, state_dir, backups,
                                         container_backups)
         self._snapshots = GuestSnapshots(vms, containers, journal)
@@ -97,27 +107,49 @@ class Engine:
         self._sleep = sleep
 
     def execute(self, plan: Plan, *, revision: str | None = None,
-                should_stop: Callable[[], bool] = lambda: False) -> list[StepResult]:
-        """Run the plan's steps in order; `should_stop` is asked before each one (a
-        loop or an apply told to stop lets the current step finish or roll back, then returns).
+                should_stop: Callable[[], bool] = lambda: False, parallelism: int = 1) -> list[StepResult]:
+        """Run the plan's steps; `should_stop` is asked before each one (a loop or an
+        apply told to stop lets the steps under way finish or roll back, then returns).
+
+        The steps of one object run in plan order (its own change, its files, its packs
+        in `requires` order); up to `parallelism` objects are converged at the same time.
+        A failed step stops only its own object's later guest steps. Results come back
+        in plan order.
 
         Each object a step converged is recorded in the journal as applied, with its
         spec hash and `revision` (gitops); that is how a later resync tells drift
         from intent for an object that has gone.
         """
-        failed: set[str] = set()
+        objects: dict[str, list[tuple[int, Change]]] = {}
+        for index, change in enumerate(plan.changes):
+            objects.setdefault(change.address, []).append((index, change))
+
+        def converge(steps: list[tuple[int, Change]]) -> list[tuple[int, StepResult]]:
+            return self._converge_object(steps, revision, should_stop)
+
+        if parallelism <= 1 or len(objects) <= 1:
+            done = [result for steps in objects.values() for result in converge(steps)]
+        else:
+            with ThreadPoolExecutor(max_workers=min(parallelism, len(objects)),
+                                    thread_name_prefix="somnus-step") as pool:
+                done = [result for results in pool.map(converge, objects.values()) for result in results]
+        return [result for _, result in sorted(done, key=lambda item: item[0])]
+
+    def _converge_object(self, steps: list[tuple[int, Change]], revision: str | None,
+                         should_stop: Callable[[], bool]) -> list[tuple[int, StepResult]]:
+        """One object's steps in order; after a failure its guest steps are skipped."""
+        failed = False
         results = []
-        for change in plan.changes:
+        for index, change in steps:
             if should_stop():
                 break
-            if change.action.is_guest_step and change.address in failed:
+            if change.action.is_guest_step and failed:
                 result = self._skip(change)  # the guest's own change failed: its files and packs wait
             else:
                 result = self._step(change)
                 self._record_applied(result, revision)
-            if not result.ok:
-                failed.add(change.address)
-            results.append(result)
+            failed = failed or not result.ok
+            results.append((index, result))
         return results
 
     def recover(self, desired: DesiredState) -> list[str]:
@@ -126,8 +158,7 @@ class Engine:
 
     def _step(self, change: Change) -> StepResult:
         """Try the step, and again while it fails temporarily and attempts remain."""
-        for hook in self._hooks:
-            hook.step_started(change)
+        self._started(change)
         started = time.monotonic()
         tries = 1
         current: Change | None = change
@@ -174,21 +205,28 @@ class Engine:
         self._sleep(delay)
 
     def _skip(self, change: Change) -> StepResult:
-        for hook in self._hooks:
-            hook.step_started(change)
+        self._started(change)
         result = StepResult(change, False, f"skipped: {change.address} did not converge", 0.0)
         self._finish(result, Outcome.SKIPPED)
         return result
 
     def _event(self, change: Change, line: str) -> None:
-        for hook in self._hooks:
-            hook.step_event(change, line)
+        with self._hooks_lock:
+            for hook in self._hooks:
+                hook.step_event(change, line)
 
     def _finish(self, result: StepResult, outcome: Outcome) -> None:
         category = result.category.value if result.category is not None else None
-        self._journal.record(result.change.address, _action_label(result.change), outcome, result.message, category)
-        for hook in self._hooks:
-            hook.step_finished(result)
+        self._journal.record(result.change.address, _action_label(result.change), outcome, result.message, category,
+                             started_at=time.time() - result.duration_s)
+        with self._hooks_lock:
+            for hook in self._hooks:
+                hook.step_finished(result)
+
+    def _started(self, change: Change) -> None:
+        with self._hooks_lock:
+            for hook in self._hooks:
+                hook.step_started(change)
 
     def _record_applied(self, result: StepResult, revision: str | None) -> None:
         change = result.change

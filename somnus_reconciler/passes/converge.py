@@ -96,6 +96,9 @@ class PassReport:
         return (*(f"{r.change.address}: {r.message}" for r in self.failed), *self.plan.unreachable)
 
 
+DEFAULT_PARALLELISM = 10  # as Terraform's -parallelism
+
+
 @dataclass
 class PassOptions:
     prune: bool = False
@@ -108,6 +111,7 @@ class PassOptions:
     should_stop: Callable[[], bool] = lambda: False
     on_lock_wait: Callable[[str], None] = lambda message: None
     classifier: FailureClassifier | None = field(default=None)
+    parallelism: int = DEFAULT_PARALLELISM  # objects converged at the same time
 
 
 def _refuse_unconsented(plan: Plan, replace: frozenset[str]) -> None:
@@ -147,7 +151,8 @@ def run_pass(desired: DesiredState, backends: Backends, options: PassOptions) ->
             _report_drift(journal, change)
         if not options.on_plan(plan):
             return PassReport(plan, recovered, reported, declined=True)
-        results = tuple(engine.execute(plan, revision=options.revision, should_stop=options.should_stop))
+        results = tuple(engine.execute(plan, revision=options.revision, should_stop=options.should_stop,
+                                       parallelism=options.parallelism))
     return PassReport(plan, recovered, reported, results, stopped=len(results) < len(plan.changes))
 
 

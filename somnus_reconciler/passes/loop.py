@@ -66,6 +66,7 @@ class Loop:
     prune: bool = False
     state_dir: str | None = None
     classifier: FailureClassifier | None = None
+    parallelism: int = converge.DEFAULT_PARALLELISM
     stop: threading.Event = field(default_factory=threading.Event)
     _backends: Backends | None = None
     _indexer: threading.Thread | None = None
@@ -91,7 +92,7 @@ class Loop:
         options = converge.PassOptions(
             prune=self.prune, check_packs=check_packs, revision=trigger.revision,
             hooks=[_StepEvents(self.emit)], on_plan=on_plan, should_stop=self.stop.is_set,
-            classifier=self.classifier,
+            classifier=self.classifier, parallelism=self.parallelism,
         )
         started = time.time()
         try:

@@ -19,7 +19,7 @@ import psutil
 from somnus_reconciler import settings as settings_mod
 from somnus_reconciler.images import vm_images
 from somnus_reconciler.manifests import loader, pack_files, references
-from somnus_reconciler.passes import pack_health, reveal
+from somnus_reconciler.passes import reveal
 from somnus_reconciler.planning import admission
 from somnus_reconciler.planning import plan as plan_mod
 from somnus_reconciler.planning.plan import Action, Plan
@@ -81,7 +81,11 @@ def prepare(desired: DesiredState, backends: Backends, *, prune: bool, check_pac
         vms={} if "vm" in unreachable else desired.vms,
         containers={} if "container" in unreachable else desired.containers,
     )
-    failing = pack_health.failing_packs(desired, actual, backends) if check_packs else frozenset()
+    failing: frozenset[tuple[str, str]] = frozenset()
+    if check_packs:  # a resync; imported here, since a diff never asks an agent (~50 ms of imports)
+        from somnus_reconciler.passes import pack_health
+
+        failing = pack_health.failing_packs(desired, actual, backends)
     plan = plan_mod.compute(desired, actual, prune=prune, applied=applied_hashes(backends.settings),
                             failing_packs=failing)
     plan = dataclasses.replace(plan, unreachable=tuple(unreachable.values()))

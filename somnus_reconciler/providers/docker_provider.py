@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -55,37 +56,53 @@ class DockerProvider:
     """Implements `providers.ContainerProvider` against one dockerd.
 
     `base_url` None means docker's own defaults: `DOCKER_HOST`, else the local
-    unix socket. The connection is opened on first use and kept until `close`.
+    unix socket. The connection is opened on first use and kept until `close`: one
+    per thread, since docker-py's client is not safe to share between threads (the
+    engine runs the steps of different containers at the same time).
     """
 
     def __init__(self, base_url: str | None = None) -> None:
         self._base_url = base_url
-        self._client: docker.APIClient | None = None
+        self._local = threading.local()
+        self._clients: list[docker.APIClient] = []  # every thread's, for `close`
+        self._clients_lock = threading.Lock()
+        self._version: str | None = None  # the API version the first connection agreed on
 
     # -- connection --------------------------------------------------------
 
     def _api(self) -> docker.APIClient:
-        if self._client is None:
-            import docker  # ~250 ms: paid only by processes that talk to dockerd
+        client: docker.APIClient | None = getattr(self._local, "client", None)
+        if client is None:
+            client = self._connect()
+            self._local.client = client
+            with self._clients_lock:
+                self._clients.append(client)
+        return client
 
-            where = self._base_url or "DOCKER_HOST or the default socket"
-            try:
-                # version "auto" costs one GET /version per connection; pinning
-                # a version instead breaks on daemons whose API range excludes it
-                # (20.10 tops out at 1.41, 29.x starts at 1.44).
-                if self._base_url is None:
-                    client = docker.from_env(version="auto")
-                else:
-                    client = docker.DockerClient(base_url=self._base_url, version="auto")
-            except docker.errors.DockerException as e:
-                raise BackendUnavailable(f"dockerd ({where}) cannot be reached: {e}", kind="container") from e
-            self._client = client.api
-        return self._client
+    def _connect(self) -> docker.APIClient:
+        import docker  # ~250 ms: paid only by processes that talk to dockerd
+
+        where = self._base_url or "DOCKER_HOST or the default socket"
+        # version "auto" costs one GET /version; pinning a version instead breaks on
+        # daemons whose API range excludes it (20.10 tops out at 1.41, 29.x starts at
+        # 1.44). So the first connection asks, and the other threads' take its answer.
+        version = self._version or "auto"
+        try:
+            if self._base_url is None:
+                client = docker.from_env(version=version)
+            else:
+                client = docker.DockerClient(base_url=self._base_url, version=version)
+        except docker.errors.DockerException as e:
+            raise BackendUnavailable(f"dockerd ({where}) cannot be reached: {e}", kind="container") from e
+        self._version = client.api.api_version
+        return client.api
 
     def close(self) -> None:
-        if self._client is not None:
-            self._client.close()
-            self._client = None
+        with self._clients_lock:
+            clients, self._clients = self._clients, []
+        for client in clients:
+            client.close()
+        self._local = threading.local()
 
     def __enter__(self) -> DockerProvider:
         return self

@@ -15,6 +15,7 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,7 +24,7 @@ from pathlib import Path
 import libvirt
 
 from somnus_reconciler.images import vm_images
-from somnus_reconciler.providers import domain_xml, guest_access, libvirt_checkpoints
+from somnus_reconciler.providers import domain_xml, libvirt_checkpoints
 from somnus_reconciler.providers.protocols import BackendUnavailable, ProviderError
 from somnus_reconciler.settings import Settings
 from somnus_reconciler.values.actual import ActualVm, PortForward, PowerState, Snapshot, VmMark
@@ -53,34 +54,47 @@ _POWER = {
 }
 
 
+_handed_out: set[int] = set()  # forwards chosen by this process: VMs made at the same time never share one
+_handed_out_lock = threading.Lock()
+
+
 def _free_loopback_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+    with _handed_out_lock:
+        while True:
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+                probe.bind(("127.0.0.1", 0))
+                port = int(probe.getsockname()[1])
+            if port not in _handed_out:
+                _handed_out.add(port)
+                return port
 
 
 class LibvirtProvider:
-    """Implements `providers.VmProvider` against one libvirt connection."""
+    """Implements `providers.VmProvider` against one libvirt connection, which the
+    engine's threads share (libvirt's connections are thread-safe); only opening and
+    closing it is serialized here."""
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._conn: libvirt.virConnect | None = None
+        self._conn_lock = threading.RLock()
 
     # -- connection -------------------------------------------------------
     @property
     def conn(self) -> libvirt.virConnect:
         """The connection, opened again when libvirtd went away (restarted) since the last call."""
-        if self._conn is not None and not self._alive(self._conn):
-            self.close()
-        if self._conn is None:
-            try:
-                self._conn = libvirt.open(self._settings.libvirt_uri)
-            except libvirt.libvirtError as e:
-                raise BackendUnavailable(
-                    f"cannot connect to libvirt at {self._settings.libvirt_uri}: {e.get_error_message()}",
-                    kind="vm",
-                ) from e
-        return self._conn
+        with self._conn_lock:
+            if self._conn is not None and not self._alive(self._conn):
+                self.close()
+            if self._conn is None:
+                try:
+                    self._conn = libvirt.open(self._settings.libvirt_uri)
+                except libvirt.libvirtError as e:
+                    raise BackendUnavailable(
+                        f"cannot connect to libvirt at {self._settings.libvirt_uri}: {e.get_error_message()}",
+                        kind="vm",
+                    ) from e
+            return self._conn
 
     @staticmethod
     def _alive(conn: libvirt.virConnect) -> bool:
@@ -90,12 +104,13 @@ class LibvirtProvider:
             return False
 
     def close(self) -> None:
-        if self._conn is not None:
-            try:
-                self._conn.close()
-            except libvirt.libvirtError:
-                pass  # already broken: the daemon went away
-            self._conn = None
+        with self._conn_lock:
+            if self._conn is not None:
+                try:
+                    self._conn.close()
+                except libvirt.libvirtError:
+                    pass  # already broken: the daemon went away
+                self._conn = None
 
     def _unavailable(self, e: libvirt.libvirtError) -> BackendUnavailable | None:
         """The connection broke under a call (libvirtd stopped): forget it, say so."""
@@ -212,6 +227,7 @@ class LibvirtProvider:
 
     def _write_seed(self, name: str) -> None:
         """The read-only seed disk: the VM's public key, agent token and identity (made once, kept)."""
+        from somnus_reconciler.providers import guest_access  # keys and seeds: only a new VM needs them
         guest_access.build_seed_disk(self._vm_dir(name) / "seed.img",
                                      guest_access.seed_files(self._settings.state_dir, name))
 
@@ -378,4 +394,5 @@ class LibvirtProvider:
                 dom.destroy()
             dom.undefineFlags(_UNDEFINE_FLAGS)
             shutil.rmtree(self._vm_dir(name), ignore_errors=True)
+            from somnus_reconciler.providers import guest_access
             guest_access.remove_keypair(self._settings.state_dir, name)

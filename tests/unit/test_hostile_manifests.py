@@ -190,7 +190,7 @@ SHELL_TEXT = "$(touch /tmp/pwned); `id` | tee /etc/x && echo ${HOME} > /dev/null
 def test_create_asks_for_nothing_privileged_and_passes_argv_and_env_as_given() -> None:
     api = _RecordingApi()
     provider = DockerProvider()
-    provider._client = api  # the seam `_api()` returns; no daemon is contacted
+    provider._local.client = api  # the seam `_api()` returns (this thread's client); no daemon is contacted
     container = DesiredContainer(
         name="box", image="somnus/busybox:latest", command=("echo", SHELL_TEXT), cpus=0.5, memory=2**26,
         network="none", env=(("EVIL", SHELL_TEXT),), packs=(), owner="alice", source=Source(Path("m"), 1),
@@ -212,7 +212,7 @@ def test_create_asks_for_nothing_privileged_and_passes_argv_and_env_as_given() -
 
 def test_create_refuses_a_network_mode_other_than_none_or_host() -> None:
     provider = DockerProvider()
-    provider._client = _RecordingApi()
+    provider._local.client = _RecordingApi()
     container = DesiredContainer(
         name="box", image="somnus/busybox:latest", command=None, cpus=1, memory=2**26, network="bridge",
         env=(), packs=(), owner=None, source=Source(Path("m"), 1),

@@ -177,7 +177,7 @@ def test_plain_progress_is_a_line_per_step_start_event_and_end() -> None:
     progress.stop()
     assert out.getvalue() == (
         "vm/coder-1: create (profile gpu-dev, 2 vcpu, 4Gi) ...\n"
-        "    ok: [guest] => apt\n"
+        "vm/coder-1:     ok: [guest] => apt\n"
         "vm/coder-1: done (12.3s)\n"
         "vm/coder-2: FAILED [NETWORK_FAILURE, 3 attempts]: no route to host (3.0s)\n"
     )
