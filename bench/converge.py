@@ -58,9 +58,14 @@ def compose_file(n: int) -> dict[str, object]:
                     "cpus": 0.5, "mem_limit": "16m"} for i in range(n)}}
 
 
-def run(command: list[str], env: dict[str, str], *, cwd: Path = REPO, timeout: float = 1800) -> float:
+def run(command: list[str], env: dict[str, str], *, cwd: Path = REPO, timeout: float = 600) -> float:
+    """Seconds `command` took; infinity when it had not finished after `timeout` (it is killed)."""
     start = time.perf_counter()
-    result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=cwd, timeout=timeout)
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=cwd, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        print(f"  {' '.join(command[:4])} ...: no end after {timeout:.0f} s (hung), killed", flush=True)
+        return float("inf")
     elapsed = time.perf_counter() - start
     if result.returncode != 0:
         raise SystemExit(f"{' '.join(command)} exited {result.returncode}:\n{result.stdout[-3000:]}{result.stderr[-3000:]}")
@@ -119,15 +124,19 @@ def main() -> None:
         manifests.write_text(yaml.safe_dump_all([_pool(args.vms), *containers(args.containers)]))
         somnus = [sys.executable, "-m", "somnus_reconciler", "apply", str(manifests), "-y",
                   "--parallelism", str(args.parallelism)]
-        figures["somnus containers"] = run(somnus, env)
-        figures["somnus containers again"] = run(somnus, env)
-        figures["compose containers"] = run([*compose, "up", "-d"], compose_env, cwd=project)
-        figures["compose containers again"] = run([*compose, "up", "-d"], compose_env, cwd=project)
+        for name, measure in (
+            ("somnus containers", lambda: run(somnus, env)),
+            ("somnus containers again", lambda: run(somnus, env)),
+            ("compose containers", lambda: run([*compose, "up", "-d"], compose_env, cwd=project, timeout=300)),
+            ("compose containers again", lambda: run([*compose, "up", "-d"], compose_env, cwd=project, timeout=300)),
+        ):
+            figures[name] = measure()
+            print(f"  {name}: {figures[name]:.2f} s", flush=True)
         manifests.write_text(yaml.safe_dump_all([_pool(args.vms), *containers(args.containers), *vms(args.vms)]))
         figures["somnus VM definitions"] = run(somnus, env)
         figures["raw define floor"] = raw_define_floor(args.vms, state)
     finally:
-        subprocess.run([*compose, "down", "-t", "1"], capture_output=True, env=compose_env, cwd=project)
+        subprocess.run([*compose, "down", "-t", "1"], capture_output=True, env=compose_env, cwd=project, timeout=600)
         manifests.write_text(yaml.safe_dump_all([_pool(0)]))
         subprocess.run([sys.executable, "-m", "somnus_reconciler", "apply", str(manifests), "--prune", "-y"],
                        capture_output=True, env=env, cwd=REPO)
