@@ -151,6 +151,7 @@ def _serialized(method: Callable[Concatenate[Journal, _P], _R]) -> Callable[Conc
 # A container's secret files are recorded beside its packs, as "file:<path>": no pack name
 # holds a ":", so the two never meet, and both follow the container to a new ID alike.
 FILE_RECORD = "file:"
+ContainerRecords = dict[str, tuple[str, tuple[tuple[str, str], ...]]]  # name -> (container ID, records)
 
 
 class Journal:
@@ -266,13 +267,19 @@ class Journal:
     def container_packs(self, *, files: bool = False) -> dict[str, tuple[str, tuple[tuple[str, str], ...]]]:
         """name -> (container ID, ((pack, fingerprint), ...)) for every container; with
         `files`, its secret files instead: ((path, keyed digest), ...)."""
-        found: dict[str, tuple[str, list[tuple[str, str]]]] = {}
+        return self.container_records()[1 if files else 0]
+
+    @_serialized
+    def container_records(self) -> tuple[ContainerRecords, ContainerRecords]:
+        """(packs, secret files) of every container, as `container_packs` gives each, in one read."""
+        found: tuple[dict[str, tuple[str, list[tuple[str, str]]]], ...] = ({}, {})
         for name, container_id, pack, fingerprint in self._db.execute(
             "SELECT name, container_id, pack, fingerprint FROM container_packs ORDER BY name, rowid"
         ):
-            if pack.startswith(FILE_RECORD) == files:
-                found.setdefault(name, (container_id, []))[1].append((pack.removeprefix(FILE_RECORD), fingerprint))
-        return {name: (cid, tuple(packs)) for name, (cid, packs) in found.items()}
+            kind = found[1] if pack.startswith(FILE_RECORD) else found[0]
+            kind.setdefault(name, (container_id, []))[1].append((pack.removeprefix(FILE_RECORD), fingerprint))
+        packs, files = ({name: (cid, tuple(rows)) for name, (cid, rows) in kind.items()} for kind in found)
+        return packs, files
 
     @_serialized
     def set_container_file(self, name: str, container_id: str, path: str, digest: str | None) -> None:

@@ -85,7 +85,7 @@ def _observe_containers(backends: Backends) -> dict[str, ActualContainer]:
     journal_path = backends.settings.journal_path
     if journal_path.exists() and containers:
         with Journal(journal_path) as journal:
-            packs, files = journal.container_packs(), journal.container_packs(files=True)
+            packs, files = journal.container_records()  # one read of the table, on every observe
         for name in packs.keys() | files.keys():
             current = containers.get(name)
             if current is None:
