@@ -1,12 +1,14 @@
 """Converging many objects from nothing: somnus against docker-compose and the raw define floor.
 
-    python bench/converge.py [--containers 100] [--vms 100] [--parallelism 10]
+    python bench/converge.py [--containers 100] [--vms 50] [--parallelism 10]
 
 In one run, side by side (the machine is shared and noisy: compare within a run):
   * N busybox containers (`network_mode: none`, `sleep infinity`): `somnus apply`
-    with --parallelism, then Debian's docker-compose 1.29 `up -d` on the same N
-    (its default parallel limit; `COMPOSE_PARALLEL_LIMIT` given too, since it hangs at
-    N=100 without), then each one's second run (nothing to do);
+    with --parallelism, then Debian's docker-compose 1.29 `up -d` on the same N, then
+    each one's second run (nothing to do). Compose's thread pool deadlocks when its
+    limit (COMPOSE_PARALLEL_LIMIT, default 64) is below what its nested tasks need
+    (docker/compose#5864, #7486: here it hung after 4 of 100 with a limit of 8, and
+    with 20); it is given 2N + 8, with which 100 come up;
   * M VM definitions (tiny-linux, shut off): `somnus apply`, against the raw floor in
     one process: a qcow2 overlay (`qemu-img create`) and `defineXML` per domain.
 Everything it makes is named `bench-conv-*` / project `benchconv` and removed at the end.
@@ -106,18 +108,19 @@ def raw_define_floor(n: int, state: Path) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--containers", type=int, default=100)
-    parser.add_argument("--vms", type=int, default=100)
+    parser.add_argument("--vms", type=int, default=50)
     parser.add_argument("--parallelism", type=int, default=10)
     args = parser.parse_args()
     if shutil.which("docker-compose") is None:
         raise SystemExit("docker-compose is not installed: apt-get install docker-compose")
     state = Path(tempfile.mkdtemp(prefix="somnus-bench-"))
     env = dict(os.environ, SOMNUS_STATE_DIR=str(state))
+    env.pop("PYTHONDONTWRITEBYTECODE", None)  # an installed package has its bytecode
     manifests = state / "manifests.yaml"
     project = state / "compose"
     project.mkdir()
     (project / "docker-compose.yml").write_text(yaml.safe_dump(compose_file(args.containers)))
-    compose_env = dict(env, COMPOSE_PARALLEL_LIMIT=str(args.parallelism * 2))
+    compose_env = dict(env, COMPOSE_PARALLEL_LIMIT=str(2 * args.containers + 8))
     compose = ["docker-compose", "-p", "benchconv"]
     figures: dict[str, float] = {}
     try:

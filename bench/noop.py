@@ -1,15 +1,16 @@
-"""No-op `somnus diff` against the raw floor, at N VMs (defined, shut off) + N containers.
+"""No-op `somnus diff` against the raw floor, at V VMs (defined, shut off) + C containers.
 
-    python bench/noop.py [--sizes 10,100] [--repeat 7]
+    python bench/noop.py [--vms 50] [--containers 100] [--repeat 7] [--keep DIR]
 
-For each N it converges N VMs and N containers with `somnus apply`, then times,
+It converges the VMs and containers with `somnus apply`, then times,
 in this one run (the machine is shared and noisy: compare ratios):
   * `somnus diff` as a whole process (what a user waits for), median of --repeat;
   * the raw floor as a whole process: one Python process that does one libvirt
     listing plus each domain's XML, and one sparse Docker listing;
   * the same two inside a running process (backends.observe_reachable + plan.compute vs
     the raw calls), which is what the watcher will pay per pass.
-Everything it creates is named `bench-noop-*` and removed at the end.
+Everything it creates is named `bench-noop-*` and removed at the end, unless
+--keep DIR leaves it converged, with its manifest and state in DIR (for profiling).
 """
 
 from __future__ import annotations
@@ -40,18 +41,19 @@ docker.from_env().containers.list(all=True, sparse=True)
 """
 
 
-def manifests(n: int) -> list[dict[str, object]]:
+def manifests(vms: int, containers: int) -> list[dict[str, object]]:
     docs: list[dict[str, object]] = [{
         "apiVersion": "somnus/v1", "kind": "Pool", "metadata": {"name": "bench"},
-        "spec": {"domainType": "qemu", "maxVms": n, "maxVmsPerOwner": n, "cpuOvercommit": 100,
+        "spec": {"domainType": "qemu", "maxVms": max(vms, 1), "maxVmsPerOwner": max(vms, 1), "cpuOvercommit": 100,
                  "reserved": {"vcpus": 0, "memory": "1Gi"}},
     }]
-    for i in range(n):
+    for i in range(vms):
         docs.append({
             "apiVersion": "somnus/v1", "kind": "VirtualMachine", "metadata": {"name": f"{PREFIX}-vm-{i}"},
             "spec": {"resources": {"vcpus": 1, "memory": "128Mi"}, "image": "tiny-linux",
                      "diskSize": "1Gi", "running": False},
         })
+    for i in range(containers):
         docs.append({
             "apiVersion": "somnus/v1", "kind": "Container", "metadata": {"name": f"{PREFIX}-box-{i}"},
             "spec": {"image": "somnus/busybox:latest", "command": ["sleep", "infinity"],
@@ -107,38 +109,41 @@ def in_process(path: Path, repeat: int) -> tuple[float, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", default="10,100")
+    parser.add_argument("--vms", type=int, default=50)
+    parser.add_argument("--containers", type=int, default=100)
     parser.add_argument("--repeat", type=int, default=7)
+    parser.add_argument("--keep", type=Path, help="leave everything converged, manifest and state in this directory")
     args = parser.parse_args()
-    state = tempfile.mkdtemp(prefix="somnus-bench-")
-    env = dict(os.environ, SOMNUS_STATE_DIR=state)
-    rows = []
-    manifest_dir = Path(tempfile.mkdtemp(prefix="somnus-bench-manifests-"))
-    path = manifest_dir / "bench.yaml"
+    workdir = args.keep or Path(tempfile.mkdtemp(prefix="somnus-bench-noop-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, SOMNUS_STATE_DIR=str(workdir / "state"))
+    env.pop("PYTHONDONTWRITEBYTECODE", None)  # an installed package has its bytecode; compile it once here
+    path = workdir / "bench.yaml"
+    path.write_text(yaml.safe_dump_all(manifests(args.vms, args.containers), sort_keys=False))
     try:
-        for n in (int(s) for s in args.sizes.split(",")):
-            path.write_text(yaml.safe_dump_all(manifests(n), sort_keys=False))
-            start = time.perf_counter()
-            result = somnus("apply", str(path), "--prune", "-y", env=env)
-            converge = time.perf_counter() - start
-            if result.returncode != 0:
-                raise SystemExit(f"apply failed:\n{result.stdout}{result.stderr}")
-            diff = timed([sys.executable, "-m", "somnus_reconciler", "diff", str(path)], env, args.repeat)
-            floor = timed([sys.executable, "-c", RAW_FLOOR], env, args.repeat)
-            ours_in, raw_in = in_process(path, args.repeat)
-            rows.append((n, converge, diff, floor, ours_in, raw_in))
+        start = time.perf_counter()
+        result = somnus("apply", str(path), "--prune", "-y", env=env)
+        converge = time.perf_counter() - start
+        if result.returncode != 0:
+            raise SystemExit(f"apply failed:\n{result.stdout}{result.stderr}")
+        somnus_cmd = [sys.executable, "-m", "somnus_reconciler"]
+        diff = timed([*somnus_cmd, "diff", str(path)], env, args.repeat)
+        apply = timed([*somnus_cmd, "apply", str(path), "-y"], env, args.repeat)
+        floor = timed([sys.executable, "-c", RAW_FLOOR], env, args.repeat)
+        ours_in, raw_in = in_process(path, args.repeat)
     finally:
-        path.write_text(yaml.safe_dump_all(manifests(0), sort_keys=False))
-        somnus("apply", str(path), "--prune", "-y", env=env)
-        remove_backups(PREFIX)
+        if args.keep is None:
+            path.write_text(yaml.safe_dump_all(manifests(0, 0), sort_keys=False))
+            somnus("apply", str(path), "--prune", "-y", env=env)
+            remove_backups(PREFIX)
 
-    print(f"no-op diff, N VMs (shut off) + N containers; median of {args.repeat}; one run\n")
-    print(f"{'N':>4} | {'converge':>9} | {'somnus diff':>11} | {'raw floor':>9} | {'ratio':>5} "
-          f"| {'in-process ours':>15} | {'in-process raw':>14} | {'ratio':>5}")
-    print("-" * 99)
-    for n, converge, diff, floor, ours_in, raw_in in rows:
-        print(f"{n:>4} | {converge:>8.1f}s | {diff * 1000:>9.0f}ms | {floor * 1000:>7.0f}ms | {diff / floor:>5.2f} "
-              f"| {ours_in * 1000:>13.1f}ms | {raw_in * 1000:>12.1f}ms | {ours_in / raw_in:>5.2f}")
+    print(f"no-op, {args.vms} VMs (shut off) + {args.containers} containers; median of {args.repeat}; one run")
+    print(f"  converge from nothing:         {converge:8.2f} s")
+    print(f"  whole process: somnus diff     {diff * 1000:8.0f} ms  ({diff / floor:.2f}x the floor)")
+    print(f"  whole process: somnus apply    {apply * 1000:8.0f} ms  ({apply / floor:.2f}x the floor)")
+    print(f"  whole process: raw floor       {floor * 1000:8.0f} ms")
+    print(f"  in process: observe + plan     {ours_in * 1000:8.1f} ms  ({ours_in / raw_in:.2f}x the floor)")
+    print(f"  in process: raw listings       {raw_in * 1000:8.1f} ms")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 """`python -m somnus_reconciler` runs the CLI."""
 
-from somnus_reconciler.cli.commands import main
+from somnus_reconciler.cli import main
 
 main()

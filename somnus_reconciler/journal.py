@@ -354,13 +354,17 @@ class Journal:
 
 
 class ApplyLock:
-    """One apply at a time per state directory; a second one waits and says for whom."""
+    """One apply at a time per state directory; a second one waits and says for whom. The
+    file holds the holder's pid, then "released <time>" (`previous_release` reads it)."""
 
     def __init__(self, state_dir: Path, on_wait: Callable[[str], None] = lambda message: None) -> None:
         state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._path = state_dir / "apply.lock"
         self._on_wait = on_wait
         self._fd: int | None = None
+        self.waited = False  # another process held it when this one came
+        # When the holder before let go (0: none ever held it); None: it was killed holding it.
+        self.previous_release: float | None = 0.0
 
     def __enter__(self) -> ApplyLock:
         fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600)
@@ -370,6 +374,9 @@ class ApplyLock:
             holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
             self._on_wait(f"waiting for the apply lock on {self._path.parent} (held by pid {holder})")
             fcntl.flock(fd, fcntl.LOCK_EX)
+            self.waited = True
+        left = os.pread(fd, 64, 0).decode(errors="replace").split()  # [], [pid] or ["released", time]
+        self.previous_release = float(left[1]) if left[:1] == ["released"] else None if left else 0.0
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
         self._fd = fd
@@ -379,6 +386,8 @@ class ApplyLock:
                  tb: TracebackType | None) -> None:
         if self._fd is not None:
             os.ftruncate(self._fd, 0)
+            os.pwrite(self._fd, f"released {time.time()}".encode(), 0)
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
+

@@ -42,6 +42,11 @@ class Settings:
         return self.state_dir / "keys" / "secret-digest.key"
 
     @property
+    def runs_dir(self) -> Path:
+        """Each pack run's private data directory (engine.pack_runner), removed when the run ends."""
+        return self.state_dir / "runs"
+
+    @property
     def images_dir(self) -> Path:
         return self.guest_dir / "images"
 

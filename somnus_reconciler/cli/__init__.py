@@ -9,3 +9,17 @@ JSON, one module per subject (`plan_view`, `apply_view`, `status_view`,
 `validate_view`, `loop_views`), on the base in `views`. May import every layer
 below; nothing imports this layer.
 """
+
+import sys
+
+
+def main() -> None:
+    """The `somnus` entry point. A `diff` or an `apply` starts listing the containers
+    first, even before click is imported (`providers.docker_listing`)."""
+    if sys.argv[1:2] in (["diff"], ["apply"]):
+        from somnus_reconciler.providers import docker_listing
+
+        docker_listing.start_first()
+    from somnus_reconciler.cli.commands import cli
+
+    cli()

@@ -13,13 +13,13 @@ import sys
 from typing import TYPE_CHECKING, TextIO
 
 from somnus_reconciler.cli.plan_view import PlanHuman, describe_change
-from somnus_reconciler.engine.executor import StepResult
 from somnus_reconciler.planning.plan import Change
 
 if TYPE_CHECKING:
     from rich.console import Console
     from rich.progress import TaskID
 
+    from somnus_reconciler.engine.executor import StepResult
     from somnus_reconciler.passes.converge import PassReport
 
 

@@ -31,3 +31,10 @@ def report_invalid(view: views.HumanView | views.JsonView, error: InvalidInput) 
     """Every problem, as the command's view renders them; exit 2."""
     view.invalid(error)
     sys.exit(EXIT_INVALID_OR_ERROR)
+
+
+def short_kind(kind: str) -> str:
+    """The short kind of `kind` (`VirtualMachine` -> `vm`); a short one stays as it is."""
+    from somnus_reconciler.values.model import SHORT_KIND  # pydantic: only for commands that name a kind
+
+    return SHORT_KIND.get(kind, kind)

@@ -18,8 +18,8 @@ import click
 from somnus_reconciler import __version__
 from somnus_reconciler.cli import arguments, guest_commands, loop_commands, secret_commands, views
 from somnus_reconciler.cli.exit_codes import EXIT_CHANGES_PENDING, EXIT_INVALID_OR_ERROR, EXIT_OK, EXIT_STEP_FAILED
+from somnus_reconciler.providers import docker_listing
 from somnus_reconciler.providers.protocols import ProviderError
-from somnus_reconciler.values import model
 from somnus_reconciler.values.diagnostics import InvalidInput
 
 if TYPE_CHECKING:
@@ -71,12 +71,13 @@ def validate(paths: Sequence[Path], output: str) -> None:
 @_state_dir
 def diff(paths: Sequence[Path], prune: bool, output: str, state_dir: str | None) -> None:
     """Show the plan against the actual state. Exit 0 in sync, 1 changes pending."""
+    listing = docker_listing.started()  # first: it lists while the rest is imported and loaded
     from somnus_reconciler.cli import plan_view
     from somnus_reconciler.passes import preview
 
     view = plan_view.for_output(output)
     try:
-        plan = preview.plan(paths, prune=prune, state_dir=state_dir)
+        plan = preview.plan(paths, prune=prune, state_dir=state_dir, listing=listing)
     except InvalidInput as e:
         _report_invalid(view, e)
     except ProviderError as e:
@@ -109,6 +110,7 @@ def apply(paths: Sequence[Path], prune: bool, replace: Sequence[str], dry_run: b
     One apply at a time per state directory. Steps a killed apply left open are
     rolled back first.
     """
+    listing = docker_listing.started()  # first: it lists while the rest is imported and loaded
     import signal
     import threading
 
@@ -139,7 +141,7 @@ def apply(paths: Sequence[Path], prune: bool, replace: Sequence[str], dry_run: b
         on_lock_wait=view.lock_wait, should_stop=interrupted.is_set, parallelism=parallelism,
     )
     try:
-        report = apply_pass.apply(paths, options, state_dir=state_dir)
+        report = apply_pass.apply(paths, options, state_dir=state_dir, listing=listing)
     except InvalidInput as e:
         _report_invalid(view, e)
     except ProviderError as e:
@@ -197,7 +199,7 @@ def describe(address: str, state_dir: str | None) -> None:
         _fail("give KIND/NAME, e.g. vm/coder-1")
     kind, name = address.split("/", 1)
     try:
-        description = status.describe(model.SHORT_KIND.get(kind, kind), name, state_dir=state_dir)
+        description = status.describe(arguments.short_kind(kind), name, state_dir=state_dir)
     except (ProviderError, status.ObjectNotFound) as e:
         _fail(str(e))
     describe_view.DescribeHuman().describe(description)
@@ -226,7 +228,7 @@ def history(address: str | None, since: str | None, outcome: str | None, limit: 
     view = history_view.for_output(output)
     if address is not None:
         kind, _, name = address.partition("/")
-        kind = model.SHORT_KIND.get(kind, kind)
+        kind = arguments.short_kind(kind)
         if kind not in ("vm", "container") or not name:
             _fail(f"--object {address!r}: give vm/NAME or container/NAME")
         address = f"{kind}/{name}"
@@ -248,6 +250,8 @@ def history(address: str | None, since: str | None, outcome: str | None, limit: 
 @cli.command()
 def schema() -> None:
     """JSON Schema of all manifest kinds, for editors."""
+    from somnus_reconciler.values import model
+
     views.print_json(model.json_schema())
 
 
@@ -287,6 +291,3 @@ def image_build(names: Sequence[str]) -> None:
     except (base_images.UnknownImage, vm_images.ImageError, ProviderError) as e:
         _fail(str(e))
 
-
-def main() -> None:
-    cli()

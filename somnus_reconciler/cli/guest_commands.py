@@ -18,7 +18,6 @@ import click
 from somnus_reconciler.cli import arguments, views
 from somnus_reconciler.cli.exit_codes import EXIT_NOT_CONFIRMED, EXIT_OK
 from somnus_reconciler.providers.protocols import ProviderError
-from somnus_reconciler.values import model
 from somnus_reconciler.values.diagnostics import InvalidInput
 
 if TYPE_CHECKING:
@@ -30,7 +29,7 @@ def _guest(address: str) -> Guest:
     from somnus_reconciler.passes.rollback import Guest
 
     kind, _, name = address.rpartition("/")
-    kind = model.SHORT_KIND.get(kind, kind) or "vm"
+    kind = arguments.short_kind(kind) or "vm"
     if kind not in ("vm", "container"):
         arguments.fail(f"{address}: snapshots exist for vm/NAME and container/NAME only")
     return Guest(kind, name)
@@ -87,7 +86,7 @@ def soft_reboot(address: str, timeout_s: float, state_dir: str | None) -> None:
     from somnus_reconciler.passes import soft_reboot as soft_reboot_pass
 
     kind, _, name = address.partition("/")
-    if model.SHORT_KIND.get(kind, kind) != "vm" or not name:
+    if arguments.short_kind(kind) != "vm" or not name:
         arguments.fail("give vm/NAME: only VMs run the agent")
     try:
         result = soft_reboot_pass.soft_reboot(name, timeout_s=timeout_s, state_dir=state_dir)
@@ -111,7 +110,7 @@ def ssh(address: str, command: Sequence[str], state_dir: str | None) -> None:
     from somnus_reconciler.values.errors import SomnusError
 
     kind, _, name = address.partition("/")
-    if model.SHORT_KIND.get(kind, kind) != "vm" or not name:
+    if arguments.short_kind(kind) != "vm" or not name:
         arguments.fail("give vm/NAME: containers are reached with docker exec")
     try:
         code = guest_shell.run_ssh(name, command, interactive=sys.stdin.isatty(), state_dir=state_dir)
@@ -123,7 +122,7 @@ def ssh(address: str, command: Sequence[str], state_dir: str | None) -> None:
 def _backed_up(address: str) -> tuple[str, str]:
     """(kind, name) of vm/NAME or container/NAME; a bare name is a VM."""
     kind, _, name = address.rpartition("/")
-    kind = model.SHORT_KIND.get(kind, kind) or "vm"
+    kind = arguments.short_kind(kind) or "vm"
     if kind not in ("vm", "container") or not name:
         arguments.fail(f"{address}: give vm/NAME or container/NAME")
     return kind, name

@@ -21,12 +21,12 @@ from somnus_reconciler.values.errors import SomnusError
 
 
 class AnsiblePackRunner:
-    def __init__(self, vms: VmProvider, state_dir: Path, *, ssh_timeout_s: float = 300.0,
+    def __init__(self, vms: VmProvider, state_dir: Path, work_dir: Path, *, ssh_timeout_s: float = 300.0,
                  run_timeout_s: float = 1800.0, cancel: Callable[[], bool] = lambda: False) -> None:
         self._cancel = cancel  # asked while a playbook runs: True cancels it (then rolled back)
         self._vms = vms
         self._state_dir = state_dir
-        self._work_dir = state_dir / "runs"  # each run's private data directory lives here
+        self._work_dir = work_dir  # each run's private data directory lives here (Settings.runs_dir)
         self._ssh_timeout_s = ssh_timeout_s
         self._run_timeout_s = run_timeout_s
 

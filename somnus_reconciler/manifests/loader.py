@@ -27,7 +27,7 @@ import pydantic
 import yaml
 from pydantic.alias_generators import to_camel
 
-from somnus_reconciler.manifests import guarded_yaml
+from somnus_reconciler.manifests import guarded_yaml, parsed_cache
 from somnus_reconciler.manifests.guarded_yaml import SHOWN_CHARS, shown
 from somnus_reconciler.values import fields, model
 from somnus_reconciler.values.diagnostics import Diagnostic, Diagnostics, Source
@@ -115,12 +115,17 @@ def _load_file(path: Path) -> _FileResult:
     text = guarded_yaml.read_text(path)
     if isinstance(text, Diagnostic):
         return _FileResult(path, diagnostics=[text])
+    cached = parsed_cache.get(path, text, _FileResult)
+    if cached is not None:
+        return cached
     result = _parse(path, text, guarded_yaml.Loader)
     if (guarded_yaml.Loader is not guarded_yaml.PureLoader and result.syntax_error
             and len(text) <= _REPARSE_MAX_CHARS):
         # libyaml's messages are terser; a broken file is rare, so read it again
         # with the pure-Python parser for the clearer one.
         result = _parse(path, text, guarded_yaml.PureLoader)
+    if not result.diagnostics:  # a file with problems is read again each time: its messages stay fresh
+        parsed_cache.put(path, text, result)
     return result
 
 
@@ -186,11 +191,11 @@ def _load_document(path: Path, node: yaml.Node, data: object, result: _FileResul
         except (OSError, RuntimeError, ValueError):  # references.resolve says why
             pass
     try:
-        manifest = model.MANIFEST_ADAPTER.validate_python(data, by_alias=True, by_name=False)
+        # The kind's own model: only the kinds a run uses have their validators built.
+        manifest = model.KINDS[kind].model_validate(data, by_alias=True, by_name=False)
     except pydantic.ValidationError as e:
         for error in e.errors(include_url=False):
-            loc: Loc = tuple(part for part in error["loc"][1:]  # [0] is the kind, a discriminator tag
-                             if part not in model.UNION_TAGS)
+            loc: Loc = tuple(part for part in error["loc"] if part not in model.UNION_TAGS)
             line, message = _explain(kind, loc, error, lines)
             problems.append(Diagnostic(Source(path, line or start.line), address, message))
     else:

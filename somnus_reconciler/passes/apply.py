@@ -11,13 +11,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from somnus_reconciler.passes import converge, prepare
-from somnus_reconciler.providers import backends as backends_mod
+from somnus_reconciler.providers.docker_listing import PendingListing
 
 
-def apply(paths: Sequence[Path], options: converge.PassOptions, *, state_dir: str | None) -> converge.PassReport:
-    """InvalidInput before any change when the manifests or the plan are refused."""
-    desired = prepare.load_desired(paths, state_dir=state_dir)
-    backends = backends_mod.open_backends(desired, state_dir=state_dir)
+def apply(paths: Sequence[Path], options: converge.PassOptions, *, state_dir: str | None,
+          listing: PendingListing | None = None) -> converge.PassReport:
+    """InvalidInput before any change when the manifests or the plan are refused
+    (`listing`: see `prepare.load_and_open`)."""
+    desired, backends = prepare.load_and_open(paths, state_dir=state_dir, listing=listing)
     try:
         return converge.run_pass(desired, backends, options)
     finally:

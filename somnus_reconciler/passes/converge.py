@@ -14,20 +14,21 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from somnus_reconciler.engine.backups import VmBackups
-from somnus_reconciler.engine.container_backups import ContainerBackups
-from somnus_reconciler.engine.executor import Engine, EngineHook, PackSteps, StepResult, describe_action
-from somnus_reconciler.engine.pack_runner import AnsiblePackRunner
 from somnus_reconciler.journal import ApplyLock, Journal
 from somnus_reconciler.passes import prepare
 from somnus_reconciler.planning import plan as plan_mod
 from somnus_reconciler.planning.plan import Action, Change, Plan
 from somnus_reconciler.providers.backends import Backends
-from somnus_reconciler.semantic.triage import FailureClassifier
 from somnus_reconciler.values.desired import DesiredState
 from somnus_reconciler.values.diagnostics import Diagnostics
 from somnus_reconciler.values.outcome import Outcome
+
+if TYPE_CHECKING:  # the engine is imported when a pass has something to do (`_engine`)
+    from somnus_reconciler.engine.executor import Engine, EngineHook, StepResult
+    from somnus_reconciler.engine.pack_runner import AnsiblePackRunner
+    from somnus_reconciler.semantic.triage import FailureClassifier
 
 
 class PassVerdict(enum.StrEnum):
@@ -130,19 +131,17 @@ def _refuse_unconsented(plan: Plan, replace: frozenset[str]) -> None:
 def run_pass(desired: DesiredState, backends: Backends, options: PassOptions) -> PassReport:
     """recover -> prepare -> set aside warn-only drift -> execute; see the module docstring."""
     settings = backends.settings
-    with ApplyLock(settings.state_dir, on_wait=options.on_lock_wait), Journal(settings.journal_path) as journal:
-        runner = AnsiblePackRunner(backends.vms, settings.state_dir, cancel=options.should_stop)
-        engine = Engine(
-            backends.vms, backends.containers, journal, options.hooks,
-            pack_steps=PackSteps(runner, desired.packs, desired.pack_fingerprints),
-            classifier=options.classifier, state_dir=settings.state_dir,
-            backups=VmBackups(backends.vms, settings.backups_dir, settings.state_dir, settings.libvirt_uri),
-            container_backups=ContainerBackups(backends.containers, settings.container_backups_dir),
-        )
-        # A killed apply's playbook may still run: end it before its step is rolled back.
-        recovered = (*runner.end_interrupted_runs(), *engine.recover(desired))
-        if recovered:
-            options.on_recovered(recovered)
+    lock = ApplyLock(settings.state_dir, on_wait=options.on_lock_wait)
+    with lock, Journal(settings.journal_path) as journal:
+        engine: Engine | None = None
+        recovered: tuple[str, ...] = ()
+        if journal.open_steps() or (settings.runs_dir.is_dir() and any(settings.runs_dir.iterdir())):
+            # A killed apply's playbook may still run: end it before its step is rolled back.
+            runner, engine = _engine(desired, backends, journal, options)
+            recovered = (*runner.end_interrupted_runs(), *engine.recover(desired))
+            if recovered:
+                options.on_recovered(recovered)
+        _drop_stale_listing(backends, lock, recovered=bool(recovered))
         plan, reported = plan_mod.split_drift(
             prepare.prepare(desired, backends, prune=options.prune, check_packs=options.check_packs)
         )
@@ -151,13 +150,45 @@ def run_pass(desired: DesiredState, backends: Backends, options: PassOptions) ->
             _report_drift(journal, change)
         if not options.on_plan(plan):
             return PassReport(plan, recovered, reported, declined=True)
+        if engine is None:  # built only now: a pass with nothing to do imports none of it
+            engine = _engine(desired, backends, journal, options)[1]
         results = tuple(engine.execute(plan, revision=options.revision, should_stop=options.should_stop,
                                        parallelism=options.parallelism))
     return PassReport(plan, recovered, reported, results, stopped=len(results) < len(plan.changes))
 
 
+def _engine(desired: DesiredState, backends: Backends, journal: Journal,
+            options: PassOptions) -> tuple[AnsiblePackRunner, Engine]:
+    from somnus_reconciler.engine.backups import VmBackups
+    from somnus_reconciler.engine.container_backups import ContainerBackups
+    from somnus_reconciler.engine.executor import Engine, PackSteps
+    from somnus_reconciler.engine.pack_runner import AnsiblePackRunner
+
+    settings = backends.settings
+    runner = AnsiblePackRunner(backends.vms, settings.state_dir, settings.runs_dir, cancel=options.should_stop)
+    return runner, Engine(
+        backends.vms, backends.containers, journal, options.hooks,
+        pack_steps=PackSteps(runner, desired.packs, desired.pack_fingerprints),
+        classifier=options.classifier, state_dir=settings.state_dir,
+        backups=VmBackups(backends.vms, settings.backups_dir, settings.state_dir, settings.libvirt_uri),
+        container_backups=ContainerBackups(backends.containers, settings.container_backups_dir),
+    )
+
+
+def _drop_stale_listing(backends: Backends, lock: ApplyLock, *, recovered: bool) -> None:
+    """A container listing begun before this process held the lock (`docker_listing`) is
+    used only if no other command could have changed a container since it began: every
+    change is made under the lock, and the last holder let go before the listing began."""
+    if recovered or lock.waited or lock.previous_release is None:
+        backends.containers.drop_listing()
+    else:
+        backends.containers.drop_listing(unless_started_after=lock.previous_release)
+
+
 def _report_drift(journal: Journal, change: Change) -> None:
     """One "drift reported" event per finding: a resync that finds it again adds none."""
+    from somnus_reconciler.engine.executor import describe_action
+
     message = (", ".join(str(f) for f in change.fields) or describe_action(change)) + " (driftPolicy: warn)"
     last = journal.recent(change.address, limit=1)
     if not (last and last[0].action == "drift" and last[0].outcome == Outcome.REPORTED

@@ -10,11 +10,10 @@ change is made.
 from __future__ import annotations
 
 import dataclasses
+import os
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
-
-import psutil
 
 from somnus_reconciler import settings as settings_mod
 from somnus_reconciler.images import vm_images
@@ -23,7 +22,8 @@ from somnus_reconciler.passes import reveal
 from somnus_reconciler.planning import admission
 from somnus_reconciler.planning import plan as plan_mod
 from somnus_reconciler.planning.plan import Action, Plan
-from somnus_reconciler.providers.backends import Backends, applied_hashes, observe_reachable
+from somnus_reconciler.providers.backends import Backends, applied_hashes, observe_reachable, open_backends
+from somnus_reconciler.providers.docker_listing import PendingListing
 from somnus_reconciler.values.actual import ActualContainer, ActualState, ActualVm
 from somnus_reconciler.values.desired import DesiredState, DesiredVm
 from somnus_reconciler.values.diagnostics import Diagnostic, Diagnostics, InvalidInput
@@ -48,6 +48,20 @@ def load_desired(paths: Sequence[Path], *, decrypt: bool = True, state_dir: str 
     return reveal.reveal_secrets(desired, settings_mod.resolve(desired.pool, state_dir=state_dir))
 
 
+def load_and_open(paths: Sequence[Path], *, state_dir: str | None,
+                  listing: PendingListing | None) -> tuple[DesiredState, Backends]:
+    """`load_desired` and `open_backends`, for a one-shot `diff` or `apply`; `listing`, the
+    containers' listing a child process reads meanwhile (`providers.docker_listing`), is
+    for the first observe, and ended if loading fails."""
+    try:
+        desired = load_desired(paths, state_dir=state_dir)
+    except BaseException:
+        if listing is not None:
+            listing.cancel()
+        raise
+    return desired, open_backends(desired, state_dir=state_dir, listing=listing)
+
+
 def host_capacity(guest_dir: Path | None = None) -> admission.HostCapacity:
     """CPUs and memory; with `guest_dir`, also the file system VM disks go to."""
     disk = None
@@ -56,7 +70,9 @@ def host_capacity(guest_dir: Path | None = None) -> admission.HostCapacity:
         measured = next(p for p in (guest_dir, *guest_dir.parents) if p.exists())
         usage = shutil.disk_usage(measured)
         disk = admission.DiskCapacity(guest_dir, usage.total, usage.free)
-    return admission.HostCapacity(cpus=psutil.cpu_count() or 1, memory=psutil.virtual_memory().total,
+    # What psutil.virtual_memory().total reads too, without its ~10 ms import on every diff.
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return admission.HostCapacity(cpus=os.cpu_count() or 1, memory=memory,
                                   disk=disk)
 
 

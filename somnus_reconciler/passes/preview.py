@@ -13,7 +13,7 @@ from pathlib import Path
 
 from somnus_reconciler.passes import prepare
 from somnus_reconciler.planning.plan import Plan
-from somnus_reconciler.providers import backends as backends_mod
+from somnus_reconciler.providers.docker_listing import PendingListing
 from somnus_reconciler.values.desired import DesiredState
 
 
@@ -25,10 +25,11 @@ def validate(paths: Sequence[Path]) -> DesiredState:
     return desired
 
 
-def plan(paths: Sequence[Path], *, prune: bool, state_dir: str | None) -> Plan:
-    """The plan against the actual state, as `apply` would compute it."""
-    desired = prepare.load_desired(paths, state_dir=state_dir)
-    backends = backends_mod.open_backends(desired, state_dir=state_dir)
+def plan(paths: Sequence[Path], *, prune: bool, state_dir: str | None,
+         listing: PendingListing | None = None) -> Plan:
+    """The plan against the actual state, as `apply` would compute it (`listing`: see
+    `prepare.load_and_open`)."""
+    desired, backends = prepare.load_and_open(paths, state_dir=state_dir, listing=listing)
     try:
         return prepare.prepare(desired, backends, prune=prune)
     finally:

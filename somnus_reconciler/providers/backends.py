@@ -12,11 +12,13 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar
 
 from somnus_reconciler import settings as settings_mod
 from somnus_reconciler.journal import Journal
+from somnus_reconciler.providers.docker_listing import PendingListing
 from somnus_reconciler.providers.docker_provider import DockerProvider
 from somnus_reconciler.providers.libvirt_provider import LibvirtProvider
 from somnus_reconciler.providers.protocols import BackendUnavailable
@@ -40,9 +42,11 @@ class Backends:
         self.containers.close()
 
 
-def open_backends(desired: DesiredState | None, *, state_dir: str | None = None) -> Backends:
+def open_backends(desired: DesiredState | None, *, state_dir: str | None = None,
+                  listing: PendingListing | None = None) -> Backends:
+    """`listing`: the containers' listing a `docker_listing` child is reading, for the first observe."""
     resolved = settings_mod.resolve(desired.pool if desired else None, state_dir=state_dir)
-    return Backends(resolved, LibvirtProvider(resolved), DockerProvider(resolved.docker_host))
+    return Backends(resolved, LibvirtProvider(resolved), DockerProvider(resolved.docker_host, listing=listing))
 
 
 def observe_vm(name: str, *, state_dir: str | None) -> tuple[ActualVm | None, Settings]:
@@ -75,8 +79,12 @@ def observe_reachable(backends: Backends, *, retry_delays_s: Sequence[float] = U
             unreachable[kind] = str(e)
             return {}
 
-    vms = attempt("vm", backends.vms.observe)
-    containers = attempt("container", lambda: _observe_containers(backends))
+    # The two daemons answer at the same time: libvirt's half waits in a thread (its
+    # calls release the GIL) while Docker's is read (and, on first use, imported) here.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="observe-libvirt") as pool:
+        vms_future = pool.submit(attempt, "vm", backends.vms.observe)
+        containers = attempt("container", lambda: _observe_containers(backends))
+        vms = vms_future.result()
     return ActualState(vms=vms, containers=containers), unreachable
 
 

@@ -28,10 +28,19 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from somnus_reconciler.providers import docker_backups, docker_files, docker_images
 from somnus_reconciler.providers.docker_errors import is_image_not_found, is_not_found, mapped
+from somnus_reconciler.providers.docker_labels import (
+    LABEL_CONTAINER,
+    LABEL_MANAGED,
+    LABEL_POOL,
+    LABEL_SPEC_HASH,
+    actual_from_summary,
+    mark_labels,
+)
+from somnus_reconciler.providers.docker_listing import PendingListing
 from somnus_reconciler.providers.protocols import BackendUnavailable, ProviderError
 from somnus_reconciler.values.actual import ActualContainer, Snapshot, WrittenFile
 from somnus_reconciler.values.desired import DesiredContainer, Revealed, SecretFile
@@ -39,12 +48,6 @@ from somnus_reconciler.values.desired import DesiredContainer, Revealed, SecretF
 if TYPE_CHECKING:
     import docker
 
-LABEL_MANAGED = "io.somnus.managed"  # "true"
-LABEL_SPEC_HASH = "io.somnus.spec-hash"
-LABEL_OWNER = "io.somnus.owner"  # only when the container has an owner
-LABEL_POOL = "io.somnus.pool"  # the Pool it was applied under: scopes --prune
-LABEL_PACKS = "io.somnus.packs"  # JSON {pack: fingerprint}
-LABEL_CONTAINER = "io.somnus.container"  # on a named volume: the container it belongs to
 
 ALLOWED_NETWORK_MODES = ("none", "host")
 STOP_TIMEOUT_S = 5
@@ -61,8 +64,9 @@ class DockerProvider:
     engine runs the steps of different containers at the same time).
     """
 
-    def __init__(self, base_url: str | None = None) -> None:
+    def __init__(self, base_url: str | None = None, *, listing: PendingListing | None = None) -> None:
         self._base_url = base_url
+        self._listing = listing  # taken by the first observe
         self._local = threading.local()
         self._clients: list[docker.APIClient] = []  # every thread's, for `close`
         self._clients_lock = threading.Lock()
@@ -97,7 +101,15 @@ class DockerProvider:
         self._version = client.api.api_version
         return client.api
 
+    def drop_listing(self, *, unless_started_after: float | None = None) -> None:
+        """Observe lists by itself: the child's listing may be stale (see `docker_listing`)."""
+        listing = self._listing
+        if listing is not None and (unless_started_after is None or listing.started_at <= unless_started_after):
+            self._listing = None
+            listing.cancel()
+
     def close(self) -> None:
+        self.drop_listing()
         with self._clients_lock:
             clients, self._clients = self._clients, []
         for client in clients:
@@ -113,12 +125,16 @@ class DockerProvider:
     # -- observe -----------------------------------------------------------
 
     def observe(self) -> dict[str, ActualContainer]:
-        """Every container, managed or not, by name (without the leading '/')."""
-        with mapped("container/*", "list"):
-            summaries = self._api().containers(all=True)
+        """Every container, managed or not, by name (without the leading '/'); the first
+        time, from the `docker_listing` child when one was started and answered."""
+        listing, self._listing = self._listing, None
+        summaries = listing.take() if listing is not None else None
+        if summaries is None:
+            with mapped("container/*", "list"):
+                summaries = self._api().containers(all=True)
         result: dict[str, ActualContainer] = {}
         for summary in summaries:
-            actual = _from_summary(summary)
+            actual = actual_from_summary(summary)
             if actual is not None:
                 result[actual.name] = actual
         return result
@@ -131,7 +147,7 @@ class DockerProvider:
                 all=True, filters={"name": f"^/{re.escape(name)}$"}
             )
         for summary in summaries:
-            actual = _from_summary(summary)
+            actual = actual_from_summary(summary)
             if actual is not None and actual.name == name:
                 return actual
         return None
@@ -341,44 +357,6 @@ class DockerProvider:
 
 def volume_name(container: str, volume: str) -> str:
     return f"somnus-{container}-{volume}"
-
-
-def mark_labels(c: DesiredContainer) -> dict[str, str]:
-    """The ownership mark (SPEC section 3) that `create` puts on `c`."""
-    labels = {
-        LABEL_MANAGED: "true",
-        LABEL_SPEC_HASH: c.spec_hash,
-        LABEL_POOL: c.pool,
-        LABEL_PACKS: "{}",  # packs are recorded once the engine installs them
-    }
-    if c.owner is not None:
-        labels[LABEL_OWNER] = c.owner
-    return labels
-
-
-def _from_summary(summary: Mapping[str, Any]) -> ActualContainer | None:
-    """An ActualContainer from one entry of GET /containers/json (docker-py's decoded JSON)."""
-    # Legacy links add aliases such as "/other/alias"; the own name has one '/'.
-    names = [n[1:] for n in summary.get("Names") or () if n.count("/") == 1]
-    if not names:
-        return None
-    labels: dict[str, str] = dict(summary.get("Labels") or {})
-    spec_hash: str | None = None
-    pool = "default"
-    if labels.get(LABEL_MANAGED) == "true":
-        # Marked but without a hash: ours, of unknown spec; the planner replaces it.
-        spec_hash = labels.get(LABEL_SPEC_HASH, "")
-        pool = labels.get(LABEL_POOL, "default")
-    return ActualContainer(
-        name=names[0],
-        container_id=str(summary.get("Id", "")),
-        # The reference it was created from, or the image ID once that tag moved.
-        image=str(summary.get("Image", "")),
-        state=str(summary.get("State", "")),
-        spec_hash=spec_hash,
-        pool=pool,
-        labels=labels,
-    )
 
 
 def _unmarked(name: str, verb: str) -> str:

@@ -5,8 +5,8 @@ Called by the engine (through the `VmProvider` protocol) and by the CLI's
 `ProviderError` naming the domain and the action, or `BackendUnavailable`
 (temporary) when the connection to libvirtd is gone.
 
-Each VM owns `<guest_dir>/vms/<name>/disk.qcow2`, a qcow2 overlay whose backing
-file is the base image; its serial console is logged to
+Each VM owns `<guest_dir>/vms/<name>/disk.qcow2`, a qcow2 overlay whose backing file is
+the base image, and `seed.img` if its guest reads one; its serial console is logged to
 `<state_dir>/consoles/<name>.log`.
 """
 
@@ -186,10 +186,12 @@ class LibvirtProvider:
 
     def _boot_source(self, vm: DesiredVm) -> domain_xml.BootSource:
         image = vm_images.find_vm_image(vm.image, self._settings.images_dir)
+        services = vm_images.guest_services(vm.image)  # no agent nor sshd (tiny-linux): no seed to read
+        seeded = services.agent or services.ssh or vm_images.is_image_path(vm.image)
         return domain_xml.BootSource(
             disk=self._vm_dir(vm.name) / "disk.qcow2",
             kernel=image.kernel, initrd=image.initrd, cmdline=image.cmdline,
-            seed=self._vm_dir(vm.name) / "seed.img",
+            seed=self._vm_dir(vm.name) / "seed.img" if seeded else None,
         )
 
     def _xml(self, vm: DesiredVm, forwards: tuple[PortForward, ...], kept: VmMark | None = None,
@@ -216,7 +218,8 @@ class LibvirtProvider:
                  "-b", str(image.disk), str(disk), str(vm.disk_size)],
                 check=True, capture_output=True, text=True,
             )
-            self._write_seed(vm.name)
+            if self._boot_source(vm).seed is not None:
+                self._write_seed(vm.name)
             forwards = tuple(
                 PortForward(name, _free_loopback_port(), port)
                 for name, port in domain_xml.GUEST_PORTS.items()
@@ -373,11 +376,8 @@ class LibvirtProvider:
     def snapshots(self, name: str) -> list[Snapshot]:
         """The snapshots somnus took of this VM, oldest first."""
         with self._mapped(name, "list snapshots"):
-            found = [
-                Snapshot(*domain_xml.parse_snapshot(snap.getXMLDesc(0)))
-                for snap in self._domain(name).listAllSnapshots(0)
-                if snap.getName().startswith("somnus-")
-            ]
+            found = [Snapshot(*domain_xml.parse_snapshot(snap.getXMLDesc(0)))
+                     for snap in self._domain(name).listAllSnapshots(0) if snap.getName().startswith("somnus-")]
         return sorted(found, key=lambda s: (s.created, s.name))
 
     def delete_snapshot(self, name: str, snapshot: str) -> None:

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from somnus_reconciler.values.actual import ActualContainer, ActualVm, Snapshot, WrittenFile
-from somnus_reconciler.values.desired import DesiredContainer, DesiredVm, Revealed, SecretFile
 from somnus_reconciler.values.errors import DEFAULT_RETRY_DELAY_S, SomnusError, TemporaryError
+
+if TYPE_CHECKING:  # so that catching ProviderError imports no manifest model
+    from somnus_reconciler.values.actual import ActualContainer, ActualVm, Snapshot, WrittenFile
+    from somnus_reconciler.values.desired import DesiredContainer, DesiredVm, Revealed, SecretFile
 
 
 class ProviderError(SomnusError):

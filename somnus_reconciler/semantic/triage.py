@@ -219,13 +219,19 @@ class Classifier:
 
     def __init__(self, anchors: Anchors | None = None, top_k: int = TOP_K,
                  threshold: float = THRESHOLD, cache_dir: Path | None = None) -> None:
-        self.anchors = anchors or Anchors.packaged()
+        self._anchors = anchors  # the packaged ones are read on first use (~15 ms): most applies fail nothing
         self.top_k = top_k
         self.threshold = threshold
         self.cache_dir = cache_dir or default_cache_dir()
         self._model: EmbeddingModel | None = None
         self._anchor_vectors: Vectors | None = None
         self._lock = threading.Lock()
+
+    @property
+    def anchors(self) -> Anchors:
+        if self._anchors is None:
+            self._anchors = Anchors.packaged()
+        return self._anchors
 
     def load(self) -> None:
         """Load the model and the anchor embeddings (seconds, cold); later calls return at once."""

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from functools import cached_property
 
 from somnus_reconciler.values.diagnostics import Source
 from somnus_reconciler.values.model import BackupPolicy, CapabilityPackSpec, PoolSpec
@@ -105,7 +106,7 @@ class DesiredVm:
     def address(self) -> str:
         return f"vm/{self.name}"
 
-    @property
+    @cached_property
     def spec_hash(self) -> str:
         return _spec_hash(self)
 
@@ -153,26 +154,34 @@ class DesiredContainer:
     def address(self) -> str:
         return f"container/{self.name}"
 
-    @property
+    @cached_property
     def spec_hash(self) -> str:
         return _spec_hash(self)
+
+
+_NOT_HASHED = frozenset({"source", "packs", "drift_policy", "revealed_env", "secret_files", "files"})
+_HASHED_IF_SET = ("backup", "volumes", "secret_env", "secret_digest")  # absent ones keep earlier hashes
 
 
 def _spec_hash(obj: DesiredVm | DesiredContainer) -> str:
     """Hash of what the object is, without its packs and secret files: those are tracked
     one by one with their fingerprints, so adding a pack never recreates anything. Nor does
     the drift policy count: it says what a resync does, not what the object is.
-    A backup policy does, so that a new one reaches the mark (a mark-only update)."""
-    data = asdict(obj)
-    data.pop("source")
-    data.pop("packs")
-    data.pop("drift_policy")
-    data.pop("revealed_env", None)  # in clear: the keyed `secret_digest` stands for it
-    data.pop("secret_files")
-    data.pop("files")
-    for optional in ("backup", "volumes", "secret_env", "secret_digest"):  # absent ones keep earlier hashes
-        if not data.get(optional):
-            data.pop(optional, None)
+    A backup policy does, so that a new one reaches the mark (a mark-only update).
+
+    The JSON is the one `dataclasses.asdict` gives (the hashes in existing marks stay
+    valid), built one level deep instead of through asdict's deep copy: every plan
+    hashes every object, and the copy was most of a no-op resync."""
+    data: dict[str, object] = {}
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        if f.name in _NOT_HASHED or (f.name in _HASHED_IF_SET and not value):
+            continue
+        if is_dataclass(value):
+            value = asdict(value)  # type: ignore[arg-type]  # an instance, never a class
+        elif isinstance(value, tuple) and value and is_dataclass(value[0]):
+            value = [asdict(item) for item in value]
+        data[f.name] = value
     return _hash(data)
 
 

@@ -23,7 +23,7 @@ import docker.errors
 import pytest
 
 from somnus_reconciler.images import container_images
-from somnus_reconciler.providers import docker_provider
+from somnus_reconciler.providers import docker_labels, docker_provider
 from somnus_reconciler.providers.docker_provider import DockerProvider
 from somnus_reconciler.providers.protocols import BackendUnavailable, ProviderError
 from somnus_reconciler.values.desired import DesiredContainer
@@ -109,8 +109,8 @@ def test_create_shows_running_and_managed(
     assert actual.spec_hash == c.spec_hash
     assert actual.image == IMAGE
     assert actual.container_id == docker_client.containers.get(c.name).id
-    assert actual.labels[docker_provider.LABEL_OWNER] == "alice"
-    assert json.loads(actual.labels[docker_provider.LABEL_PACKS]) == {}
+    assert actual.labels[docker_labels.LABEL_OWNER] == "alice"
+    assert json.loads(actual.labels[docker_labels.LABEL_PACKS]) == {}
     assert provider.observe_one(c.name) == actual
     # the image's applets work, through docker exec as the tool reaches containers
     code, out = docker_client.containers.get(c.name).exec_run(["sh", "-c", "echo $GREETING; ls /bin/cat"])
@@ -136,7 +136,7 @@ def test_create_sets_limits_env_and_network(
 
     host_attrs = docker_client.api.inspect_container(h.name)
     assert host_attrs["HostConfig"]["NetworkMode"] == "host"
-    assert docker_provider.LABEL_OWNER not in host_attrs["Config"]["Labels"]
+    assert docker_labels.LABEL_OWNER not in host_attrs["Config"]["Labels"]
 
 
 def test_bridge_network_is_refused(provider: DockerProvider, names: Callable[[str], str]) -> None:

@@ -38,6 +38,7 @@ def test_twenty_containers_and_five_vms_converge_ten_at_a_time(workspace: Worksp
     overlaps = _overlapping(steps)
     assert len(overlaps) >= 10, f"only {len(overlaps)} pairs of steps overlapped"
     assert any(a.startswith("vm/") != b.startswith("vm/") for a, b in overlaps)  # VMs beside containers
+    assert "seed.img" not in ws.domain("vm0").XMLDesc(0)  # tiny-linux runs no agent nor sshd: no keys made
     ws.somnus("diff", str(ws.manifests), check_exit=0)
     assert "No changes" in ws.somnus("apply", str(ws.manifests), "-y", check_exit=0).stdout
 

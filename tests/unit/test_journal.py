@@ -118,9 +118,24 @@ def test_a_second_apply_waits_and_names_the_holder(tmp_path: Path) -> None:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
         said: list[str] = []
         started = time.monotonic()
-        with ApplyLock(tmp_path, on_wait=said.append):
+        with ApplyLock(tmp_path, on_wait=said.append) as lock:
             waited = time.monotonic() - started
         assert said == [f"waiting for the apply lock on {tmp_path} (held by pid {holder.pid})"]
+        assert lock.waited
         assert waited > 0.5
     finally:
         holder.wait(timeout=10)
+
+
+def test_the_lock_says_when_its_last_holder_let_go_and_if_it_was_killed_holding_it(tmp_path: Path) -> None:
+    with ApplyLock(tmp_path) as first:
+        assert (first.previous_release, first.waited) == (0.0, False)  # never held before
+    before = time.time()
+    with ApplyLock(tmp_path):
+        pass
+    after = time.time()
+    with ApplyLock(tmp_path) as lock:
+        assert lock.previous_release is not None and before <= lock.previous_release <= after
+    (tmp_path / "apply.lock").write_text("4242")  # a holder's pid, left by its SIGKILL
+    with ApplyLock(tmp_path) as lock:
+        assert lock.previous_release is None

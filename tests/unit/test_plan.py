@@ -393,3 +393,17 @@ def test_warn_policy_sets_drift_aside_but_runs_intended_changes() -> None:
 
 def test_the_drift_policy_is_not_part_of_the_spec_hash() -> None:
     assert dataclasses.replace(want_vm(), drift_policy="warn").spec_hash == want_vm().spec_hash
+
+
+def test_spec_hashes_are_those_recorded_in_existing_marks() -> None:
+    """The hashes that marks and labels of existing objects carry (computed by the earlier
+    `dataclasses.asdict` formula): a change to how they are computed would replace everything."""
+    from somnus_reconciler.values.desired import SecretEnv, SecretFile
+    from somnus_reconciler.values.model import BackupPolicy
+
+    vm = dataclasses.replace(want_vm(), backup=BackupPolicy.model_validate({"schedule": "6h", "retain": 3}),
+                             secret_files=(SecretFile("/etc/x", "s", "k", 0o600, "root"),), packs=("a",))
+    box = dataclasses.replace(want_box(), volumes=(("data", "/data"),), secret_env=(SecretEnv("TOKEN", "s", "k"),),
+                              secret_digest="abc")
+    assert [want_vm().spec_hash, vm.spec_hash, want_box().spec_hash, box.spec_hash] == [
+        "23109116d7bab410", "650ec52405fd393f", "0e411809d7ff875e", "1e1d34201764b6d1"]
