@@ -31,6 +31,9 @@ _PARSING_CODE = ("values/model.py", "values/fields.py", "values/quantity.py", "v
                  "manifests/loader.py", "manifests/guarded_yaml.py")
 _MAX_ENTRIES = 512  # then the older half goes
 _code_digest: str | None = None
+# What this process read or stored already (entry -> (digest, value)): a watch loop reads
+# the same files at every pass. Nothing changes a value once read, so it is shared.
+_in_memory: dict[Path, tuple[str, object]] = {}
 
 T = TypeVar("T")
 
@@ -43,27 +46,34 @@ def get(path: Path, text: str, kind: type[T]) -> T | None:
     """What `put` stored for `path` with this `text`, if it is there, safe and current."""
     if os.environ.get("SOMNUS_NO_MANIFEST_CACHE"):
         return None
-    entry = _entry(path)
+    entry, digest = _entry(path), _digest(text)
+    remembered = _in_memory.get(entry)
+    if remembered is not None and remembered[0] == digest and isinstance(remembered[1], kind):
+        return remembered[1]
     try:
         with entry.open("rb") as stream:
             info = os.fstat(stream.fileno())
             if info.st_uid != os.geteuid() or info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
                 return None
-            digest, value = pickle.load(stream)
+            stored, value = pickle.load(stream)
     except (OSError, EOFError, pickle.UnpicklingError, AttributeError, ImportError, TypeError, ValueError):
         return None
-    return value if digest == _digest(text) and isinstance(value, kind) else None
+    if stored != digest or not isinstance(value, kind):
+        return None
+    _in_memory[entry] = (digest, value)
+    return value
 
 
 def put(path: Path, text: str, value: object) -> None:
     """Keep `value`, read from `path` holding `text`; a cache that cannot be written is skipped."""
     if os.environ.get("SOMNUS_NO_MANIFEST_CACHE"):
         return
-    entry = _entry(path)
+    entry, digest = _entry(path), _digest(text)
+    _in_memory[entry] = (digest, value)
     try:
         entry.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         with tempfile.NamedTemporaryFile(dir=entry.parent, delete=False) as stream:  # mode 0600
-            pickle.dump((_digest(text), value), stream, protocol=pickle.HIGHEST_PROTOCOL)
+            pickle.dump((digest, value), stream, protocol=pickle.HIGHEST_PROTOCOL)
         os.replace(stream.name, entry)
         _trim(entry.parent)
     except OSError:

@@ -35,15 +35,23 @@ def parses(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[Path]:
         return real(path, *args)  # type: ignore[arg-type]
 
     monkeypatch.setattr(loader, "_parse", counting)
+    monkeypatch.setattr(parsed_cache, "_in_memory", {})
     return parsed
 
 
+def another_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a new process remembers: nothing but the files."""
+    monkeypatch.setattr(parsed_cache, "_in_memory", {})
+
+
 def test_an_unchanged_file_comes_from_the_cache_and_a_changed_one_is_read_again(
-        tmp_path: Path, parses: list[Path]) -> None:
+        tmp_path: Path, parses: list[Path], monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "box.yaml"
     path.write_text(BOX % "64Mi")
     first = loader.load([path])
-    second = loader.load([path])
+    assert loader.load([path]) == first  # this process remembers it
+    another_process(monkeypatch)
+    second = loader.load([path])  # from the file the first one stored
     assert parses == [path] and second == first
     assert (second[0].source, second[0].field_lines) == (first[0].source, first[0].field_lines)
     path.write_text(BOX % "128Mi")
@@ -68,6 +76,7 @@ def test_an_entry_others_may_write_is_not_trusted_and_the_cache_can_be_turned_of
     [entry] = parsed_cache.cache_dir().glob("*.pickle")
     assert entry.stat().st_mode & 0o777 == 0o600 and parsed_cache.cache_dir().stat().st_mode & 0o777 == 0o700
     os.chmod(entry, 0o666)
+    another_process(monkeypatch)
     loader.load([path])
     assert parses == [path, path]  # read again, and stored again as the user's own
     monkeypatch.setenv("SOMNUS_NO_MANIFEST_CACHE", "1")
