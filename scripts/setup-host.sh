@@ -31,6 +31,8 @@ readonly PACKAGES=(
     python3-venv python3-dev gcc ca-certificates git
     # pgrep, used below
     procps
+    # the dashboard's browser tests (Playwright cannot download its own browsers here)
+    chromium
 )
 
 say() { printf 'setup-host: %s\n' "$*"; }

@@ -12,8 +12,9 @@ from __future__ import annotations
 import sys
 from typing import TYPE_CHECKING, TextIO
 
-from somnus_reconciler.cli.plan_view import PlanHuman, describe_change
+from somnus_reconciler.cli.plan_view import PlanHuman
 from somnus_reconciler.planning.plan import Change
+from somnus_reconciler.planning.plan_text import describe_change
 
 if TYPE_CHECKING:
     from rich.console import Console

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import click
 
 from somnus_reconciler import __version__
-from somnus_reconciler.cli import arguments, guest_commands, loop_commands, secret_commands, views
+from somnus_reconciler.cli import arguments, guest_commands, loop_commands, secret_commands, serve_command, views
 from somnus_reconciler.cli.exit_codes import EXIT_CHANGES_PENDING, EXIT_INVALID_OR_ERROR, EXIT_OK, EXIT_STEP_FAILED
 from somnus_reconciler.providers import docker_listing
 from somnus_reconciler.providers.protocols import ProviderError
@@ -46,6 +46,7 @@ cli.add_command(guest_commands.backups)
 cli.add_command(guest_commands.restore)
 cli.add_command(loop_commands.watch)
 cli.add_command(loop_commands.gitops)
+cli.add_command(serve_command.serve)
 
 
 @cli.command()

@@ -2,58 +2,21 @@
 
 `PlanHuman` writes one line per change (`+ ~ -/+ -`, address, what, the
 disruption) and a summary; `PlanJson` the documented shape (docs/output.md).
-`describe_change` is the short "what" shared with apply's progress lines.
+The words of each line come from `planning.plan_text`, which the web page shares.
 """
 
 from __future__ import annotations
 
 from somnus_reconciler.cli import views
 from somnus_reconciler.cli.views import JsonValue
-from somnus_reconciler.planning.plan import Action, Change, Plan
-from somnus_reconciler.values.desired import DesiredContainer, DesiredVm
-from somnus_reconciler.values.quantity import format_bytes
-
-
-def describe_change(change: Change) -> str:
-    want = change.desired
-    fields = ", ".join(str(f) for f in change.fields)
-    if change.action is Action.CREATE and isinstance(want, DesiredVm):
-        r = want.resources
-        origin = f"profile {want.profile}, " if want.profile else ""
-        power = "" if want.running else ", stopped"
-        return f"create ({origin}{r.vcpus} vcpu, {format_bytes(r.memory)}{power})"
-    if change.action is Action.CREATE and isinstance(want, DesiredContainer):
-        return f"create (image {want.image}, {want.cpus:g} cpu, {format_bytes(want.memory)})"
-    if change.action is Action.DELETE:
-        return "delete"
-    if change.action.is_pack_step:
-        verb = "" if change.action is Action.PACK_INSTALL else "remove "
-        return f"pack {verb}{change.pack}" + (f" ({change.reason})" if change.reason else "")
-    if change.action is Action.FILES:
-        return f"files: {change.reason}"
-    if change.action is Action.REPLACE:
-        return f"replace: {fields}" if fields else f"replace: {change.reason}"
-    if change.action in (Action.START, Action.STOP):
-        return str(change.action.value) + (f": {fields}" if fields else "")
-    return fields or "refresh ownership mark"
-
-
-def _disruption_note(change: Change) -> str:
-    if change.action is Action.DELETE:
-        note = "prune: disk deleted" if change.kind == "vm" else "prune"
-    elif change.action is Action.REPLACE and change.kind == "vm":
-        note = "recreate: disk replaced"
-    elif change.action.is_guest_step:
-        note = "snapshot first"
-    else:
-        note = change.disruption.label
-    return ", ".join(n for n in ("drift" if change.drift else "", note) if n)
+from somnus_reconciler.planning.plan import Action, Plan
+from somnus_reconciler.planning.plan_text import describe_change, disruption_note
 
 
 def plan_lines(plan: Plan) -> list[str]:
     lines = []
     for change in plan.changes:
-        note = _disruption_note(change)
+        note = disruption_note(change)
         text = describe_change(change)
         line = f"{change.action.symbol:<3} {change.address:<24} {text}"
         if note:

@@ -34,6 +34,7 @@ TOKEN_FILE = "agent-token"
 HOST_KEY_FILE = "ssh_host_ed25519_key"  # the guest's, made on the host (guest_identity)
 AGENT_KEY_FILE = "agent-key.pem"  # PKCS#8: every body line holds key bytes
 AGE_KEY_FILE = "age.key"  # the host's age identity (Settings.age_key_file), in the state directory
+SERVE_TOKEN_FILE = "serve-token"  # somnus serve's login token (web.security.TOKEN_FILE), 0600
 VAULT_KEY_FILE = host_vault.VAULT_KEY_FILE  # in keys/: its first line is the key material
 SEALED = (KEY_FILE, TOKEN_FILE, HOST_KEY_FILE, AGENT_KEY_FILE)  # each kept as <name>.fernet
 PRIVATE_KEY_BEGINS = (b"-----BEGIN OPENSSH PRIVATE KEY-----", b"-----BEGIN PRIVATE KEY-----")
@@ -59,7 +60,7 @@ def read_secret(path: Path, state_dir: Path) -> Secret | None:
     except FileNotFoundError:
         return None
     name = host_vault.clear(path).name
-    if name == TOKEN_FILE:
+    if name in (TOKEN_FILE, SERVE_TOKEN_FILE):
         token = data.strip()
         return Secret(path, (token,)) if token else None
     if name == AGE_KEY_FILE:
@@ -74,7 +75,7 @@ def read_secret(path: Path, state_dir: Path) -> Secret | None:
 
 
 def secret_files(state_dir: Path) -> Iterator[Path]:
-    for path in (state_dir / AGE_KEY_FILE, state_dir / "keys" / VAULT_KEY_FILE):
+    for path in (state_dir / AGE_KEY_FILE, state_dir / "keys" / VAULT_KEY_FILE, state_dir / SERVE_TOKEN_FILE):
         if path.is_file():
             yield path
     keys = state_dir / "keys"

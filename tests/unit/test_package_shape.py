@@ -18,7 +18,7 @@ FUNCTION_LINES = 60
 # Where `Any` stands for JSON as a library or the agent decoded it, and nowhere else.
 ANY_ALLOWED = {"providers/agent_client.py", "providers/docker_labels.py",
                "providers/docker_listing.py", "passes/agent_health.py"}
-LAYERS = ("values", "manifests", "planning", "images", "semantic", "providers", "engine", "passes", "cli")
+LAYERS = ("values", "manifests", "planning", "images", "semantic", "providers", "engine", "passes", "web", "cli")
 
 MODULES = sorted(PACKAGE.rglob("*.py"))
 

@@ -1,0 +1,9 @@
+"""web: `somnus serve`, a page and a small JSON API over the state the CLI reads.
+
+`app` builds the Starlette application (routes, templates, the live event stream);
+`security` is who may use it (login token, session cookie, CSRF, Host check,
+headers); `overview` computes what the overview shows, desired against actual, from
+`passes`; `live` keeps it current (the manifests watched, a periodic resync) and
+tells the open pages. The layer under `cli`, and only `cli.serve_command` imports
+it. May import passes and every layer below.
+"""

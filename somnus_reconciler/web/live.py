@@ -1,0 +1,82 @@
+"""Keeps the overview current while `somnus serve` runs, and tells the open pages.
+
+A thread computes the overview (`overview.compute`) at start, whenever a file under
+the manifest paths is written (watchfiles, as `somnus watch` does) and at every
+resync interval (out-of-band changes: a VM stopped by hand). Each new overview has a
+higher `version`; every page's event stream (`subscribe`) is handed that number,
+and the page fetches its rows again. The backends stay open between computations.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+import watchfiles
+
+from somnus_reconciler.providers import backends as backends_mod
+from somnus_reconciler.providers.protocols import ProviderError
+from somnus_reconciler.web import overview as overview_mod
+
+DEFAULT_RESYNC_S = 10.0
+
+
+class Dashboard:
+    """The latest overview and the pages listening for the next one."""
+
+    def __init__(self, paths: Sequence[Path], backends: backends_mod.Backends, *,
+                 resync_s: float = DEFAULT_RESYNC_S) -> None:
+        self._paths = list(paths)
+        self._backends = backends
+        self._resync_s = resync_s
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._listeners: list[tuple[asyncio.AbstractEventLoop, asyncio.Queue[int]]] = []
+        self.version = 0
+        self.overview = overview_mod.Overview((), ("starting",), 0.0)
+
+    def refresh(self) -> None:
+        """Compute the overview now and tell every listener."""
+        try:
+            latest = overview_mod.compute(self._paths, self._backends)
+        except ProviderError as e:
+            latest = overview_mod.Overview((), (str(e),), self.overview.at)
+        with self._lock:
+            self.overview, self.version = latest, self.version + 1
+            listeners, version = list(self._listeners), self.version
+        for loop, queue in listeners:
+            loop.call_soon_threadsafe(queue.put_nowait, version)
+
+    def subscribe(self) -> asyncio.Queue[int]:
+        """A queue of overview versions, for a page's event stream (call in the event loop)."""
+        queue: asyncio.Queue[int] = asyncio.Queue()
+        with self._lock:
+            self._listeners.append((asyncio.get_running_loop(), queue))
+        return queue
+
+    def unsubscribe(self, queue: asyncio.Queue[int]) -> None:
+        with self._lock:
+            self._listeners = [(loop, q) for loop, q in self._listeners if q is not queue]
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="dashboard", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        self._backends.close()
+
+    def _run(self) -> None:
+        self.refresh()
+        watched = [str(p) for p in self._paths if p.exists()]
+        # Each yield is a batch of written files, or the resync interval passing without one.
+        for _ in watchfiles.watch(*watched, stop_event=self._stop, rust_timeout=int(self._resync_s * 1000),
+                                  yield_on_timeout=True, debounce=200, step=50):
+            if self._stop.is_set():
+                return
+            self.refresh()

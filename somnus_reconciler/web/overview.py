@@ -1,0 +1,139 @@
+"""What the overview page shows: every declared and every owned object, desired against
+actual, its conditions, its pending change (the words of `diff`) and its last step.
+
+`compute` loads the manifests, observes through backends kept open by the caller
+(`live.Dashboard`), plans as `diff` would (no prune) and reads each object's last
+event from the journal. A manifest that does not load, or a daemon that cannot be
+reached, becomes a line of `problems`, never an error page.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from somnus_reconciler.journal import Event, Journal
+from somnus_reconciler.passes import prepare, status
+from somnus_reconciler.planning import plan as plan_mod
+from somnus_reconciler.planning.plan_text import describe_change, disruption_note
+from somnus_reconciler.providers.backends import Backends, applied_hashes, observe_reachable
+from somnus_reconciler.values.actual import ActualContainer, ActualVm
+from somnus_reconciler.values.conditions import Condition
+from somnus_reconciler.values.desired import DesiredContainer, DesiredState, DesiredVm
+from somnus_reconciler.values.diagnostics import InvalidInput
+from somnus_reconciler.values.quantity import format_bytes
+
+
+@dataclass(frozen=True)
+class Row:
+    """One object: what is declared (if it is), what is there (if it is), and between them."""
+
+    kind: str  # vm | container
+    name: str
+    pool: str
+    owner: str
+    declared: bool
+    desired: str  # "running, 1 vcpu, 256 MiB"; "" when not declared
+    actual: str  # "shut off, 1 vcpu, 256 MiB"; "absent"
+    state: str  # the actual state word, for the filter: running, shut off, exited, absent
+    packs: str
+    ready: bool | None  # the Ready condition, where the object has one
+    conditions: tuple[Condition, ...]
+    pending: tuple[str, ...]  # the plan's lines for it: "~ memory 256 MiB -> 512 MiB (live)"
+    last_step: str  # "create: ok, 21:03:04"
+
+    @property
+    def address(self) -> str:
+        return f"{self.kind}/{self.name}"
+
+
+@dataclass(frozen=True)
+class Overview:
+    rows: tuple[Row, ...]
+    problems: tuple[str, ...]  # manifests that did not load, daemons not reached
+    at: float  # when it was computed (time.time())
+
+
+def compute(paths: Sequence[Path], backends: Backends) -> Overview:
+    """The overview now; `backends` must be opened for the manifests' Pool."""
+    try:
+        desired = prepare.load_desired(paths, state_dir=str(backends.settings.state_dir))
+    except InvalidInput as e:
+        return Overview((), tuple(str(d) for d in e.diagnostics), time.time())
+    actual, unreachable = observe_reachable(backends)
+    plan = plan_mod.compute(desired, actual, prune=False, applied=applied_hashes(backends.settings))
+    pending: dict[str, list[str]] = {}
+    for change in plan.changes:
+        note = disruption_note(change)
+        line = f"{change.action.symbol} {describe_change(change)}" + (f" ({note})" if note else "")
+        pending.setdefault(change.address, []).append(line)
+    with Journal(backends.settings.journal_path) as journal:
+        rows = [_row(kind, name, desired, want, have, pending.get(f"{kind}/{name}", []),
+                     _last(journal, f"{kind}/{name}"))
+                for kind, name, want, have in _objects(desired, actual.vms, actual.containers)]
+    return Overview(tuple(rows), tuple(unreachable.values()), time.time())
+
+
+_Object = tuple[str, str, "DesiredVm | DesiredContainer | None", "ActualVm | ActualContainer | None"]
+
+
+def _objects(desired: DesiredState, vms: dict[str, ActualVm],
+             containers: dict[str, ActualContainer]) -> list[_Object]:
+    """Declared objects, then owned ones of the same Pool that are no longer declared."""
+    return [*_of_kind("vm", desired.vms, vms, desired.scope),
+            *_of_kind("container", desired.containers, containers, desired.scope)]
+
+
+def _of_kind(kind: str, wanted: Mapping[str, DesiredVm | DesiredContainer],
+             there: Mapping[str, ActualVm | ActualContainer], scope: str) -> list[_Object]:
+    found: list[_Object] = [(kind, name, want, there.get(name)) for name, want in sorted(wanted.items())]
+    return found + [(kind, name, None, have) for name, have in sorted(there.items())
+                    if name not in wanted and have.managed and _pool(have) == scope]
+
+
+def _pool(have: ActualVm | ActualContainer) -> str | None:
+    if isinstance(have, ActualContainer):
+        return have.pool
+    return have.mark.pool if have.mark else None
+
+
+def _row(kind: str, name: str, desired: DesiredState, want: DesiredVm | DesiredContainer | None,
+         have: ActualVm | ActualContainer | None, pending: list[str], last: Event | None) -> Row:
+    conditions: tuple[Condition, ...] = ()
+    if isinstance(have, ActualVm):
+        conditions = status.vm_status(have, last).conditions
+        actual, state = f"{have.power.value}, {have.vcpus} vcpu, {format_bytes(have.memory)}", have.power.value
+    elif isinstance(have, ActualContainer):
+        conditions = status.container_status(have, last).conditions
+        actual, state = f"{have.state}, image {have.image}", have.state
+    else:
+        actual, state = "absent", "absent"
+    ready = next((c.status for c in conditions if c.type in ("Ready", "Running")), None)
+    return Row(
+        kind=kind, name=name, pool=desired.scope, owner=(want.owner if want else None) or "",
+        declared=want is not None, desired=_desired(want), actual=actual, state=state,
+        packs=", ".join(want.packs) if want else "", ready=ready, conditions=conditions,
+        pending=tuple(pending), last_step=_last_step(last),
+    )
+
+
+def _desired(want: DesiredVm | DesiredContainer | None) -> str:
+    if isinstance(want, DesiredVm):
+        r = want.resources
+        return f"{'running' if want.running else 'shut off'}, {r.vcpus} vcpu, {format_bytes(r.memory)}"
+    if isinstance(want, DesiredContainer):
+        return f"running, image {want.image}, {want.cpus:g} cpu, {format_bytes(want.memory)}"
+    return ""
+
+
+def _last(journal: Journal, address: str) -> Event | None:
+    events = journal.recent(address, limit=1)
+    return events[0] if events else None
+
+
+def _last_step(event: Event | None) -> str:
+    if event is None:
+        return ""
+    return f"{event.action}: {event.outcome}, {time.strftime('%H:%M:%S', time.localtime(event.at))}"

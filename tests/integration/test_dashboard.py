@@ -1,0 +1,154 @@
+"""`somnus serve` (issue 15, in part) in a real browser, Debian's chromium driven by
+Playwright, against the real dockerd and libvirtd: the overview lists declared objects
+with their state and readiness, a manifest edit appears on the open page as a pending
+change without a reload, and the server refuses strangers (no login, a wrong Host, a
+change without the CSRF token, a non-loopback address without TLS). Everything the
+tests are served goes through the session's secret scan."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+from playwright.sync_api import expect, sync_playwright
+
+from testkit.agent_process import free_port
+from tests.integration import secret_scan
+from tests.integration.conftest import Workspace, container_doc, vm_doc
+
+pytestmark = pytest.mark.integration
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
+
+
+@dataclass
+class Served:
+    base: str  # http://127.0.0.1:PORT
+    login: str  # its login URL
+
+    def get(self, path: str, *, cookie: str = "", host: str | None = None, method: str = "GET",
+            headers: dict[str, str] | None = None) -> tuple[int, str]:
+        request = urllib.request.Request(self.base + path, method=method, headers={
+            **({"Cookie": cookie} if cookie else {}), **({"Host": host} if host else {}), **(headers or {})})
+        try:
+            with urllib.request.urlopen(request, timeout=30) as answer:
+                status, text = answer.status, answer.read().decode()
+        except urllib.error.HTTPError as e:
+            status, text = e.code, e.read().decode()
+        secret_scan.SESSION.record_output(f"somnus serve {method} {path}", text)
+        return status, text
+
+
+def serve_command(ws: Workspace, *args: str) -> list[str]:
+    return [sys.executable, "-m", "somnus_reconciler", "serve", str(ws.manifests), "--resync", "2s", *args]
+
+
+@pytest.fixture
+def served(workspace: Workspace) -> Iterator[Served]:
+    ws = workspace
+    ws.write("ws.yaml", container_doc(ws.name("box")), vm_doc(ws.name("vm"), running=False))
+    ws.somnus("apply", str(ws.manifests), "-y", check_exit=0)
+    port = free_port()
+    env = dict(os.environ, SOMNUS_STATE_DIR=str(ws.state_dir))
+    server = subprocess.Popen(serve_command(ws, "--listen", f"127.0.0.1:{port}"), env=env, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        assert server.stdout is not None
+        first = server.stdout.readline()  # "Log in at http://...", once the token is made
+        assert first.startswith("Log in at http://127.0.0.1:"), first
+        token = (ws.state_dir / "serve-token").read_text()
+        assert (ws.state_dir / "serve-token").stat().st_mode & 0o777 == 0o600
+        secret_scan.SESSION.harvest()  # no page or API answer may hold the token
+        base = f"http://127.0.0.1:{port}"
+        _wait_until_listening(base)
+        yield Served(base, f"{base}/login?token={token}")
+    finally:
+        server.terminate()  # our own child
+        server.wait(timeout=30)
+
+
+def _wait_until_listening(base: str) -> None:
+    for _ in range(600):  # the server answers once uvicorn is up: 401 without a session
+        try:
+            urllib.request.urlopen(base + "/api/overview", timeout=5)
+        except urllib.error.HTTPError:
+            return
+        except OSError:
+            time.sleep(0.1)  # polling for a condition, not waiting out a guess
+    raise AssertionError(f"{base} never answered")
+
+
+def test_the_overview_shows_each_object_and_a_manifest_edit_arrives_without_a_reload(
+        workspace: Workspace, served: Served) -> None:
+    ws = workspace
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page()
+        page.goto(served.login)
+        box = page.locator(f'tr[data-address="container/{ws.name("box")}"]')
+        vm = page.locator(f'tr[data-address="vm/{ws.name("vm")}"]')
+        expect(box.locator(".state")).to_contain_text("running")
+        expect(box.locator(".ready")).to_have_text("yes")
+        expect(box.locator(".pending")).to_have_text("in sync")
+        expect(vm.locator(".state")).to_contain_text("shutoff")
+        page.evaluate("window.notReloaded = true")
+        ws.write("ws.yaml", container_doc(ws.name("box"), memory="96Mi"), vm_doc(ws.name("vm"), running=False))
+        expect(box.locator(".pending")).to_contain_text("replace", timeout=30_000)
+        assert page.evaluate("window.notReloaded") is True  # the row changed in place
+        secret_scan.SESSION.record_output("the overview page", page.content())
+        browser.close()
+    status, body = served.get("/api/overview", cookie=_session(served))
+    items = {item["address"]: item for item in json.loads(body)["items"]}
+    assert status == 200 and items[f"container/{ws.name('box')}"]["pending"]
+
+
+def test_strangers_are_refused(workspace: Workspace, served: Served) -> None:
+    assert served.get("/")[0] == 401  # no session
+    assert served.get("/login?token=wrong")[0] == 401
+    cookie = _session(served)
+    assert served.get("/", cookie=cookie)[0] == 200
+    assert served.get("/", cookie=cookie, host="rebound.example:80")[0] == 400  # DNS rebinding
+    assert served.get("/api/overview", cookie=cookie, method="POST")[0] == 403  # no CSRF token
+    page = served.get("/", cookie=cookie)[1]
+    csrf = page.split('<meta name="csrf" content="', 1)[1].split('"', 1)[0]
+    # With the token the request passes the guard (and finds no POST route there).
+    assert served.get("/api/overview", cookie=cookie, method="POST", headers={"X-CSRF-Token": csrf})[0] == 405
+    env = dict(os.environ, SOMNUS_STATE_DIR=str(workspace.state_dir))
+    refused = subprocess.run(serve_command(workspace, "--listen", "0.0.0.0:8765"), env=env, capture_output=True,
+                             text=True, timeout=60)
+    assert refused.returncode == 2 and "--tls-cert" in refused.stderr, refused
+
+
+def _session(served: Served) -> str:
+    """The session cookie the login URL hands out."""
+    class NoRedirect(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args: object, **kwargs: object) -> None:
+            return None
+
+    opener = urllib.request.build_opener(NoRedirect)
+    try:
+        opener.open(served.login, timeout=30)
+    except urllib.error.HTTPError as e:
+        assert e.code == 303
+        header = e.headers["Set-Cookie"]
+        assert "HttpOnly" in header and "SameSite=strict" in header.replace("Strict", "strict")
+        return header.split(";", 1)[0]
+    raise AssertionError("the login URL did not redirect")
+
+
+def test_the_page_has_no_inline_script_and_forbids_framing(served: Served) -> None:
+    status, page = served.get("/", cookie=_session(served))
+    assert status == 200 and "<script>" not in page and 'src="/static/app.js"' in page
+    request = urllib.request.Request(served.base + "/", headers={"Cookie": _session(served)})
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        policy = answer.headers["Content-Security-Policy"]
+    assert "script-src 'self'" in policy and "frame-ancestors 'none'" in policy and "unsafe-inline" not in policy
