@@ -97,7 +97,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-watch-") as tmp:
         root = Path(tmp)
         env = dict(os.environ, SOMNUS_STATE_DIR=str(root / "state"))
-        docs = manifests(n)
+        docs = manifests(n, n)
         (root / "m").mkdir()
         path = root / "m" / "objects.yaml"
         path.write_text(yaml.safe_dump_all(docs))
