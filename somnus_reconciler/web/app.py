@@ -5,6 +5,9 @@ Routes (all behind `security.Guard` but `/login` and `/static/`):
   GET /fragment/rows    its table body alone, which the page fetches again on each event
   GET /api/overview     the same rows as JSON
   GET /events           server-sent events: `overview` with the new version number
+  GET /objects/KIND/NAME                        one object: spec, actual, conditions,
+                                                packs, snapshots, its events
+  POST /objects/KIND/NAME/rollback/SNAPSHOT     `somnus rollback`, from its button
 Templates are Jinja2 (autoescaped), the page's one script is `static/app.js` (no
 inline script: the Content-Security-Policy forbids it, and no build step or CDN).
 """
@@ -18,15 +21,16 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
 from starlette.middleware.base import BaseHTTPMiddleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
-from somnus_reconciler.web import security
+from somnus_reconciler.web import object_page, security
 from somnus_reconciler.web.live import Dashboard
 from somnus_reconciler.web.overview import Row
 
@@ -79,10 +83,28 @@ def make_app(dashboard: Dashboard, guard: security.Guard) -> Starlette:
 
         return StreamingResponse(stream(), media_type="text/event-stream")
 
+    async def one(request: Request) -> Response:
+        kind, name = request.path_params["kind"], request.path_params["name"]
+        found = next((r for r in dashboard.overview.rows if (r.kind, r.name) == (kind, name)), None)
+        if found is None:
+            return PlainTextResponse(f"no {kind}/{name} here", status_code=404)
+        details = await run_in_threadpool(object_page.details, found, dashboard.settings)
+        return templates.TemplateResponse(request, "object.html", {**context(request), "row": found,
+                                                                   "details": details})
+
+    async def rollback(request: Request) -> Response:
+        kind, name, snapshot = (request.path_params[k] for k in ("kind", "name", "snapshot"))
+        said = await run_in_threadpool(object_page.roll_back, kind, name, snapshot, dashboard.paths,
+                                       dashboard.settings)
+        await run_in_threadpool(dashboard.refresh)
+        return JSONResponse({"ok": said.ok, "message": said.message}, status_code=200 if said.ok else 409)
+
     return Starlette(
         routes=[
             Route("/", page), Route("/fragment/rows", fragment), Route("/api/overview", api),
-            Route("/events", events), Mount("/static", StaticFiles(directory=_HERE / "static"), name="static"),
+            Route("/events", events), Route("/objects/{kind:str}/{name:str}", one),
+            Route("/objects/{kind:str}/{name:str}/rollback/{snapshot:str}", rollback, methods=["POST"]),
+            Mount("/static", StaticFiles(directory=_HERE / "static"), name="static"),
         ],
         middleware=[Middleware(BaseHTTPMiddleware, dispatch=guard)],
         lifespan=lambda app: _running(dashboard),

@@ -18,6 +18,7 @@ import watchfiles
 
 from somnus_reconciler.providers import backends as backends_mod
 from somnus_reconciler.providers.protocols import ProviderError
+from somnus_reconciler.settings import Settings
 from somnus_reconciler.web import overview as overview_mod
 
 DEFAULT_RESYNC_S = 10.0
@@ -28,7 +29,7 @@ class Dashboard:
 
     def __init__(self, paths: Sequence[Path], backends: backends_mod.Backends, *,
                  resync_s: float = DEFAULT_RESYNC_S) -> None:
-        self._paths = list(paths)
+        self.paths = list(paths)
         self._backends = backends
         self._resync_s = resync_s
         self._stop = threading.Event()
@@ -41,7 +42,7 @@ class Dashboard:
     def refresh(self) -> None:
         """Compute the overview now and tell every listener."""
         try:
-            latest = overview_mod.compute(self._paths, self._backends)
+            latest = overview_mod.compute(self.paths, self._backends)
         except ProviderError as e:
             latest = overview_mod.Overview((), (str(e),), self.overview.at)
         with self._lock:
@@ -49,6 +50,11 @@ class Dashboard:
             listeners, version = list(self._listeners), self.version
         for loop, queue in listeners:
             loop.call_soon_threadsafe(queue.put_nowait, version)
+
+    @property
+    def settings(self) -> Settings:
+        """The settings the backends were opened with (state directory, journal)."""
+        return self._backends.settings
 
     def subscribe(self) -> asyncio.Queue[int]:
         """A queue of overview versions, for a page's event stream (call in the event loop)."""
@@ -73,7 +79,7 @@ class Dashboard:
 
     def _run(self) -> None:
         self.refresh()
-        watched = [str(p) for p in self._paths if p.exists()]
+        watched = [str(p) for p in self.paths if p.exists()]
         # Each yield is a batch of written files, or the resync interval passing without one.
         for _ in watchfiles.watch(*watched, stop_event=self._stop, rust_timeout=int(self._resync_s * 1000),
                                   yield_on_timeout=True, debounce=200, step=50):

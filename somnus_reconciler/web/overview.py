@@ -39,6 +39,8 @@ class Row:
     actual: str  # "shut off, 1 vcpu, 256 MiB"; "absent"
     state: str  # the actual state word, for the filter: running, shut off, exited, absent
     packs: str
+    applied_packs: tuple[tuple[str, str], ...]  # (pack, fingerprint) recorded on the object
+    source: str  # FILE:LINE of its declaration; "" when not declared
     ready: bool | None  # the Ready condition, where the object has one
     conditions: tuple[Condition, ...]
     pending: tuple[str, ...]  # the plan's lines for it: "~ memory 256 MiB -> 512 MiB (live)"
@@ -115,8 +117,15 @@ def _row(kind: str, name: str, desired: DesiredState, want: DesiredVm | DesiredC
         kind=kind, name=name, pool=desired.scope, owner=(want.owner if want else None) or "",
         declared=want is not None, desired=_desired(want), actual=actual, state=state,
         packs=", ".join(want.packs) if want else "", ready=ready, conditions=conditions,
+        applied_packs=_applied_packs(have), source=str(want.source) if want else "",
         pending=tuple(pending), last_step=_last_step(last),
     )
+
+
+def _applied_packs(have: ActualVm | ActualContainer | None) -> tuple[tuple[str, str], ...]:
+    if isinstance(have, ActualVm):
+        return have.mark.packs if have.mark else ()
+    return have.packs if have is not None else ()
 
 
 def _desired(want: DesiredVm | DesiredContainer | None) -> str:

@@ -7,6 +7,7 @@ tests are served goes through the session's secret scan."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -23,6 +24,7 @@ from playwright.sync_api import expect, sync_playwright
 from testkit.agent_process import free_port
 from tests.integration import secret_scan
 from tests.integration.conftest import Workspace, container_doc, vm_doc
+from tests.integration.test_pack_steps import box_doc, pack_doc, playbook
 
 pytestmark = pytest.mark.integration
 
@@ -57,6 +59,13 @@ def served(workspace: Workspace) -> Iterator[Served]:
     ws = workspace
     ws.write("ws.yaml", container_doc(ws.name("box")), vm_doc(ws.name("vm"), running=False))
     ws.somnus("apply", str(ws.manifests), "-y", check_exit=0)
+    with serving(ws) as served:
+        yield served
+
+
+@contextlib.contextmanager
+def serving(ws: Workspace) -> Iterator[Served]:
+    """`somnus serve` on the workspace's manifests, on a free loopback port, logged in."""
     port = free_port()
     env = dict(os.environ, SOMNUS_STATE_DIR=str(ws.state_dir))
     server = subprocess.Popen(serve_command(ws, "--listen", f"127.0.0.1:{port}"), env=env, text=True,
@@ -152,3 +161,30 @@ def test_the_page_has_no_inline_script_and_forbids_framing(served: Served) -> No
     with urllib.request.urlopen(request, timeout=30) as answer:
         policy = answer.headers["Content-Security-Policy"]
     assert "script-src 'self'" in policy and "frame-ancestors 'none'" in policy and "unsafe-inline" not in policy
+
+
+def test_a_rollback_from_the_object_page_takes_the_pack_back_out(workspace: Workspace) -> None:
+    ws = workspace
+    books = ws.manifests / "playbooks"
+    books.mkdir()
+    playbook(books / "marker.yml", [{"name": "marker", "ansible.builtin.copy": {"dest": "/opt/marker", "content": "x"}}])
+    box = ws.name("packed")
+    ws.somnus("image", "build", "somnus/base:bookworm", check_exit=0)  # cached by recipe: built once per machine
+    ws.write("ws.yaml", box_doc(box, ["marker"]), pack_doc("marker", playbook="playbooks/marker.yml",
+                                                             verify=["test -e /opt/marker"]))
+    ws.somnus("apply", str(ws.manifests), "-y", check_exit=0)
+    assert ws.docker.containers.get(box).exec_run(["test", "-e", "/opt/marker"]).exit_code == 0
+    with serving(ws) as served, sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page()
+        page.on("dialog", lambda dialog: dialog.accept())  # the button asks first
+        page.goto(served.login)
+        page.get_by_role("link", name=f"container/{box}").click()
+        expect(page.locator("h1")).to_have_text(f"container/{box}")
+        snapshot = page.locator("#snapshots tr[data-snapshot]").first
+        expect(snapshot.locator("th")).to_contain_text("somnus-")
+        snapshot.get_by_role("button", name="Roll back to this").click()
+        expect(page.locator("#said")).to_contain_text("reverted to", timeout=120_000)
+        secret_scan.SESSION.record_output("an object page", page.content())
+        browser.close()
+    assert ws.docker.containers.get(box).exec_run(["test", "-e", "/opt/marker"]).exit_code == 1  # the pack is gone

@@ -27,3 +27,26 @@ document.addEventListener("DOMContentLoaded", function () {
   var events = new EventSource("/events");
   events.addEventListener("overview", function (event) { refreshLive(event.data); });
 });
+
+// Forms that change something (a rollback) ask first, then post with the page's CSRF
+// token in a header; what the server said goes to the page's status line.
+document.addEventListener("DOMContentLoaded", function () {
+  var csrf = document.querySelector('meta[name="csrf"]').content;
+  var said = document.getElementById("said");
+  document.querySelectorAll("form[data-post]").forEach(function (form) {
+    form.addEventListener("submit", function (event) {
+      event.preventDefault();
+      if (form.dataset.confirm && !window.confirm(form.dataset.confirm)) {
+        return;
+      }
+      if (said) { said.textContent = "working..."; }
+      fetch(form.action, { method: "POST", credentials: "same-origin", headers: { "X-CSRF-Token": csrf } })
+        .then(function (response) { return response.json(); })
+        .then(function (answer) {
+          if (said) { said.textContent = answer.message; }
+          if (answer.ok) { window.setTimeout(function () { window.location.reload(); }, 1500); }
+        })
+        .catch(function (error) { if (said) { said.textContent = "failed: " + error; } });
+    });
+  });
+});
