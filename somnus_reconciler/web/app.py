@@ -40,32 +40,52 @@ _KEEPALIVE_S = 15.0
 
 
 def make_app(dashboard: Dashboard, guard: security.Guard) -> Starlette:
-    templates = Jinja2Templates(directory=_HERE / "templates")
+    pages = _Pages(dashboard, guard)
+    return Starlette(
+        routes=[
+            Route("/", pages.overview), Route("/fragment/rows", pages.fragment), Route("/api/overview", pages.api),
+            Route("/events", pages.events), Route("/objects/{kind:str}/{name:str}", pages.one),
+            Route("/objects/{kind:str}/{name:str}/rollback/{snapshot:str}", pages.rollback, methods=["POST"]),
+            Mount("/static", StaticFiles(directory=_HERE / "static"), name="static"),
+        ],
+        middleware=[Middleware(BaseHTTPMiddleware, dispatch=guard)],
+        lifespan=lambda app: _running(dashboard),
+    )
 
-    def rows(request: Request) -> list[Row]:
+
+class _Pages:
+    """The route handlers, over one dashboard."""
+
+    def __init__(self, dashboard: Dashboard, guard: security.Guard) -> None:
+        self._dashboard = dashboard
+        self._guard = guard
+        self._templates = Jinja2Templates(directory=_HERE / "templates")
+
+    def _rows(self, request: Request) -> list[Row]:
         wanted = {f: request.query_params.get(f, "") for f in FILTERS}
-        return [row for row in dashboard.overview.rows
+        return [row for row in self._dashboard.overview.rows
                 if all(not value or getattr(row, f) == value for f, value in wanted.items())]
 
-    def context(request: Request) -> dict[str, object]:
-        current = dashboard.overview
+    def _context(self, request: Request) -> dict[str, object]:
+        current = self._dashboard.overview
         choices = {f: sorted({str(getattr(r, f)) for r in current.rows} - {""}) for f in FILTERS}
-        return {"rows": rows(request), "problems": current.problems, "version": dashboard.version,
+        return {"rows": self._rows(request), "problems": current.problems, "version": self._dashboard.version,
                 "filters": {f: request.query_params.get(f, "") for f in FILTERS}, "choices": choices,
-                "csrf": guard.csrf_token(request)}
+                "csrf": self._guard.csrf_token(request)}
 
-    async def page(request: Request) -> Response:
-        return templates.TemplateResponse(request, "overview.html", context(request))
+    async def overview(self, request: Request) -> Response:
+        return self._templates.TemplateResponse(request, "overview.html", self._context(request))
 
-    async def fragment(request: Request) -> Response:
-        return templates.TemplateResponse(request, "_rows.html", context(request))
+    async def fragment(self, request: Request) -> Response:
+        return self._templates.TemplateResponse(request, "_rows.html", self._context(request))
 
-    async def api(request: Request) -> Response:
-        return JSONResponse({"version": dashboard.version, "at": dashboard.overview.at,
-                             "problems": list(dashboard.overview.problems),
-                             "items": [_json(row) for row in rows(request)]})
+    async def api(self, request: Request) -> Response:
+        current = self._dashboard.overview
+        return JSONResponse({"version": self._dashboard.version, "at": current.at, "problems": list(current.problems),
+                             "items": [_json(row) for row in self._rows(request)]})
 
-    async def events(request: Request) -> Response:
+    async def events(self, request: Request) -> Response:
+        dashboard = self._dashboard
         queue = dashboard.subscribe()
 
         async def stream() -> AsyncIterator[str]:
@@ -83,32 +103,21 @@ def make_app(dashboard: Dashboard, guard: security.Guard) -> Starlette:
 
         return StreamingResponse(stream(), media_type="text/event-stream")
 
-    async def one(request: Request) -> Response:
+    async def one(self, request: Request) -> Response:
         kind, name = request.path_params["kind"], request.path_params["name"]
-        found = next((r for r in dashboard.overview.rows if (r.kind, r.name) == (kind, name)), None)
+        found = next((r for r in self._dashboard.overview.rows if (r.kind, r.name) == (kind, name)), None)
         if found is None:
             return PlainTextResponse(f"no {kind}/{name} here", status_code=404)
-        details = await run_in_threadpool(object_page.details, found, dashboard.settings)
-        return templates.TemplateResponse(request, "object.html", {**context(request), "row": found,
-                                                                   "details": details})
+        details = await run_in_threadpool(object_page.details, found, self._dashboard.settings)
+        return self._templates.TemplateResponse(request, "object.html",
+                                                {**self._context(request), "row": found, "details": details})
 
-    async def rollback(request: Request) -> Response:
+    async def rollback(self, request: Request) -> Response:
         kind, name, snapshot = (request.path_params[k] for k in ("kind", "name", "snapshot"))
-        said = await run_in_threadpool(object_page.roll_back, kind, name, snapshot, dashboard.paths,
-                                       dashboard.settings)
-        await run_in_threadpool(dashboard.refresh)
+        said = await run_in_threadpool(object_page.roll_back, kind, name, snapshot, self._dashboard.paths,
+                                       self._dashboard.settings)
+        await run_in_threadpool(self._dashboard.refresh)
         return JSONResponse({"ok": said.ok, "message": said.message}, status_code=200 if said.ok else 409)
-
-    return Starlette(
-        routes=[
-            Route("/", page), Route("/fragment/rows", fragment), Route("/api/overview", api),
-            Route("/events", events), Route("/objects/{kind:str}/{name:str}", one),
-            Route("/objects/{kind:str}/{name:str}/rollback/{snapshot:str}", rollback, methods=["POST"]),
-            Mount("/static", StaticFiles(directory=_HERE / "static"), name="static"),
-        ],
-        middleware=[Middleware(BaseHTTPMiddleware, dispatch=guard)],
-        lifespan=lambda app: _running(dashboard),
-    )
 
 
 @contextlib.asynccontextmanager
