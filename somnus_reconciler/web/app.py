@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -60,6 +61,7 @@ class _Pages:
         self._dashboard = dashboard
         self._guard = guard
         self._templates = Jinja2Templates(directory=_HERE / "templates")
+        self._templates.env.filters["clock"] = lambda at: time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at))
 
     def _rows(self, request: Request) -> list[Row]:
         wanted = {f: request.query_params.get(f, "") for f in FILTERS}

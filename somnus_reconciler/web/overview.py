@@ -35,9 +35,9 @@ class Row:
     pool: str
     owner: str
     declared: bool
-    desired: str  # "running, 1 vcpu, 256 MiB"; "" when not declared
-    actual: str  # "shut off, 1 vcpu, 256 MiB"; "absent"
-    state: str  # the actual state word, for the filter: running, shut off, exited, absent
+    desired: str  # "running, 1 vcpu, 256Mi"; "" when not declared
+    actual: str  # "shutoff, 1 vcpu, 256Mi"; "absent"
+    state: str  # the actual state word, for the filter: running, shutoff, exited, absent
     packs: str
     applied_packs: tuple[tuple[str, str], ...]  # (pack, fingerprint) recorded on the object
     source: str  # FILE:LINE of its declaration; "" when not declared
@@ -131,7 +131,7 @@ def _applied_packs(have: ActualVm | ActualContainer | None) -> tuple[tuple[str, 
 def _desired(want: DesiredVm | DesiredContainer | None) -> str:
     if isinstance(want, DesiredVm):
         r = want.resources
-        return f"{'running' if want.running else 'shut off'}, {r.vcpus} vcpu, {format_bytes(r.memory)}"
+        return f"{'running' if want.running else 'shutoff'}, {r.vcpus} vcpu, {format_bytes(r.memory)}"
     if isinstance(want, DesiredContainer):
         return f"running, image {want.image}, {want.cpus:g} cpu, {format_bytes(want.memory)}"
     return ""
