@@ -2,8 +2,9 @@
 
 `app` builds the Starlette application (routes, templates, the live event stream);
 `security` is who may use it (login token, session cookie, CSRF, Host check,
-headers); `overview` computes what the overview shows, desired against actual, from
-`passes`; `live` keeps it current (the manifests watched, a periodic resync) and
-tells the open pages. The layer under `cli`, and only `cli.serve_command` imports
+headers); `overview` computes what the overview and plan pages show, desired against
+actual, from `passes`; `live` keeps it current (the manifests watched, a periodic
+resync) and tells the open pages; `object_page` adds an object's snapshots, events
+and rollback; `apply_run` applies the plan from its page, publishing each step. The layer under `cli`, and only `cli.serve_command` imports
 it. May import passes and every layer below.
 """

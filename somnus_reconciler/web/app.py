@@ -8,6 +8,8 @@ Routes (all behind `security.Guard` but `/login` and `/static/`):
   GET /objects/KIND/NAME                        one object: spec, actual, conditions,
                                                 packs, snapshots, its events
   POST /objects/KIND/NAME/rollback/SNAPSHOT     `somnus rollback`, from its button
+  GET /plan             the plan in `diff`'s words, with its Apply button
+  POST /apply?replace=vm/NAME...                apply it (`apply_run`); steps come as `step` events
 Templates are Jinja2 (autoescaped), the page's one script is `static/app.js` (no
 inline script: the Content-Security-Policy forbids it, and no build step or CDN).
 """
@@ -32,6 +34,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
 from somnus_reconciler.web import object_page, security
+from somnus_reconciler.web.apply_run import ApplyRun
 from somnus_reconciler.web.live import Dashboard
 from somnus_reconciler.web.overview import Row
 
@@ -47,6 +50,7 @@ def make_app(dashboard: Dashboard, guard: security.Guard) -> Starlette:
             Route("/", pages.overview), Route("/fragment/rows", pages.fragment), Route("/api/overview", pages.api),
             Route("/events", pages.events), Route("/objects/{kind:str}/{name:str}", pages.one),
             Route("/objects/{kind:str}/{name:str}/rollback/{snapshot:str}", pages.rollback, methods=["POST"]),
+            Route("/plan", pages.plan), Route("/apply", pages.apply, methods=["POST"]),
             Mount("/static", StaticFiles(directory=_HERE / "static"), name="static"),
         ],
         middleware=[Middleware(BaseHTTPMiddleware, dispatch=guard)],
@@ -61,6 +65,7 @@ class _Pages:
         self._dashboard = dashboard
         self._guard = guard
         self._templates = Jinja2Templates(directory=_HERE / "templates")
+        self._apply = ApplyRun(dashboard)
         self._templates.env.filters["clock"] = lambda at: time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at))
 
     def _rows(self, request: Request) -> list[Row]:
@@ -95,11 +100,11 @@ class _Pages:
                 yield f"event: overview\ndata: {dashboard.version}\n\n"
                 while not await request.is_disconnected():
                     try:
-                        version = await asyncio.wait_for(queue.get(), timeout=_KEEPALIVE_S)
+                        event, data = await asyncio.wait_for(queue.get(), timeout=_KEEPALIVE_S)
                     except asyncio.TimeoutError:
                         yield ": keep-alive\n\n"
                         continue
-                    yield f"event: overview\ndata: {version}\n\n"
+                    yield f"event: {event}\ndata: {data}\n\n"
             finally:
                 dashboard.unsubscribe(queue)
 
@@ -113,6 +118,16 @@ class _Pages:
         details = await run_in_threadpool(object_page.details, found, self._dashboard.settings)
         return self._templates.TemplateResponse(request, "object.html",
                                                 {**self._context(request), "row": found, "details": details})
+
+    async def plan(self, request: Request) -> Response:
+        return self._templates.TemplateResponse(request, "plan.html",
+                                                {**self._context(request), "plan": self._dashboard.overview.plan})
+
+    async def apply(self, request: Request) -> Response:
+        replace = frozenset(request.query_params.getlist("replace"))
+        if not self._apply.start(replace):
+            return JSONResponse({"ok": False, "message": "an apply started here still runs"}, status_code=409)
+        return JSONResponse({"ok": True, "message": "applying..."}, status_code=202)
 
     async def rollback(self, request: Request) -> Response:
         kind, name, snapshot = (request.path_params[k] for k in ("kind", "name", "snapshot"))

@@ -3,8 +3,10 @@
 A thread computes the overview (`overview.compute`) at start, whenever a file under
 the manifest paths is written (watchfiles, as `somnus watch` does) and at every
 resync interval (out-of-band changes: a VM stopped by hand). Each new overview has a
-higher `version`; every page's event stream (`subscribe`) is handed that number,
-and the page fetches its rows again. The backends stay open between computations.
+higher `version`; every page's event stream (`subscribe`) is handed ("overview",
+that number), and the page fetches its rows again; an apply started from the page
+publishes its steps the same way (`publish`). The backends stay open between
+computations.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from somnus_reconciler.settings import Settings
 from somnus_reconciler.web import overview as overview_mod
 
 DEFAULT_RESYNC_S = 10.0
+Published = tuple[str, str]  # (event name, one line of data)
 
 
 class Dashboard:
@@ -35,7 +38,7 @@ class Dashboard:
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
-        self._listeners: list[tuple[asyncio.AbstractEventLoop, asyncio.Queue[int]]] = []
+        self._listeners: list[tuple[asyncio.AbstractEventLoop, asyncio.Queue[Published]]] = []
         self.version = 0
         self.overview = overview_mod.Overview((), ("starting",), 0.0)
 
@@ -47,23 +50,33 @@ class Dashboard:
             latest = overview_mod.Overview((), (str(e),), self.overview.at)
         with self._lock:
             self.overview, self.version = latest, self.version + 1
-            listeners, version = list(self._listeners), self.version
+            version = self.version
+        self.publish("overview", str(version))
+
+    def publish(self, event: str, data: str) -> None:
+        """Hand (event, data) to every page's stream; `data` is one line (JSON or a number)."""
+        with self._lock:
+            listeners = list(self._listeners)
         for loop, queue in listeners:
-            loop.call_soon_threadsafe(queue.put_nowait, version)
+            loop.call_soon_threadsafe(queue.put_nowait, (event, data))
+
+    @property
+    def backends(self) -> backends_mod.Backends:
+        return self._backends
 
     @property
     def settings(self) -> Settings:
         """The settings the backends were opened with (state directory, journal)."""
         return self._backends.settings
 
-    def subscribe(self) -> asyncio.Queue[int]:
-        """A queue of overview versions, for a page's event stream (call in the event loop)."""
-        queue: asyncio.Queue[int] = asyncio.Queue()
+    def subscribe(self) -> asyncio.Queue[Published]:
+        """A queue of what is published, for a page's event stream (call in the event loop)."""
+        queue: asyncio.Queue[Published] = asyncio.Queue()
         with self._lock:
             self._listeners.append((asyncio.get_running_loop(), queue))
         return queue
 
-    def unsubscribe(self, queue: asyncio.Queue[int]) -> None:
+    def unsubscribe(self, queue: asyncio.Queue[Published]) -> None:
         with self._lock:
             self._listeners = [(loop, q) for loop, q in self._listeners if q is not queue]
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from somnus_reconciler.journal import Event, Journal
 from somnus_reconciler.passes import prepare, status
 from somnus_reconciler.planning import plan as plan_mod
+from somnus_reconciler.planning.plan import Action
 from somnus_reconciler.planning.plan_text import describe_change, disruption_note
 from somnus_reconciler.providers.backends import Backends, applied_hashes, observe_reachable
 from somnus_reconciler.values.actual import ActualContainer, ActualVm
@@ -52,10 +53,22 @@ class Row:
 
 
 @dataclass(frozen=True)
+class PlanLine:
+    """One change of the plan, in `diff`'s words."""
+
+    symbol: str  # + ~ -/+ -
+    address: str
+    text: str
+    note: str  # the disruption: live, restart, recreate: disk replaced, snapshot first
+    needs_consent: bool  # a VM's disk replaced: applied only when ticked (`apply --replace`)
+
+
+@dataclass(frozen=True)
 class Overview:
     rows: tuple[Row, ...]
     problems: tuple[str, ...]  # manifests that did not load, daemons not reached
     at: float  # when it was computed (time.time())
+    plan: tuple[PlanLine, ...] = ()
 
 
 def compute(paths: Sequence[Path], backends: Backends) -> Overview:
@@ -67,15 +80,18 @@ def compute(paths: Sequence[Path], backends: Backends) -> Overview:
     actual, unreachable = observe_reachable(backends)
     plan = plan_mod.compute(desired, actual, prune=False, applied=applied_hashes(backends.settings))
     pending: dict[str, list[str]] = {}
+    lines = []
     for change in plan.changes:
         note = disruption_note(change)
         line = f"{change.action.symbol} {describe_change(change)}" + (f" ({note})" if note else "")
         pending.setdefault(change.address, []).append(line)
+        lines.append(PlanLine(change.action.symbol, change.address, describe_change(change), note,
+                              change.kind == "vm" and change.action is Action.REPLACE))
     with Journal(backends.settings.journal_path) as journal:
         rows = [_row(kind, name, desired, want, have, pending.get(f"{kind}/{name}", []),
                      _last(journal, f"{kind}/{name}"))
                 for kind, name, want, have in _objects(desired, actual.vms, actual.containers)]
-    return Overview(tuple(rows), tuple(unreachable.values()), time.time())
+    return Overview(tuple(rows), tuple(unreachable.values()), time.time(), tuple(lines))
 
 
 _Object = tuple[str, str, "DesiredVm | DesiredContainer | None", "ActualVm | ActualContainer | None"]

@@ -1,7 +1,8 @@
 """`somnus serve` (issue 15, in part) in a real browser, Debian's chromium driven by
 Playwright, against the real dockerd and libvirtd: the overview lists declared objects
 with their state and readiness, a manifest edit appears on the open page as a pending
-change without a reload, and the server refuses strangers (no login, a wrong Host, a
+change without a reload, the plan page applies it and shows its steps, an object page's
+rollback takes a pack back out, and the server refuses strangers (no login, a wrong Host, a
 change without the CSRF token, a non-loopback address without TLS). Everything the
 tests are served goes through the session's secret scan."""
 
@@ -96,7 +97,7 @@ def _wait_until_listening(base: str) -> None:
     raise AssertionError(f"{base} never answered")
 
 
-def test_the_overview_shows_each_object_and_a_manifest_edit_arrives_without_a_reload(
+def test_the_overview_shows_each_object_a_manifest_edit_arrives_without_a_reload_and_applies_from_the_plan(
         workspace: Workspace, served: Served) -> None:
     ws = workspace
     with sync_playwright() as playwright:
@@ -114,10 +115,20 @@ def test_the_overview_shows_each_object_and_a_manifest_edit_arrives_without_a_re
         expect(box.locator(".pending")).to_contain_text("replace", timeout=30_000)
         assert page.evaluate("window.notReloaded") is True  # the row changed in place
         secret_scan.SESSION.record_output("the overview page", page.content())
+        # The plan page says it as diff does; Apply asks, runs it and shows each step as it goes.
+        page.on("dialog", lambda dialog: dialog.accept())
+        page.get_by_role("link", name="Plan").click()
+        expect(page.locator(f'#plan tr[data-address="container/{ws.name("box")}"]')).to_contain_text("-/+")
+        page.get_by_role("button", name="Apply").click()
+        step = page.locator(f'#steps li[data-address="container/{ws.name("box")}"]')
+        expect(step).to_have_attribute("data-state", "done", timeout=120_000)
+        expect(page.locator("#said")).to_contain_text("apply converged", timeout=60_000)
+        secret_scan.SESSION.record_output("the plan page", page.content())
         browser.close()
+    assert ws.docker.containers.get(ws.name("box")).attrs["HostConfig"]["Memory"] == 96 * 2**20
     status, body = served.get("/api/overview", cookie=_session(served))
     items = {item["address"]: item for item in json.loads(body)["items"]}
-    assert status == 200 and items[f"container/{ws.name('box')}"]["pending"]
+    assert status == 200 and items[f"container/{ws.name('box')}"]["actual"].startswith("running")
 
 
 def test_strangers_are_refused(workspace: Workspace, served: Served) -> None:

@@ -20,12 +20,37 @@ function refreshLive(version) {
   });
 }
 
+// An apply's steps, as they start and end, one list item per object and step.
+function showStep(step) {
+  var list = document.getElementById("steps");
+  var key = step.address + " " + step.what;
+  var item = Array.prototype.find.call(list.children, function (li) { return li.dataset.key === key; });
+  if (!item) {
+    item = document.createElement("li");
+    item.dataset.key = key;
+    item.dataset.address = step.address;
+    list.appendChild(item);
+  }
+  item.dataset.state = step.state;
+  item.textContent = step.address + ": " + step.what + ": " + step.state +
+    (step.seconds === null ? "" : " (" + step.seconds + " s)") + (step.message ? ": " + step.message : "");
+}
+
 document.addEventListener("DOMContentLoaded", function () {
-  if (!document.querySelector("[data-live]")) {
+  var steps = document.getElementById("steps");
+  if (!document.querySelector("[data-live]") && !steps) {
     return;
   }
   var events = new EventSource("/events");
   events.addEventListener("overview", function (event) { refreshLive(event.data); });
+  if (steps) {
+    var said = document.getElementById("said");
+    events.addEventListener("step", function (event) { showStep(JSON.parse(event.data)); });
+    events.addEventListener("applied", function (event) {
+      var answer = JSON.parse(event.data);
+      said.textContent = "apply " + answer.verdict + (answer.errors.length ? ": " + answer.errors.join("; ") : "");
+    });
+  }
 });
 
 // Forms that change something (a rollback) ask first, then post with the page's CSRF
@@ -40,11 +65,17 @@ document.addEventListener("DOMContentLoaded", function () {
         return;
       }
       if (said) { said.textContent = "working..."; }
-      fetch(form.action, { method: "POST", credentials: "same-origin", headers: { "X-CSRF-Token": csrf } })
+      // Ticked boxes (consent to replace a VM's disk) go as query parameters.
+      var ticked = Array.prototype.map.call(form.querySelectorAll("input[type=checkbox]:checked"),
+        function (box) { return encodeURIComponent(box.name) + "=" + encodeURIComponent(box.value); });
+      var url = form.getAttribute("action") + (ticked.length ? "?" + ticked.join("&") : "");
+      fetch(url, { method: "POST", credentials: "same-origin", headers: { "X-CSRF-Token": csrf } })
         .then(function (response) { return response.json(); })
         .then(function (answer) {
           if (said) { said.textContent = answer.message; }
-          if (answer.ok) { window.setTimeout(function () { window.location.reload(); }, 1500); }
+          if (answer.ok && !form.hasAttribute("data-stay")) {
+            window.setTimeout(function () { window.location.reload(); }, 1500);
+          }
         })
         .catch(function (error) { if (said) { said.textContent = "failed: " + error; } });
     });
