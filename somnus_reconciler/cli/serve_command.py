@@ -1,4 +1,4 @@
-"""`somnus serve PATHS [--listen HOST:PORT] [--tls-cert F --tls-key F]`: the web page.
+"""`somnus serve PATHS [--listen HOST:PORT] [--tls-cert F --tls-key F] [--watch]`: the web page.
 
 Binds 127.0.0.1:8765 by default. Another address must be named with --listen, and an
 address that is not loopback is refused without TLS (a certificate and key file).
@@ -26,9 +26,11 @@ _FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 @click.option("--tls-cert", type=_FILE, help="Certificate file (PEM); needed off loopback.")
 @click.option("--tls-key", type=_FILE, help="Its private key (PEM).")
 @click.option("--resync", default="10s", show_default=True, help="How often the page is recomputed unasked.")
+@click.option("--watch", "follow", is_flag=True,
+              help="Also run the loop of `somnus watch` (converge on every change and every --resync).")
 @arguments.state_dir
 def serve(paths: Sequence[Path], listen: str, tls_cert: Path | None, tls_key: Path | None, resync: str,
-          state_dir: str | None) -> None:
+          follow: bool, state_dir: str | None) -> None:
     """A web page of desired against actual, kept current live. Changes nothing by itself."""
     import uvicorn
 
@@ -38,6 +40,7 @@ def serve(paths: Sequence[Path], listen: str, tls_cert: Path | None, tls_key: Pa
     from somnus_reconciler.web import app as app_mod
     from somnus_reconciler.web import security
     from somnus_reconciler.web.live import Dashboard
+    from somnus_reconciler.web.loop_run import WatchRun
 
     host, port = _listen_address(listen)
     if (tls_cert is None) != (tls_key is None):
@@ -55,7 +58,9 @@ def serve(paths: Sequence[Path], listen: str, tls_cert: Path | None, tls_key: Pa
     shown_host = f"[{host}]" if ":" in host else host
     hosts = frozenset({f"{shown_host}:{port}"} | ({f"localhost:{port}"} if _loopback(host) else set()))
     guard = security.Guard(token, hosts, tls=tls_cert is not None)
-    app = app_mod.make_app(Dashboard(paths, backends, resync_s=resync_s), guard)
+    dashboard = Dashboard(paths, backends, resync_s=resync_s)
+    following = WatchRun(dashboard, paths, interval_s=resync_s, state_dir=state_dir) if follow else None
+    app = app_mod.make_app(dashboard, guard, following)
     if new:
         click.echo(f"Log in at {scheme}://{shown_host}:{port}/login?token={token}")
     else:

@@ -36,6 +36,7 @@ from starlette.templating import Jinja2Templates
 from somnus_reconciler.web import object_page, security
 from somnus_reconciler.web.apply_run import ApplyRun
 from somnus_reconciler.web.live import Dashboard
+from somnus_reconciler.web.loop_run import WatchRun
 from somnus_reconciler.web.overview import Row
 
 _HERE = Path(__file__).resolve().parent
@@ -43,8 +44,9 @@ FILTERS = ("kind", "state", "pool", "owner")
 _KEEPALIVE_S = 15.0
 
 
-def make_app(dashboard: Dashboard, guard: security.Guard) -> Starlette:
-    pages = _Pages(dashboard, guard)
+def make_app(dashboard: Dashboard, guard: security.Guard, following: WatchRun | None = None) -> Starlette:
+    """`following`: the watch loop of `serve --watch`, started and stopped with the app."""
+    pages = _Pages(dashboard, guard, following=following is not None)
     return Starlette(
         routes=[
             Route("/", pages.overview), Route("/fragment/rows", pages.fragment), Route("/api/overview", pages.api),
@@ -54,16 +56,17 @@ def make_app(dashboard: Dashboard, guard: security.Guard) -> Starlette:
             Mount("/static", StaticFiles(directory=_HERE / "static"), name="static"),
         ],
         middleware=[Middleware(BaseHTTPMiddleware, dispatch=guard)],
-        lifespan=lambda app: _running(dashboard),
+        lifespan=lambda app: _running(dashboard, following),
     )
 
 
 class _Pages:
     """The route handlers, over one dashboard."""
 
-    def __init__(self, dashboard: Dashboard, guard: security.Guard) -> None:
+    def __init__(self, dashboard: Dashboard, guard: security.Guard, *, following: bool) -> None:
         self._dashboard = dashboard
         self._guard = guard
+        self._following = following
         self._templates = Jinja2Templates(directory=_HERE / "templates")
         self._apply = ApplyRun(dashboard)
         self._templates.env.filters["clock"] = lambda at: time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at))
@@ -78,7 +81,7 @@ class _Pages:
         choices = {f: sorted({str(getattr(r, f)) for r in current.rows} - {""}) for f in FILTERS}
         return {"rows": self._rows(request), "problems": current.problems, "version": self._dashboard.version,
                 "filters": {f: request.query_params.get(f, "") for f in FILTERS}, "choices": choices,
-                "csrf": self._guard.csrf_token(request)}
+                "csrf": self._guard.csrf_token(request), "following": self._following}
 
     async def overview(self, request: Request) -> Response:
         return self._templates.TemplateResponse(request, "overview.html", self._context(request))
@@ -138,11 +141,15 @@ class _Pages:
 
 
 @contextlib.asynccontextmanager
-async def _running(dashboard: Dashboard) -> AsyncIterator[None]:
+async def _running(dashboard: Dashboard, following: WatchRun | None) -> AsyncIterator[None]:
     dashboard.start()
+    if following is not None:
+        following.start()
     try:
         yield
     finally:
+        if following is not None:
+            following.stop()
         dashboard.stop()
 
 

@@ -65,11 +65,11 @@ def served(workspace: Workspace) -> Iterator[Served]:
 
 
 @contextlib.contextmanager
-def serving(ws: Workspace) -> Iterator[Served]:
+def serving(ws: Workspace, *args: str) -> Iterator[Served]:
     """`somnus serve` on the workspace's manifests, on a free loopback port, logged in."""
     port = free_port()
     env = dict(os.environ, SOMNUS_STATE_DIR=str(ws.state_dir))
-    server = subprocess.Popen(serve_command(ws, "--listen", f"127.0.0.1:{port}"), env=env, text=True,
+    server = subprocess.Popen(serve_command(ws, "--listen", f"127.0.0.1:{port}", *args), env=env, text=True,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         assert server.stdout is not None
@@ -199,3 +199,22 @@ def test_a_rollback_from_the_object_page_takes_the_pack_back_out(workspace: Work
         secret_scan.SESSION.record_output("an object page", page.content())
         browser.close()
     assert ws.docker.containers.get(box).exec_run(["test", "-e", "/opt/marker"]).exit_code == 1  # the pack is gone
+
+
+def test_with_watch_a_container_stopped_by_hand_is_corrected_and_the_page_says_so(workspace: Workspace) -> None:
+    ws = workspace
+    box = ws.name("watched")
+    ws.write("ws.yaml", container_doc(box))
+    ws.somnus("apply", str(ws.manifests), "-y", check_exit=0)
+    with serving(ws, "--watch") as served, sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page()
+        page.goto(served.login)
+        expect(page.locator("#activity li").first).to_contain_text("in sync", timeout=120_000)  # the first pass
+        ws.docker.containers.get(box).stop(timeout=1)  # by hand, behind somnus's back
+        corrected = page.locator(f'#activity li[data-address="container/{box}"]')
+        expect(corrected.first).to_contain_text("(drift): done", timeout=120_000)  # at the next resync
+        expect(page.locator(f'tr[data-address="container/{box}"] .state')).to_contain_text("running")
+        secret_scan.SESSION.record_output("the overview page, watching", page.content())
+        browser.close()
+    assert ws.docker.containers.get(box).status == "running"

@@ -43,6 +43,18 @@ document.addEventListener("DOMContentLoaded", function () {
   }
   var events = new EventSource("/events");
   events.addEventListener("overview", function (event) { refreshLive(event.data); });
+  var activity = document.getElementById("activity");
+  if (activity) {  // serve --watch: the loop's events, newest first, the last 50
+    events.addEventListener("loop", function (event) {
+      var said = JSON.parse(event.data);
+      var item = document.createElement("li");
+      item.dataset.kind = said.kind;
+      if (said.address) { item.dataset.address = said.address; }
+      item.textContent = new Date().toLocaleTimeString() + "  " + said.line;
+      activity.insertBefore(item, activity.firstChild);
+      while (activity.children.length > 50) { activity.removeChild(activity.lastChild); }
+    });
+  }
   if (steps) {
     var said = document.getElementById("said");
     events.addEventListener("step", function (event) { showStep(JSON.parse(event.data)); });
