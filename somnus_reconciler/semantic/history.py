@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
@@ -231,12 +232,18 @@ def _number(value: object) -> float:
     return value
 
 
+# chromadb's clients of one process share state that two threads must not build or use
+# at once (`somnus serve --watch`: the loop's indexer beside the history page's search).
+_CHROMA = threading.RLock()
+
+
 @contextlib.contextmanager
 def _chroma_errors(path: Path) -> Iterator[None]:
-    """chromadb's exceptions, a missing package or an unusable directory become
-    `HistoryIndexError` naming the index; nothing else sees chromadb's errors."""
+    """One thread at a time in chromadb; its exceptions, a missing package or an unusable
+    directory become `HistoryIndexError` naming the index; nothing else sees chromadb's errors."""
     try:
-        yield
+        with _CHROMA:
+            yield
     except ImportError as e:
         raise HistoryIndexError(f"history index {path}: a package is missing ({e})") from e
     except OSError as e:

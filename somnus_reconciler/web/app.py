@@ -9,6 +9,7 @@ Routes (all behind `security.Guard` but `/login` and `/static/`):
                                                 packs, snapshots, its events
   POST /objects/KIND/NAME/rollback/SNAPSHOT     `somnus rollback`, from its button
   GET /plan             the plan in `diff`'s words, with its Apply button
+  GET /history          the journal: ?object=&outcome=&since= filter it, ?q= searches it by meaning
   POST /apply?replace=vm/NAME...                apply it (`apply_run`); steps come as `step` events
 Templates are Jinja2 (autoescaped), the page's one script is `static/app.js` (no
 inline script: the Content-Security-Policy forbids it, and no build step or CDN).
@@ -33,7 +34,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
-from somnus_reconciler.web import object_page, security
+from somnus_reconciler.web import history_page, object_page, security
 from somnus_reconciler.web.apply_run import ApplyRun
 from somnus_reconciler.web.live import Dashboard
 from somnus_reconciler.web.loop_run import WatchRun
@@ -52,7 +53,7 @@ def make_app(dashboard: Dashboard, guard: security.Guard, following: WatchRun | 
             Route("/", pages.overview), Route("/fragment/rows", pages.fragment), Route("/api/overview", pages.api),
             Route("/events", pages.events), Route("/objects/{kind:str}/{name:str}", pages.one),
             Route("/objects/{kind:str}/{name:str}/rollback/{snapshot:str}", pages.rollback, methods=["POST"]),
-            Route("/plan", pages.plan), Route("/apply", pages.apply, methods=["POST"]),
+            Route("/plan", pages.plan), Route("/apply", pages.apply, methods=["POST"]), Route("/history", pages.history),
             Mount("/static", StaticFiles(directory=_HERE / "static"), name="static"),
         ],
         middleware=[Middleware(BaseHTTPMiddleware, dispatch=guard)],
@@ -125,6 +126,12 @@ class _Pages:
     async def plan(self, request: Request) -> Response:
         return self._templates.TemplateResponse(request, "plan.html",
                                                 {**self._context(request), "plan": self._dashboard.overview.plan})
+
+    async def history(self, request: Request) -> Response:
+        asked = {f: request.query_params.get(f, "") for f in history_page.FIELDS}
+        found = await run_in_threadpool(history_page.answer, asked, self._dashboard.settings)
+        return self._templates.TemplateResponse(request, "history.html",
+                                                {**self._context(request), "asked": asked, "history": found})
 
     async def apply(self, request: Request) -> Response:
         replace = frozenset(request.query_params.getlist("replace"))

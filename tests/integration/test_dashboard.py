@@ -69,8 +69,9 @@ def serving(ws: Workspace, *args: str) -> Iterator[Served]:
     """`somnus serve` on the workspace's manifests, on a free loopback port, logged in."""
     port = free_port()
     env = dict(os.environ, SOMNUS_STATE_DIR=str(ws.state_dir))
+    log = (ws.root / "serve.log").open("w")  # its errors, for a failing test's reader
     server = subprocess.Popen(serve_command(ws, "--listen", f"127.0.0.1:{port}", *args), env=env, text=True,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                              stdout=subprocess.PIPE, stderr=log)
     try:
         assert server.stdout is not None
         first = server.stdout.readline()  # "Log in at http://...", once the token is made
@@ -84,6 +85,7 @@ def serving(ws: Workspace, *args: str) -> Iterator[Served]:
     finally:
         server.terminate()  # our own child
         server.wait(timeout=30)
+        log.close()
 
 
 def _wait_until_listening(base: str) -> None:
@@ -216,5 +218,13 @@ def test_with_watch_a_container_stopped_by_hand_is_corrected_and_the_page_says_s
         expect(corrected.first).to_contain_text("(drift): done", timeout=120_000)  # at the next resync
         expect(page.locator(f'tr[data-address="container/{box}"] .state')).to_contain_text("running")
         secret_scan.SESSION.record_output("the overview page, watching", page.content())
+        # The history page finds it by a paraphrase, as `history --search` does.
+        page.get_by_role("link", name="History").click()
+        page.get_by_label("By meaning").fill("someone stopped the container behind our back")
+        page.get_by_role("button", name="Search").click()
+        expect(page.locator("#history caption")).to_have_text("Nearest in meaning first")
+        top = page.locator("#history tbody tr").evaluate_all("rows => rows.slice(0, 3).map(r => r.dataset.address)")
+        assert f"container/{box}" in top, top
+        secret_scan.SESSION.record_output("the history page", page.content())
         browser.close()
     assert ws.docker.containers.get(box).status == "running"
