@@ -2,7 +2,8 @@
 Playwright, against the real dockerd and libvirtd: the overview lists declared objects
 with their state and readiness, a manifest edit appears on the open page as a pending
 change without a reload, the plan page applies it and shows its steps, an object page's
-rollback takes a pack back out, and the server refuses strangers (no login, a wrong Host, a
+rollback takes a pack back out, axe-core finds no serious accessibility violation, and
+the server refuses strangers (no login, a wrong Host, a
 change without the CSRF token, a non-loopback address without TLS). Everything the
 tests are served goes through the session's secret scan."""
 
@@ -228,3 +229,26 @@ def test_with_watch_a_container_stopped_by_hand_is_corrected_and_the_page_says_s
         secret_scan.SESSION.record_output("the history page", page.content())
         browser.close()
     assert ws.docker.containers.get(box).status == "running"
+
+
+def test_no_page_has_a_serious_or_critical_accessibility_violation(workspace: Workspace, served: Served) -> None:
+    """axe-core, run in each page as a user's browser shows it."""
+    from axe_playwright_python.sync_playwright import Axe
+
+    ws = workspace
+    found: dict[str, list[str]] = {}
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page()
+        page.goto(served.login)
+        for path in ("/", f"/objects/container/{ws.name('box')}", f"/objects/vm/{ws.name('vm')}", "/plan",
+                     "/history", "/history?q=created"):
+            page.goto(served.base + path)
+            page.locator("h1").wait_for()
+            response = Axe().run(page).response
+            assert response["testEngine"]["name"] == "axe-core" and response["url"].endswith(path)
+            violations = response["violations"]
+            found[path] = [f"{v['id']} ({v['impact']}): {v['help']}" for v in violations
+                           if v["impact"] in ("serious", "critical")]
+        browser.close()
+    assert found == {path: [] for path in found}, found
