@@ -154,6 +154,17 @@ FILE_RECORD = "file:"
 ContainerRecords = dict[str, tuple[str, tuple[tuple[str, str], ...]]]  # name -> (container ID, records)
 
 
+@dataclass(frozen=True)
+class RevisionRecord:
+    """One row of `revisions`: what gitops made of a revision of a source."""
+
+    source: str
+    revision: str
+    state: str  # good | quarantined
+    reason: str
+    at: float
+
+
 class Journal:
     """The open journal: `with Journal(path) as journal:` closes it on the way out."""
 
@@ -337,16 +348,11 @@ class Journal:
                              (source, revision, state, reason, time.time()))
 
     @_serialized
-    def revision_state(self, source: str, revision: str) -> str | None:
-        row = self._db.execute("SELECT state FROM revisions WHERE source = ? AND revision = ?",
-                               (source, revision)).fetchone()
-        return str(row[0]) if row else None
-
-    @_serialized
-    def last_good_revision(self, source: str) -> str | None:
-        row = self._db.execute("SELECT revision FROM revisions WHERE source = ? AND state = 'good' "
-                               "ORDER BY at DESC LIMIT 1", (source,)).fetchone()
-        return str(row[0]) if row else None
+    def revisions(self, source: str | None = None) -> list[RevisionRecord]:
+        """gitops revisions, good or quarantined, newest first: one source's, or all."""
+        where, values = (" WHERE source = ?", (source,)) if source else ("", ())
+        return [RevisionRecord(*row) for row in self._db.execute(
+            f"SELECT source, revision, state, reason, at FROM revisions{where} ORDER BY at DESC, rowid DESC", values)]
 
     @_serialized
     def close(self) -> None:

@@ -143,7 +143,7 @@ class _Revisions:
 
     def state(self, revision: str) -> str | None:
         with Journal(self._path) as journal:
-            return journal.revision_state(self._key, revision)
+            return next((r.state for r in journal.revisions(self._key) if r.revision == revision), None)
 
     def mark(self, revision: str, state: str, reason: str) -> None:
         with Journal(self._path) as journal:
@@ -151,4 +151,4 @@ class _Revisions:
 
     def last_good(self) -> str | None:
         with Journal(self._path) as journal:
-            return journal.last_good_revision(self._key)
+            return next((r.revision for r in journal.revisions(self._key) if r.state == "good"), None)

@@ -10,6 +10,7 @@ Routes (all behind `security.Guard` but `/login` and `/static/`):
   POST /objects/KIND/NAME/rollback/SNAPSHOT     `somnus rollback`, from its button
   GET /plan             the plan in `diff`'s words, with its Apply button
   GET /history          the journal: ?object=&outcome=&since= filter it, ?q= searches it by meaning
+  GET /gitops           the revisions `somnus gitops` applied or quarantined, and the one in force
   POST /apply?replace=vm/NAME...                apply it (`apply_run`); steps come as `step` events
 Templates are Jinja2 (autoescaped), the page's one script is `static/app.js` (no
 inline script: the Content-Security-Policy forbids it, and no build step or CDN).
@@ -34,6 +35,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
+from somnus_reconciler.journal import Journal, RevisionRecord
 from somnus_reconciler.web import history_page, object_page, security
 from somnus_reconciler.web.apply_run import ApplyRun
 from somnus_reconciler.web.live import Dashboard
@@ -54,6 +56,7 @@ def make_app(dashboard: Dashboard, guard: security.Guard, following: WatchRun | 
             Route("/events", pages.events), Route("/objects/{kind:str}/{name:str}", pages.one),
             Route("/objects/{kind:str}/{name:str}/rollback/{snapshot:str}", pages.rollback, methods=["POST"]),
             Route("/plan", pages.plan), Route("/apply", pages.apply, methods=["POST"]), Route("/history", pages.history),
+            Route("/gitops", pages.gitops),
             Mount("/static", StaticFiles(directory=_HERE / "static"), name="static"),
         ],
         middleware=[Middleware(BaseHTTPMiddleware, dispatch=guard)],
@@ -132,6 +135,16 @@ class _Pages:
         found = await run_in_threadpool(history_page.answer, asked, self._dashboard.settings)
         return self._templates.TemplateResponse(request, "history.html",
                                                 {**self._context(request), "asked": asked, "history": found})
+
+    async def gitops(self, request: Request) -> Response:
+        with Journal(self._dashboard.settings.journal_path) as journal:
+            records = journal.revisions()
+        sources: dict[str, list[RevisionRecord]] = {}
+        for record in records:
+            sources.setdefault(record.source, []).append(record)
+        in_force = {source: next((r.revision for r in rs if r.state == "good"), "") for source, rs in sources.items()}
+        return self._templates.TemplateResponse(
+            request, "gitops.html", {**self._context(request), "sources": sources, "in_force": in_force})
 
     async def apply(self, request: Request) -> Response:
         replace = frozenset(request.query_params.getlist("replace"))

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import pytest
 from playwright.sync_api import expect, sync_playwright
 
+from somnus_reconciler.journal import Journal
 from testkit.agent_process import free_port
 from tests.integration import secret_scan
 from tests.integration.conftest import Workspace, container_doc, vm_doc
@@ -242,7 +243,7 @@ def test_no_page_has_a_serious_or_critical_accessibility_violation(workspace: Wo
         page = browser.new_page()
         page.goto(served.login)
         for path in ("/", f"/objects/container/{ws.name('box')}", f"/objects/vm/{ws.name('vm')}", "/plan",
-                     "/history", "/history?q=created"):
+                     "/history", "/history?q=created", "/gitops"):
             page.goto(served.base + path)
             page.locator("h1").wait_for()
             response = Axe().run(page).response
@@ -252,3 +253,17 @@ def test_no_page_has_a_serious_or_critical_accessibility_violation(workspace: Wo
                            if v["impact"] in ("serious", "critical")]
         browser.close()
     assert found == {path: [] for path in found}, found
+
+
+def test_the_gitops_page_shows_the_revision_in_force_and_the_quarantined_one_with_its_reason(
+        workspace: Workspace, served: Served) -> None:
+    source = "file:///srv/repo.git#main:manifests"
+    with Journal(workspace.state_dir / "journal.sqlite") as journal:  # as `somnus gitops` records them
+        journal.mark_revision(source, "a" * 40, "good", "")
+        journal.mark_revision(source, "b" * 40, "quarantined", "vm/x: pack web failed and was rolled back")
+    status, page = served.get("/gitops", cookie=_session(served))
+    assert status == 200 and source in page
+    good = page.split(f'data-revision="{"a" * 40}"', 1)[1].split("</tr>", 1)[0]
+    bad = page.split(f'data-revision="{"b" * 40}"', 1)[1].split("</tr>", 1)[0]
+    assert "in force" in good and "in force" not in bad
+    assert "quarantined" in bad and "pack web failed and was rolled back" in bad
