@@ -205,10 +205,11 @@ def test_a_rollback_from_the_object_page_takes_the_pack_back_out(workspace: Work
     assert ws.docker.containers.get(box).exec_run(["test", "-e", "/opt/marker"]).exit_code == 1  # the pack is gone
 
 
-def test_with_watch_a_container_stopped_by_hand_is_corrected_and_the_page_says_so(workspace: Workspace) -> None:
+def test_with_watch_a_vm_and_a_container_stopped_by_hand_are_corrected_and_the_page_says_so(
+        workspace: Workspace) -> None:
     ws = workspace
-    box = ws.name("watched")
-    ws.write("ws.yaml", container_doc(box))
+    box, vm = ws.name("watched"), ws.name("watched-vm")
+    ws.write("ws.yaml", container_doc(box), vm_doc(vm, memory="128Mi", max_memory="128Mi"))
     ws.somnus("apply", str(ws.manifests), "-y", check_exit=0)
     with serving(ws, "--watch") as served, sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
@@ -216,9 +217,11 @@ def test_with_watch_a_container_stopped_by_hand_is_corrected_and_the_page_says_s
         page.goto(served.login)
         expect(page.locator("#activity li").first).to_contain_text("in sync", timeout=120_000)  # the first pass
         ws.docker.containers.get(box).stop(timeout=1)  # by hand, behind somnus's back
-        corrected = page.locator(f'#activity li[data-address="container/{box}"]')
-        expect(corrected.first).to_contain_text("(drift): done", timeout=120_000)  # at the next resync
-        expect(page.locator(f'tr[data-address="container/{box}"] .state')).to_contain_text("running")
+        ws.conn.lookupByName(vm).destroy()
+        for address in (f"container/{box}", f"vm/{vm}"):
+            corrected = page.locator(f'#activity li[data-address="{address}"]')
+            expect(corrected.first).to_contain_text("(drift): done", timeout=120_000)  # at the next resync
+            expect(page.locator(f'tr[data-address="{address}"] .state')).to_contain_text("running")
         secret_scan.SESSION.record_output("the overview page, watching", page.content())
         # The history page finds it by a paraphrase, as `history --search` does.
         page.get_by_role("link", name="History").click()
@@ -229,7 +232,7 @@ def test_with_watch_a_container_stopped_by_hand_is_corrected_and_the_page_says_s
         assert f"container/{box}" in top, top
         secret_scan.SESSION.record_output("the history page", page.content())
         browser.close()
-    assert ws.docker.containers.get(box).status == "running"
+    assert ws.docker.containers.get(box).status == "running" and ws.conn.lookupByName(vm).isActive()
 
 
 def test_no_page_has_a_serious_or_critical_accessibility_violation(workspace: Workspace, served: Served) -> None:
