@@ -1,4 +1,4 @@
-"""`somnus serve PATHS [--listen HOST:PORT] [--tls-cert F --tls-key F] [--watch]`: the web page.
+"""`somnus serve [PATHS] [--listen HOST:PORT] [--tls-cert F --tls-key F] [--watch | --gitops REPO]`.
 
 Binds 127.0.0.1:8765 by default. Another address must be named with --listen, and an
 address that is not loopback is refused without TLS (a certificate and key file).
@@ -21,27 +21,34 @@ _FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 
 
 @click.command()
-@arguments.paths
+@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--listen", default="127.0.0.1:8765", show_default=True, help="HOST:PORT to serve on.")
 @click.option("--tls-cert", type=_FILE, help="Certificate file (PEM); needed off loopback.")
 @click.option("--tls-key", type=_FILE, help="Its private key (PEM).")
 @click.option("--resync", default="10s", show_default=True, help="How often the page is recomputed unasked.")
 @click.option("--watch", "follow", is_flag=True,
               help="Also run the loop of `somnus watch` (converge on every change and every --resync).")
+@click.option("--gitops", "repo", help="Instead of PATHS: follow this repository as `somnus gitops` does.")
+@click.option("--branch", default="main", show_default=True, help="With --gitops: the branch.")
+@click.option("--path", "subpath", default=".", show_default=True, help="With --gitops: the manifests directory.")
 @arguments.state_dir
 def serve(paths: Sequence[Path], listen: str, tls_cert: Path | None, tls_key: Path | None, resync: str,
-          follow: bool, state_dir: str | None) -> None:
-    """A web page of desired against actual, kept current live. Changes nothing by itself."""
+          follow: bool, repo: str | None, branch: str, subpath: str, state_dir: str | None) -> None:
+    """A web page of desired against actual, kept current live; with --watch or --gitops,
+    also the loop that converges it."""
     import uvicorn
 
     from somnus_reconciler import settings as settings_mod
+    from somnus_reconciler.passes.gitops import Checkout, GitSource
     from somnus_reconciler.providers import backends as backends_mod
     from somnus_reconciler.values.quantity import parse_duration
     from somnus_reconciler.web import app as app_mod
     from somnus_reconciler.web import security
     from somnus_reconciler.web.live import Dashboard
-    from somnus_reconciler.web.loop_run import WatchRun
+    from somnus_reconciler.web.loop_run import LoopRun
 
+    if bool(paths) == bool(repo) or (repo and follow):
+        arguments.fail("give PATHS (with --watch, if it should converge too), or --gitops REPO")
     host, port = _listen_address(listen)
     if (tls_cert is None) != (tls_key is None):
         arguments.fail("--tls-cert and --tls-key go together")
@@ -58,8 +65,15 @@ def serve(paths: Sequence[Path], listen: str, tls_cert: Path | None, tls_key: Pa
     shown_host = f"[{host}]" if ":" in host else host
     hosts = frozenset({f"{shown_host}:{port}"} | ({f"localhost:{port}"} if _loopback(host) else set()))
     guard = security.Guard(token, hosts, tls=tls_cert is not None)
-    dashboard = Dashboard(paths, backends, resync_s=resync_s)
-    following = WatchRun(dashboard, paths, interval_s=resync_s, state_dir=state_dir) if follow else None
+    following = None
+    if repo:
+        source = GitSource(repo, branch, subpath)
+        dashboard = Dashboard([Checkout(source, settings.state_dir).dir / subpath], backends, resync_s=resync_s)
+        following = LoopRun.following(dashboard, source, interval_s=resync_s, state_dir=settings.state_dir)
+    else:
+        dashboard = Dashboard(paths, backends, resync_s=resync_s)
+        if follow:
+            following = LoopRun.watching(dashboard, paths, interval_s=resync_s, state_dir=state_dir)
     app = app_mod.make_app(dashboard, guard, following)
     if new:
         click.echo(f"Log in at {scheme}://{shown_host}:{port}/login?token={token}")

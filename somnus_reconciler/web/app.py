@@ -39,7 +39,7 @@ from somnus_reconciler.journal import Journal, RevisionRecord
 from somnus_reconciler.web import history_page, object_page, security
 from somnus_reconciler.web.apply_run import ApplyRun
 from somnus_reconciler.web.live import Dashboard
-from somnus_reconciler.web.loop_run import WatchRun
+from somnus_reconciler.web.loop_run import LoopRun
 from somnus_reconciler.web.overview import Row
 
 _HERE = Path(__file__).resolve().parent
@@ -47,8 +47,8 @@ FILTERS = ("kind", "state", "pool", "owner")
 _KEEPALIVE_S = 15.0
 
 
-def make_app(dashboard: Dashboard, guard: security.Guard, following: WatchRun | None = None) -> Starlette:
-    """`following`: the watch loop of `serve --watch`, started and stopped with the app."""
+def make_app(dashboard: Dashboard, guard: security.Guard, following: LoopRun | None = None) -> Starlette:
+    """`following`: the loop of `serve --watch` or `--gitops`, started and stopped with the app."""
     pages = _Pages(dashboard, guard, following=following is not None)
     return Starlette(
         routes=[
@@ -161,7 +161,7 @@ class _Pages:
 
 
 @contextlib.asynccontextmanager
-async def _running(dashboard: Dashboard, following: WatchRun | None) -> AsyncIterator[None]:
+async def _running(dashboard: Dashboard, following: LoopRun | None) -> AsyncIterator[None]:
     dashboard.start()
     if following is not None:
         following.start()

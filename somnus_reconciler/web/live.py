@@ -93,6 +93,10 @@ class Dashboard:
     def _run(self) -> None:
         self.refresh()
         watched = [str(p) for p in self.paths if p.exists()]
+        if not watched:  # a gitops checkout not made yet: its loop's passes and the resync refresh it
+            while not self._stop.wait(self._resync_s):
+                self.refresh()
+            return
         # Each yield is a batch of written files, or the resync interval passing without one.
         for _ in watchfiles.watch(*watched, stop_event=self._stop, rust_timeout=int(self._resync_s * 1000),
                                   yield_on_timeout=True, debounce=200, step=50):

@@ -1,36 +1,48 @@
-"""`somnus serve --watch`: the loop of `somnus watch` in the same process, on the page.
+"""`somnus serve --watch` and `--gitops REPO`: the loop of `somnus watch` or `somnus
+gitops` in the same process, on the page.
 
-`passes.watch.watch` runs in a thread with a `Loop` of its own (its own backends, the
-apply lock, pack checks at each resync). Each loop event goes to the open pages as a
-`loop` event (JSON: its kind, the object if any, one line); after each pass the
-overview is computed again, so a correction shows at once.
+`passes.watch.watch` or `passes.gitops.follow` runs in a thread with a `Loop` of its
+own (its own backends, the apply lock, pack checks at each resync). Each loop event
+goes to the open pages as a `loop` event (JSON: its kind, the object if any, one
+line); after each pass the overview is computed again, so a correction shows at once.
 """
 
 from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from somnus_reconciler.passes import loop_events
+from somnus_reconciler.passes import gitops, loop_events
 from somnus_reconciler.passes import watch as watch_mod
 from somnus_reconciler.passes.loop import Loop
 from somnus_reconciler.web.live import Dashboard
 
 
-class WatchRun:
-    def __init__(self, dashboard: Dashboard, paths: Sequence[Path], *, interval_s: float,
-                 state_dir: str | None) -> None:
+class LoopRun:
+    """A loop in a thread of its own, its events published; `follow` runs it until it stops."""
+
+    def __init__(self, dashboard: Dashboard, follow: Callable[[Loop], None], *, state_dir: str | None) -> None:
         self._dashboard = dashboard
-        self._paths = list(paths)
-        self._interval_s = interval_s
+        self._follow = follow
         self._loop = Loop(self._emit, state_dir=state_dir)
         self._thread: threading.Thread | None = None
 
+    @classmethod
+    def watching(cls, dashboard: Dashboard, paths: Sequence[Path], *, interval_s: float,
+                 state_dir: str | None) -> LoopRun:
+        return cls(dashboard, lambda loop: watch_mod.watch(list(paths), loop, interval_s=interval_s),
+                   state_dir=state_dir)
+
+    @classmethod
+    def following(cls, dashboard: Dashboard, source: gitops.GitSource, *, interval_s: float,
+                  state_dir: Path) -> LoopRun:
+        return cls(dashboard, lambda loop: gitops.follow(source, loop, state_dir=state_dir, interval_s=interval_s,
+                                                         fetch_now=threading.Event()), state_dir=str(state_dir))
+
     def start(self) -> None:
-        self._thread = threading.Thread(target=watch_mod.watch, args=(self._paths, self._loop),
-                                        kwargs={"interval_s": self._interval_s}, name="watch", daemon=True)
+        self._thread = threading.Thread(target=self._follow, args=(self._loop,), name="loop", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:

@@ -19,6 +19,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 from playwright.sync_api import expect, sync_playwright
@@ -27,6 +28,8 @@ from somnus_reconciler.journal import Journal
 from testkit.agent_process import free_port
 from tests.integration import secret_scan
 from tests.integration.conftest import Workspace, container_doc, vm_doc
+from tests.integration.test_gitops import Repo
+from tests.integration.test_gitops import manifests as gitops_manifests
 from tests.integration.test_pack_steps import box_doc, pack_doc, playbook
 
 pytestmark = pytest.mark.integration
@@ -54,7 +57,9 @@ class Served:
 
 
 def serve_command(ws: Workspace, *args: str) -> list[str]:
-    return [sys.executable, "-m", "somnus_reconciler", "serve", str(ws.manifests), "--resync", "2s", *args]
+    """Serving the workspace's manifests, unless `args` say --gitops."""
+    paths = [] if "--gitops" in args else [str(ws.manifests)]
+    return [sys.executable, "-m", "somnus_reconciler", "serve", *paths, "--resync", "2s", *args]
 
 
 @pytest.fixture
@@ -270,3 +275,23 @@ def test_the_gitops_page_shows_the_revision_in_force_and_the_quarantined_one_wit
     bad = page.split(f'data-revision="{"b" * 40}"', 1)[1].split("</tr>", 1)[0]
     assert "in force" in good and "in force" not in bad
     assert "quarantined" in bad and "pack web failed and was rolled back" in bad
+
+
+def test_with_gitops_the_page_follows_the_repository_and_shows_the_revision_in_force(
+        workspace: Workspace, tmp_path: Path) -> None:
+    ws = workspace
+    repo = Repo(tmp_path / "repo")
+    box = ws.name("from-git")
+    head = repo.push({"manifests/ws.yaml": gitops_manifests(ws, container_doc(box))}, "a box")
+    with serving(ws, "--gitops", f"file://{repo.bare}", "--path", "manifests") as served, \
+            sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page()
+        page.goto(served.login)
+        expect(page.locator(f'tr[data-address="container/{box}"] .state')).to_contain_text("running",
+                                                                                        timeout=120_000)
+        expect(page.locator("#activity li").first).to_contain_text("resync: in sync", timeout=60_000)
+        page.get_by_role("link", name="Git-ops").click()
+        expect(page.locator(f'tr[data-revision="{head}"]')).to_contain_text("in force")
+        secret_scan.SESSION.record_output("the git-ops page", page.content())
+        browser.close()
