@@ -34,6 +34,7 @@ sys.path.insert(0, str(REPO))
 from bench.noop import PREFIX, manifests, somnus  # noqa: E402
 from testkit.agent_process import free_port  # noqa: E402
 from testkit.backups import remove_backups  # noqa: E402
+from testkit.serve_client import session_cookie, wait_until_listening  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
 
@@ -45,18 +46,6 @@ def timed_get(url: str, cookie: str) -> tuple[float, float]:
         first = time.perf_counter() - start
         answer.read()
     return first, time.perf_counter() - start
-
-
-def session_cookie(login: str) -> str:
-    class NoRedirect(urllib.request.HTTPRedirectHandler):
-        def redirect_request(self, *args: object, **kwargs: object) -> None:
-            return None
-
-    try:
-        urllib.request.build_opener(NoRedirect).open(login, timeout=60)
-    except urllib.error.HTTPError as e:
-        return str(e.headers["Set-Cookie"]).split(";", 1)[0]
-    raise SystemExit("the login URL did not hand out a session")
 
 
 def with_memory(docs: list[dict[str, object]], name: str, memory: str) -> list[dict[str, object]]:
@@ -94,15 +83,10 @@ def main() -> None:
         assert server.stdout is not None
         login = server.stdout.readline().split()[-1]
         base = f"http://127.0.0.1:{port}"
-        cookie = ""
-        for _ in range(600):  # until uvicorn is up and the first overview computed
-            try:
-                cookie = session_cookie(login)
-                if "data-address" in urllib.request.urlopen(urllib.request.Request(
-                        base + "/fragment/rows", headers={"Cookie": cookie}), timeout=60).read().decode():
-                    break
-            except OSError:
-                pass
+        wait_until_listening(base)
+        cookie = session_cookie(login)
+        while "data-address" not in urllib.request.urlopen(urllib.request.Request(  # the first overview
+                base + "/fragment/rows", headers={"Cookie": cookie}), timeout=60).read().decode():
             time.sleep(0.1)
         gets = [timed_get(base + "/", cookie) for _ in range(args.repeat)]
         rows = args.vms + args.containers

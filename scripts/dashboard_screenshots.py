@@ -15,9 +15,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import yaml
@@ -26,6 +23,8 @@ from playwright.sync_api import expect, sync_playwright
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 from testkit.agent_process import free_port  # noqa: E402
+from testkit.backups import remove_backups  # noqa: E402
+from testkit.serve_client import wait_until_listening  # noqa: E402
 
 DOCS = REPO / "docs"
 
@@ -59,13 +58,7 @@ def main() -> None:
     try:
         assert server.stdout is not None
         login = server.stdout.readline().split()[-1]
-        for _ in range(300):
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/api/overview", timeout=5)
-            except urllib.error.HTTPError:
-                break
-            except OSError:
-                time.sleep(0.1)
+        wait_until_listening(f"http://127.0.0.1:{port}")
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox"])
             page = browser.new_page(viewport={"width": 1400, "height": 520})
@@ -82,9 +75,6 @@ def main() -> None:
         server.wait(timeout=30)
         path.write_text(yaml.safe_dump_all(documents("128Mi")[:1], sort_keys=False))
         subprocess.run([*somnus, "apply", str(manifests), "--prune", "-y"], env=env, capture_output=True)
-        sys.path.insert(0, str(REPO))
-        from testkit.backups import remove_backups
-
         remove_backups("shots-")
     print(f"wrote {DOCS / 'dashboard-overview.png'} and {DOCS / 'dashboard-object.png'}")
 

@@ -10,7 +10,7 @@ reached, becomes a line of `problems`, never an error page.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +20,7 @@ from somnus_reconciler.planning import plan as plan_mod
 from somnus_reconciler.planning.plan import Action
 from somnus_reconciler.planning.plan_text import describe_change, disruption_note
 from somnus_reconciler.providers.backends import Backends, applied_hashes, observe_reachable
-from somnus_reconciler.values.actual import ActualContainer, ActualVm
+from somnus_reconciler.values.actual import ActualContainer, ActualState, ActualVm
 from somnus_reconciler.values.conditions import Condition
 from somnus_reconciler.values.desired import DesiredContainer, DesiredState, DesiredVm
 from somnus_reconciler.values.diagnostics import InvalidInput
@@ -90,31 +90,23 @@ def compute(paths: Sequence[Path], backends: Backends) -> Overview:
     with Journal(backends.settings.journal_path) as journal:
         rows = [_row(kind, name, desired, want, have, pending.get(f"{kind}/{name}", []),
                      _last(journal, f"{kind}/{name}"))
-                for kind, name, want, have in _objects(desired, actual.vms, actual.containers)]
+                for kind, name, want, have in _objects(desired, actual, plan.leftovers)]
     return Overview(tuple(rows), tuple(unreachable.values()), time.time(), tuple(lines))
 
 
 _Object = tuple[str, str, "DesiredVm | DesiredContainer | None", "ActualVm | ActualContainer | None"]
 
 
-def _objects(desired: DesiredState, vms: dict[str, ActualVm],
-             containers: dict[str, ActualContainer]) -> list[_Object]:
-    """Declared objects, then owned ones of the same Pool that are no longer declared."""
-    return [*_of_kind("vm", desired.vms, vms, desired.scope),
-            *_of_kind("container", desired.containers, containers, desired.scope)]
-
-
-def _of_kind(kind: str, wanted: Mapping[str, DesiredVm | DesiredContainer],
-             there: Mapping[str, ActualVm | ActualContainer], scope: str) -> list[_Object]:
-    found: list[_Object] = [(kind, name, want, there.get(name)) for name, want in sorted(wanted.items())]
-    return found + [(kind, name, None, have) for name, have in sorted(there.items())
-                    if name not in wanted and have.managed and _pool(have) == scope]
-
-
-def _pool(have: ActualVm | ActualContainer) -> str | None:
-    if isinstance(have, ActualContainer):
-        return have.pool
-    return have.mark.pool if have.mark else None
+def _objects(desired: DesiredState, actual: ActualState, leftovers: Sequence[str]) -> list[_Object]:
+    """Declared objects, then the owned ones of the same Pool that are no longer declared
+    (the plan's leftovers: it is computed without prune)."""
+    found: list[_Object] = [("vm", name, want, actual.vms.get(name)) for name, want in sorted(desired.vms.items())]
+    found += [("container", name, want, actual.containers.get(name))
+              for name, want in sorted(desired.containers.items())]
+    for address in leftovers:
+        kind, name = address.split("/", 1)
+        found.append((kind, name, None, (actual.vms if kind == "vm" else actual.containers).get(name)))
+    return found
 
 
 def _row(kind: str, name: str, desired: DesiredState, want: DesiredVm | DesiredContainer | None,

@@ -14,7 +14,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -26,6 +25,7 @@ from playwright.sync_api import expect, sync_playwright
 
 from somnus_reconciler.journal import Journal
 from testkit.agent_process import free_port
+from testkit.serve_client import set_cookie_header, wait_until_listening
 from tests.integration import secret_scan
 from tests.integration.conftest import Workspace, container_doc, vm_doc
 from tests.integration.test_gitops import Repo
@@ -87,23 +87,12 @@ def serving(ws: Workspace, *args: str) -> Iterator[Served]:
         assert (ws.state_dir / "serve-token").stat().st_mode & 0o777 == 0o600
         secret_scan.SESSION.harvest()  # no page or API answer may hold the token
         base = f"http://127.0.0.1:{port}"
-        _wait_until_listening(base)
+        wait_until_listening(base)
         yield Served(base, f"{base}/login?token={token}")
     finally:
         server.terminate()  # our own child
         server.wait(timeout=30)
         log.close()
-
-
-def _wait_until_listening(base: str) -> None:
-    for _ in range(600):  # the server answers once uvicorn is up: 401 without a session
-        try:
-            urllib.request.urlopen(base + "/api/overview", timeout=5)
-        except urllib.error.HTTPError:
-            return
-        except OSError:
-            time.sleep(0.1)  # polling for a condition, not waiting out a guess
-    raise AssertionError(f"{base} never answered")
 
 
 def test_the_overview_shows_each_object_a_manifest_edit_arrives_without_a_reload_and_applies_from_the_plan(
@@ -158,20 +147,10 @@ def test_strangers_are_refused(workspace: Workspace, served: Served) -> None:
 
 
 def _session(served: Served) -> str:
-    """The session cookie the login URL hands out."""
-    class NoRedirect(urllib.request.HTTPRedirectHandler):
-        def redirect_request(self, *args: object, **kwargs: object) -> None:
-            return None
-
-    opener = urllib.request.build_opener(NoRedirect)
-    try:
-        opener.open(served.login, timeout=30)
-    except urllib.error.HTTPError as e:
-        assert e.code == 303
-        header = e.headers["Set-Cookie"]
-        assert "HttpOnly" in header and "SameSite=strict" in header.replace("Strict", "strict")
-        return header.split(";", 1)[0]
-    raise AssertionError("the login URL did not redirect")
+    """The session cookie the login URL hands out: HttpOnly, SameSite=Strict."""
+    header = set_cookie_header(served.login)
+    assert "HttpOnly" in header and "samesite=strict" in header.lower(), header
+    return header.split(";", 1)[0]
 
 
 def test_the_page_has_no_inline_script_and_forbids_framing(served: Served) -> None:
