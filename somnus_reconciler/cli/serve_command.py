@@ -26,6 +26,8 @@ _FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 @click.option("--tls-cert", type=_FILE, help="Certificate file (PEM); needed off loopback.")
 @click.option("--tls-key", type=_FILE, help="Its private key (PEM).")
 @click.option("--resync", default="10s", show_default=True, help="How often the page is recomputed unasked.")
+@click.option("--sample-every", "sample_every", default="15s", show_default=True,
+              help="How often each running VM's agent is asked for the object page's charts.")
 @click.option("--watch", "follow", is_flag=True,
               help="Also run the loop of `somnus watch` (converge on every change and every --resync).")
 @click.option("--gitops", "repo", help="Instead of PATHS: follow this repository as `somnus gitops` does.")
@@ -33,7 +35,7 @@ _FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 @click.option("--path", "subpath", default=".", show_default=True, help="With --gitops: the manifests directory.")
 @arguments.state_dir
 def serve(paths: Sequence[Path], listen: str, tls_cert: Path | None, tls_key: Path | None, resync: str,
-          follow: bool, repo: str | None, branch: str, subpath: str, state_dir: str | None) -> None:
+          sample_every: str, follow: bool, repo: str | None, branch: str, subpath: str, state_dir: str | None) -> None:
     """A web page of desired against actual, kept current live; with --watch or --gitops,
     also the loop that converges it."""
     import uvicorn
@@ -44,6 +46,7 @@ def serve(paths: Sequence[Path], listen: str, tls_cert: Path | None, tls_key: Pa
     from somnus_reconciler.values.quantity import parse_duration
     from somnus_reconciler.web import app as app_mod
     from somnus_reconciler.web import security
+    from somnus_reconciler.web.guest_samples import GuestSamples
     from somnus_reconciler.web.live import Dashboard
     from somnus_reconciler.web.loop_run import LoopRun
 
@@ -55,9 +58,9 @@ def serve(paths: Sequence[Path], listen: str, tls_cert: Path | None, tls_key: Pa
     if not _loopback(host) and tls_cert is None:
         arguments.fail(f"--listen {listen} is not a loopback address: give --tls-cert and --tls-key")
     try:
-        resync_s = parse_duration(resync)
+        resync_s, sample_s = parse_duration(resync), parse_duration(sample_every)
     except ValueError as e:
-        arguments.fail(f"--resync: {e}")
+        arguments.fail(f"--resync or --sample-every: {e}")
     backends = backends_mod.open_backends(None, state_dir=state_dir)
     settings = settings_mod.resolve(None, state_dir=state_dir)
     token, new = security.login_token(settings.state_dir)
@@ -74,7 +77,7 @@ def serve(paths: Sequence[Path], listen: str, tls_cert: Path | None, tls_key: Pa
         dashboard = Dashboard(paths, backends, resync_s=resync_s)
         if follow:
             following = LoopRun.watching(dashboard, paths, interval_s=resync_s, state_dir=state_dir)
-    app = app_mod.make_app(dashboard, guard, following)
+    app = app_mod.make_app(dashboard, guard, GuestSamples(dashboard, interval_s=sample_s), following)
     if new:
         click.echo(f"Log in at {scheme}://{shown_host}:{port}/login?token={token}")
     else:

@@ -161,7 +161,8 @@ def vm_status(vm: ActualVm, last: Event | None, agent: AgentHealth | None = None
     )
 
 
-def _carries_agent(vm: ActualVm) -> bool:
+def carries_agent(vm: ActualVm) -> bool:
+    """Whether the VM's image starts the in-guest agent (the one `probe` asks)."""
     return vm.mark is not None and vm_images.guest_services(vm.mark.image).agent
 
 
@@ -203,7 +204,7 @@ def gather(backends: Backends, *, kind: str | None, name: str | None,
             with ThreadPoolExecutor(max_workers=16) as pool:
                 agents = list(pool.map(
                     lambda vm: (agent_health.probe(vm, settings.state_dir, recent_errors=recent_errors)
-                                if _carries_agent(vm) else None),
+                                if carries_agent(vm) else None),
                     vms,
                 ))
             for vm, agent in zip(vms, agents):

@@ -6,8 +6,11 @@ Routes (all behind `security.Guard` but `/login` and `/static/`):
   GET /api/overview     the same rows as JSON
   GET /events           server-sent events: `overview` with the new version number
   GET /objects/KIND/NAME                        one object: spec, actual, conditions,
-                                                packs, snapshots, its events
+                                                packs, snapshots, backups, its events, its agent's charts
+  GET /objects/vm/NAME/fragment/charts          the charts alone, fetched again on each `samples` event
+  GET /api/objects/vm/NAME/samples              the agent's figures of the last hour as JSON
   POST /objects/KIND/NAME/rollback/SNAPSHOT     `somnus rollback`, from its button
+  POST /objects/KIND/NAME/restore/BACKUP        `somnus restore` (the guest as it is is backed up first)
   GET /plan             the plan in `diff`'s words, with its Apply button
   GET /history          the journal: ?object=&outcome=&since= filter it, ?q= searches it by meaning
   GET /gitops           the revisions `somnus gitops` applied or quarantined, and the one in force
@@ -36,8 +39,9 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
 from somnus_reconciler.journal import Journal, RevisionRecord
-from somnus_reconciler.web import history_page, object_page, security
+from somnus_reconciler.web import charts, history_page, object_page, security
 from somnus_reconciler.web.apply_run import ApplyRun
+from somnus_reconciler.web.guest_samples import GuestSamples
 from somnus_reconciler.web.live import Dashboard
 from somnus_reconciler.web.loop_run import LoopRun
 from somnus_reconciler.web.overview import Row
@@ -47,28 +51,34 @@ FILTERS = ("kind", "state", "pool", "owner")
 _KEEPALIVE_S = 15.0
 
 
-def make_app(dashboard: Dashboard, guard: security.Guard, following: LoopRun | None = None) -> Starlette:
-    """`following`: the loop of `serve --watch` or `--gitops`, started and stopped with the app."""
-    pages = _Pages(dashboard, guard, following=following is not None)
+def make_app(dashboard: Dashboard, guard: security.Guard, samples: GuestSamples,
+             following: LoopRun | None = None) -> Starlette:
+    """`samples` and `following` (the loop of `serve --watch` or `--gitops`) start and stop with the app."""
+    pages = _Pages(dashboard, guard, samples, following=following is not None)
     return Starlette(
         routes=[
             Route("/", pages.overview), Route("/fragment/rows", pages.fragment), Route("/api/overview", pages.api),
             Route("/events", pages.events), Route("/objects/{kind:str}/{name:str}", pages.one),
             Route("/objects/{kind:str}/{name:str}/rollback/{snapshot:str}", pages.rollback, methods=["POST"]),
+            Route("/objects/{kind:str}/{name:str}/restore/{backup:str}", pages.restore, methods=["POST"]),
+            Route("/objects/vm/{name:str}/fragment/charts", pages.charts),
+            Route("/api/objects/vm/{name:str}/samples", pages.samples),
             Route("/plan", pages.plan), Route("/apply", pages.apply, methods=["POST"]), Route("/history", pages.history),
             Route("/gitops", pages.gitops),
             Mount("/static", StaticFiles(directory=_HERE / "static"), name="static"),
         ],
         middleware=[Middleware(BaseHTTPMiddleware, dispatch=guard)],
-        lifespan=lambda app: _running(dashboard, following),
+        lifespan=lambda app: _running(dashboard, samples, following),
     )
 
 
 class _Pages:
     """The route handlers, over one dashboard."""
 
-    def __init__(self, dashboard: Dashboard, guard: security.Guard, *, following: bool) -> None:
+    def __init__(self, dashboard: Dashboard, guard: security.Guard, samples: GuestSamples, *,
+                 following: bool) -> None:
         self._dashboard = dashboard
+        self._samples = samples
         self._guard = guard
         self._following = following
         self._templates = Jinja2Templates(directory=_HERE / "templates")
@@ -123,8 +133,20 @@ class _Pages:
         if found is None:
             return PlainTextResponse(f"no {kind}/{name} here", status_code=404)
         details = await run_in_threadpool(object_page.details, found, self._dashboard.settings)
-        return self._templates.TemplateResponse(request, "object.html",
-                                                {**self._context(request), "row": found, "details": details})
+        return self._templates.TemplateResponse(request, "object.html", {
+            **self._context(request), "row": found, "details": details, **self._charts(name)})
+
+    def _charts(self, vm: str) -> dict[str, object]:
+        series = self._samples.series(vm)
+        return {"charts": charts.charts(series, now=time.time()), "sample_every": self._samples.interval_s}
+
+    async def charts(self, request: Request) -> Response:
+        return self._templates.TemplateResponse(request, "_charts.html", self._charts(request.path_params["name"]))
+
+    async def samples(self, request: Request) -> Response:
+        series = self._samples.series(request.path_params["name"])
+        return JSONResponse({"interval_s": self._samples.interval_s,
+                             "samples": [dataclasses.asdict(sample) for sample in series]})
 
     async def plan(self, request: Request) -> Response:
         return self._templates.TemplateResponse(request, "plan.html",
@@ -153,16 +175,22 @@ class _Pages:
         return JSONResponse({"ok": True, "message": "applying..."}, status_code=202)
 
     async def rollback(self, request: Request) -> Response:
-        kind, name, snapshot = (request.path_params[k] for k in ("kind", "name", "snapshot"))
-        said = await run_in_threadpool(object_page.roll_back, kind, name, snapshot, self._dashboard.paths,
-                                       self._dashboard.settings)
+        return await self._revert(request, object_page.roll_back, request.path_params["snapshot"])
+
+    async def restore(self, request: Request) -> Response:
+        return await self._revert(request, object_page.restore, request.path_params["backup"])
+
+    async def _revert(self, request: Request, revert: object_page.Revert, to: str) -> Response:
+        kind, name = request.path_params["kind"], request.path_params["name"]
+        said = await run_in_threadpool(revert, kind, name, to, self._dashboard.paths, self._dashboard.settings)
         await run_in_threadpool(self._dashboard.refresh)
         return JSONResponse({"ok": said.ok, "message": said.message}, status_code=200 if said.ok else 409)
 
 
 @contextlib.asynccontextmanager
-async def _running(dashboard: Dashboard, following: LoopRun | None) -> AsyncIterator[None]:
+async def _running(dashboard: Dashboard, samples: GuestSamples, following: LoopRun | None) -> AsyncIterator[None]:
     dashboard.start()
+    samples.start()
     if following is not None:
         following.start()
     try:
@@ -170,6 +198,7 @@ async def _running(dashboard: Dashboard, following: LoopRun | None) -> AsyncIter
     finally:
         if following is not None:
             following.stop()
+        samples.stop()
         dashboard.stop()
 
 

@@ -1,15 +1,18 @@
-"""One object's page beyond its overview row: its snapshots and its events, and the
-rollback its buttons ask for (`passes.rollback`, under the apply lock, recorded)."""
+"""One object's page beyond its overview row: its snapshots, backups and events, and the
+rollback and restore its buttons ask for (`passes.rollback`, `passes.backup_commands`:
+under the apply lock, recorded; a restore backs the guest up as it is first)."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from somnus_reconciler.engine.backups import BackupRecord
+from somnus_reconciler.engine.container_backups import ContainerBackupRecord
 from somnus_reconciler.journal import Event, Journal
-from somnus_reconciler.passes import rollback
+from somnus_reconciler.passes import backup_commands, rollback
 from somnus_reconciler.providers.protocols import ProviderError
 from somnus_reconciler.settings import Settings
 from somnus_reconciler.values.actual import Snapshot
@@ -23,6 +26,7 @@ EVENTS_SHOWN = 50
 class Details:
     snapshots: tuple[Snapshot, ...]  # newest first
     events: tuple[Event, ...]  # newest first
+    backups: tuple[BackupRecord | ContainerBackupRecord, ...] = ()  # newest first
     problem: str = ""  # why the snapshots could not be listed
 
 
@@ -35,13 +39,17 @@ class Said:
 def details(row: Row, settings: Settings) -> Details:
     with Journal(settings.journal_path) as journal:
         events = tuple(journal.recent(row.address, limit=EVENTS_SHOWN))
+    backups = tuple(reversed(backup_commands.listing(row.kind, row.name, state_dir=str(settings.state_dir))))
     if row.state == "absent":
-        return Details((), events)
+        return Details((), events, backups)
     try:
         listing = rollback.snapshots(rollback.Guest(row.kind, row.name), state_dir=str(settings.state_dir))
     except ProviderError as e:
-        return Details((), events, str(e))
-    return Details(tuple(reversed(listing.snapshots)), events)
+        return Details((), events, backups, str(e))
+    return Details(tuple(reversed(listing.snapshots)), events, backups)
+
+
+Revert = Callable[[str, str, str, Sequence[Path], Settings], Said]  # kind, name, to what, manifests
 
 
 def roll_back(kind: str, name: str, snapshot: str, paths: Sequence[Path], settings: Settings) -> Said:
@@ -54,3 +62,20 @@ def roll_back(kind: str, name: str, snapshot: str, paths: Sequence[Path], settin
     except (ProviderError, rollback.RollbackRefused) as e:
         return Said(False, str(e))
     return Said(True, f"{done.guest.address} reverted to {done.snapshot} at {time.strftime('%H:%M:%S')}")
+
+
+def restore(kind: str, name: str, backup: str, paths: Sequence[Path], settings: Settings) -> Said:
+    """`somnus restore KIND/NAME BACKUP -f PATHS`, its refusals said, not raised."""
+    state_dir = str(settings.state_dir)
+    before: BackupRecord | ContainerBackupRecord | None
+    try:
+        if kind == "container":
+            before = backup_commands.restore_container(name, backup, paths, state_dir=state_dir).before
+        else:
+            before = backup_commands.restore(name, backup, state_dir=state_dir).before
+    except InvalidInput as e:
+        return Said(False, "; ".join(str(d) for d in e.diagnostics))
+    except (ProviderError, backup_commands.BackupRefused) as e:
+        return Said(False, str(e))
+    kept = f"; as it was: backup {before.name}" if before is not None else ""
+    return Said(True, f"{kind}/{name} restored from {backup} at {time.strftime('%H:%M:%S')}{kept}")

@@ -69,6 +69,7 @@ class Overview:
     problems: tuple[str, ...]  # manifests that did not load, daemons not reached
     at: float  # when it was computed (time.time())
     plan: tuple[PlanLine, ...] = ()
+    vms: tuple[ActualVm, ...] = ()  # every VM observed, for `guest_samples` to ask their agents
 
 
 def compute(paths: Sequence[Path], backends: Backends) -> Overview:
@@ -91,7 +92,8 @@ def compute(paths: Sequence[Path], backends: Backends) -> Overview:
         rows = [_row(kind, name, desired, want, have, pending.get(f"{kind}/{name}", []),
                      _last(journal, f"{kind}/{name}"))
                 for kind, name, want, have in _objects(desired, actual, plan.leftovers)]
-    return Overview(tuple(rows), tuple(unreachable.values()), time.time(), tuple(lines))
+    return Overview(tuple(rows), tuple(unreachable.values()), time.time(), tuple(lines),
+                    tuple(vm for _, vm in sorted(actual.vms.items())))
 
 
 _Object = tuple[str, str, "DesiredVm | DesiredContainer | None", "ActualVm | ActualContainer | None"]

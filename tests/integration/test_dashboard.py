@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import Page, expect, sync_playwright
 
 from somnus_reconciler.journal import Journal
 from testkit.agent_process import free_port
@@ -189,6 +189,33 @@ def test_a_rollback_from_the_object_page_takes_the_pack_back_out(workspace: Work
     assert ws.docker.containers.get(box).exec_run(["test", "-e", "/opt/marker"]).exit_code == 1  # the pack is gone
 
 
+def test_a_restore_from_the_object_page_brings_back_what_the_user_wrote_and_keeps_the_state_it_replaced(
+        workspace: Workspace) -> None:
+    ws = workspace
+    box = ws.name("kept")
+    ws.write("ws.yaml", container_doc(box))
+    ws.somnus("apply", str(ws.manifests), "-y", check_exit=0)
+    ws.docker.containers.get(box).exec_run(["sh", "-c", "echo mine > /root/work.txt"])
+    ws.somnus("backup", f"container/{box}", check_exit=0)
+    ws.docker.containers.get(box).exec_run(["rm", "/root/work.txt"])
+    with serving(ws) as served, sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page()
+        page.on("dialog", lambda dialog: dialog.accept())  # the button asks first
+        page.goto(served.login)
+        page.goto(f"{served.base}/objects/container/{box}")
+        backup = page.locator("#backups tr[data-backup]")
+        expect(backup).to_have_count(1)
+        expect(backup.locator("td").first).not_to_be_empty()
+        backup.get_by_role("button", name="Restore this").click()
+        expect(page.locator("#said")).to_contain_text("restored from", timeout=120_000)
+        secret_scan.SESSION.record_output("an object page after a restore", page.content())
+        browser.close()
+    assert ws.docker.containers.get(box).exec_run(["cat", "/root/work.txt"]).output == b"mine\n"
+    listed = json.loads(ws.somnus("backups", f"container/{box}", "-o", "json", check_exit=0).stdout)
+    assert sorted(b["reason"] for b in listed["items"]) == ["before restore", "manual"], listed
+
+
 def test_with_watch_a_vm_and_a_container_stopped_by_hand_are_corrected_and_the_page_says_so(
         workspace: Workspace) -> None:
     ws = workspace
@@ -221,8 +248,6 @@ def test_with_watch_a_vm_and_a_container_stopped_by_hand_are_corrected_and_the_p
 
 def test_no_page_has_a_serious_or_critical_accessibility_violation(workspace: Workspace, served: Served) -> None:
     """axe-core, run in each page as a user's browser shows it."""
-    from axe_playwright_python.sync_playwright import Axe
-
     ws = workspace
     found: dict[str, list[str]] = {}
     with sync_playwright() as playwright:
@@ -233,13 +258,19 @@ def test_no_page_has_a_serious_or_critical_accessibility_violation(workspace: Wo
                      "/history", "/history?q=created", "/gitops"):
             page.goto(served.base + path)
             page.locator("h1").wait_for()
-            response = Axe().run(page).response
-            assert response["testEngine"]["name"] == "axe-core" and response["url"].endswith(path)
-            violations = response["violations"]
-            found[path] = [f"{v['id']} ({v['impact']}): {v['help']}" for v in violations
-                           if v["impact"] in ("serious", "critical")]
+            found[path] = serious_violations(page, path)
         browser.close()
     assert found == {path: [] for path in found}, found
+
+
+def serious_violations(page: Page, path: str) -> list[str]:
+    """What axe-core, run in the page at `path`, finds serious or critical."""
+    from axe_playwright_python.sync_playwright import Axe
+
+    response = Axe().run(page).response
+    assert response["testEngine"]["name"] == "axe-core" and response["url"].endswith(path)
+    return [f"{v['id']} ({v['impact']}): {v['help']}" for v in response["violations"]
+            if v["impact"] in ("serious", "critical")]
 
 
 def test_the_gitops_page_shows_the_revision_in_force_and_the_quarantined_one_with_its_reason(

@@ -4,6 +4,7 @@ One VM for the module, made by `somnus apply` under the real libvirtd (TCG).
 The image starts the agent at boot with the token the host put on the seed
 disk; the host reaches it only through the VM's 127.0.0.1 `agent` forward.
 Checked: `Ready` turns true in `somnus get`, `describe` shows the stats,
+`somnus ssh vm/NAME -- CMD` runs CMD (`uname -r`: the guest's kernel) with its exit code,
 `/execute` runs a command (and is logged in the guest without its stdin),
 a wrong or missing token is refused, a soft reboot is confirmed, the token
 is 0600 on both sides, and a resync of `somnus watch` runs the VM's pack's
@@ -27,6 +28,7 @@ import pytest
 
 from somnus_reconciler.providers import guest_access
 from somnus_reconciler.providers.agent_client import AgentClient, AgentRefused
+from testkit.serve_client import session_cookie
 from tests.integration import secret_scan
 from tests.integration.conftest import Workspace, remove_objects
 from tests.integration.event_stream import EventStream
@@ -141,6 +143,13 @@ def test_somnus_ssh_reaches_the_guest_that_proved_its_host_key(ws: Workspace, cl
     assert ws.somnus("ssh", f"vm/{ws.name('vm')}", "exit", "3").returncode == 3  # the session's own code
 
 
+def test_somnus_ssh_runs_the_command_after_double_dash_and_prints_the_guests_kernel(
+        ws: Workspace, client: AgentClient) -> None:
+    shell = ws.somnus("ssh", f"vm/{ws.name('vm')}", "--", "uname", "-r", check_exit=0)
+    guest_kernel = client.execute(["uname", "-r"])["stdout"].strip()  # the guest's own answer, through its agent
+    assert guest_kernel and shell.stdout == f"{guest_kernel}\n", (shell.stdout, guest_kernel)
+
+
 def configure(client: AgentClient, processes: list[dict[str, Any]], watch_logs: list[str]) -> dict[str, Any]:
     """Write the guest's agent.json through /execute and have the agent reload it."""
     config = {"processes": processes, "watch_logs": watch_logs}
@@ -178,6 +187,55 @@ def test_describe_shows_health_stats_and_classified_error_lines(ws: Workspace, c
     for figure in ("cpu ", "memory ", "disk ", "load ", "uptime "):
         assert f"  {figure}" in out, out
     assert f"[DEPENDENCY_MISSING] /var/log/notebook.log:1: {line}" in out
+
+
+def test_somnus_serve_charts_the_agents_figures_over_time_on_the_object_page(ws: Workspace,
+                                                                            client: AgentClient) -> None:
+    """The server asks the agent itself (here every second) and the open page redraws
+    its charts after each round, with no reload; the figures are the agent's own."""
+    from playwright.sync_api import sync_playwright
+
+    from tests.integration.test_dashboard import CHROMIUM, CHROMIUM_ARGS, serious_violations, serving
+
+    path = f"/objects/vm/{ws.name('vm')}"
+    with serving(ws, "--sample-every", "1s") as served, sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page()
+        page.goto(served.login)
+        page.goto(served.base + path)
+        page.evaluate("window.notReloaded = true")
+        first = samples_drawn(page, at_least=3, within_s=60)
+        samples_drawn(page, at_least=first + 2, within_s=30)
+        assert page.evaluate("window.notReloaded") is True
+        charts = page.locator("figure.chart")
+        assert [charts.nth(i).get_attribute("data-chart") for i in range(charts.count())] == [
+            "cpu", "memory", "disk", "load"]
+        drawn = page.locator('[data-chart="memory"] polyline').get_attribute("points") or ""
+        assert len(drawn.split()) >= first + 2, drawn
+        assert page.locator('[data-chart="memory"] .latest').inner_text().endswith("%)")
+        assert serious_violations(page, path) == []
+        browser.close()
+        status, text = served.get(f"/api/objects/vm/{ws.name('vm')}/samples",
+                                  cookie=session_cookie(served.login))
+    assert status == 200
+    samples = json.loads(text)["samples"]
+    stats = client.stats_basic()
+    assert {s["memory_total"] for s in samples} == {stats["memory"]["total"]}
+    assert {s["disk_total"] for s in samples} == {stats["disk"]["total"]}
+    assert all(0.0 <= s["cpu_percent"] <= 100.0 and 0 < s["memory_used"] < s["memory_total"] for s in samples)
+    gaps = [b["at"] - a["at"] for a, b in zip(samples, samples[1:])]
+    assert gaps and all(0.5 < gap < 10 for gap in gaps), gaps
+
+
+def samples_drawn(page: Any, *, at_least: int, within_s: float) -> int:
+    """How many samples the page's CPU chart draws, once there are `at_least` (polled: the
+    page's policy forbids the eval that `wait_for_function` needs)."""
+    chart = page.locator('[data-chart="cpu"]')
+    deadline = time.monotonic() + within_s
+    while (drawn := int(chart.get_attribute("data-count") or 0) if chart.count() else 0) < at_least:
+        assert time.monotonic() < deadline, f"{drawn} samples drawn after {within_s:.0f} s"
+        page.wait_for_timeout(250)
+    return drawn
 
 
 def test_the_root_file_system_grew_to_the_declared_disk_size(client: AgentClient) -> None:

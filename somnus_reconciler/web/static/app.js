@@ -36,13 +36,25 @@ function showStep(step) {
     (step.seconds === null ? "" : " (" + step.seconds + " s)") + (step.message ? ": " + step.message : "");
 }
 
+// An object page's charts: drawn again by the server after each round of samples.
+function refreshCharts(holder) {
+  fetch(holder.dataset.samples, { credentials: "same-origin" })
+    .then(function (response) { return response.ok ? response.text() : Promise.reject(response.status); })
+    .then(function (html) { holder.innerHTML = html; })
+    .catch(function () { /* the next round tries again */ });
+}
+
 document.addEventListener("DOMContentLoaded", function () {
   var steps = document.getElementById("steps");
-  if (!document.querySelector("[data-live]") && !steps) {
+  var charts = document.querySelector("[data-samples]");
+  if (!document.querySelector("[data-live]") && !steps && !charts) {
     return;
   }
   var events = new EventSource("/events");
   events.addEventListener("overview", function (event) { refreshLive(event.data); });
+  if (charts) {
+    events.addEventListener("samples", function () { refreshCharts(charts); });
+  }
   var activity = document.getElementById("activity");
   if (activity) {  // serve --watch: the loop's events, newest first, the last 50
     events.addEventListener("loop", function (event) {
