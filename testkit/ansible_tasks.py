@@ -21,7 +21,7 @@ def render_tasks(pack: DesiredPack, os_family: str, action: str = "install") -> 
     """Names of the tasks a run would execute, in order (`ansible-playbook --list-tasks`).
 
     Task names of the generic playbook start with the tool they use
-    (`apt:`, `winget:`, `brew:`, `verify:`). Needs no guest.
+    (`Apt:`, `Winget:`, `Brew:`, `Verify:`). Needs no guest.
     """
     variables = ansible_inputs.extra_vars(pack, os_family, action)
     with tempfile.TemporaryDirectory(prefix="somnus-list-") as scratch:

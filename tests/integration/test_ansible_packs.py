@@ -47,8 +47,8 @@ pytestmark = pytest.mark.integration
 
 IMAGE = container_images.DEBIAN_BASE_IMAGE
 RUN_ID = secrets.token_hex(4)
-APT_TASK = "apt: install packages"
-VERIFY_TASK = "verify: run the pack's checks"
+APT_TASK = "Apt: install packages"
+VERIFY_TASK = "Verify: run the pack's checks"
 GUEST_REPO = apt_repo.GUEST_REPO
 
 # name -> (control fields beyond the usual, files {path: (mode, content)}, maintainer scripts)
@@ -164,7 +164,7 @@ def test_hello_installs_verifies_then_a_second_run_changes_nothing_and_uninstall
     removed, lines = run(guest, hello, work_dir, action="uninstall")
     assert removed.ok, removed
     assert removed.changed >= 1
-    assert "TASK apt: remove packages ... changed" in lines
+    assert "TASK Apt: remove packages ... changed" in lines
     assert not any(line.startswith(f"TASK {VERIFY_TASK} ... ok") for line in lines)
     assert in_guest(guest, "sh", "-c", "command -v somnus-hello")[0] != 0
     assert list(work_dir.iterdir()) == []  # every run's private data directory is gone
@@ -275,19 +275,19 @@ def task_modules(os_family: str) -> dict[str, str]:
 
 
 FAMILY_TASKS = {
-    ("windows", "install"): [("winget: find installed packages", "ansible.windows.win_command"),
-                             ("winget: install missing packages", "ansible.windows.win_command"),
+    ("windows", "install"): [("Winget: find installed packages", "ansible.windows.win_command"),
+                             ("Winget: install missing packages", "ansible.windows.win_command"),
                              (VERIFY_TASK, "ansible.windows.win_shell")],
-    ("windows", "uninstall"): [("winget: find installed packages", "ansible.windows.win_command"),
-                               ("winget: uninstall installed packages", "ansible.windows.win_command"),
+    ("windows", "uninstall"): [("Winget: find installed packages", "ansible.windows.win_command"),
+                               ("Winget: uninstall installed packages", "ansible.windows.win_command"),
                                (VERIFY_TASK, "ansible.windows.win_shell")],
-    ("macos", "install"): [("brew: install packages", "community.general.homebrew"),
+    ("macos", "install"): [("Brew: install packages", "community.general.homebrew"),
                            (VERIFY_TASK, "ansible.builtin.shell")],
-    ("macos", "uninstall"): [("brew: remove packages", "community.general.homebrew"),
+    ("macos", "uninstall"): [("Brew: remove packages", "community.general.homebrew"),
                              (VERIFY_TASK, "ansible.builtin.shell")],
-    ("debian", "install"): [("apt: look for package lists", "ansible.builtin.find"),
+    ("debian", "install"): [("Apt: look for package lists", "ansible.builtin.find"),
                             (APT_TASK, "ansible.builtin.apt"), (VERIFY_TASK, "ansible.builtin.shell")],
-    ("debian", "uninstall"): [("apt: remove packages", "ansible.builtin.apt"),
+    ("debian", "uninstall"): [("Apt: remove packages", "ansible.builtin.apt"),
                               (VERIFY_TASK, "ansible.builtin.shell")],
 }
 
@@ -312,8 +312,8 @@ def test_each_family_runs_its_own_package_manager(os_family: str, action: str,
 def test_a_packs_own_playbook_runs_between_packages_and_verify(make_pack: Callable[..., DesiredPack],
                                                               local_repo_pack: DesiredPack) -> None:
     assert ansible_tasks.render_tasks(local_repo_pack, "debian", "install") == [
-        "apt: look for package lists", APT_TASK, "Copy the repository into the guest", "Set the network sources aside",
+        "Apt: look for package lists", APT_TASK, "Copy the repository into the guest", "Set the network sources aside",
         "Point apt at the local repository", "Refresh the apt cache", VERIFY_TASK]
     # Uninstalling removes packages only: the pack's own playbook does not run.
     assert ansible_tasks.render_tasks(local_repo_pack, "debian", "uninstall") == [
-        "apt: remove packages", VERIFY_TASK]
+        "Apt: remove packages", VERIFY_TASK]
