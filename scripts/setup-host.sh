@@ -14,6 +14,8 @@ readonly READY_TIMEOUT_S=30
 readonly PACKAGES=(
     # libvirt + QEMU, and the headers the libvirt-python wheel builds against
     libvirt-daemon-system libvirt-clients qemu-system-x86 qemu-utils libvirt-dev pkg-config
+    # xmllint, which libvirt-clients' virt-xml-validate runs (the tests validate domain XML with it)
+    libxml2-utils
     # Docker (daemon and CLI)
     docker.io
     # VM image builds (somnus_reconciler/tiny_linux.py): apt-get download + dpkg-deb

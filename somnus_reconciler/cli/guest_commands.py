@@ -1,22 +1,23 @@
-"""Commands on one guest by hand: `snapshots`, `rollback`, `soft-reboot`, `ssh`, `backup`,
-`backups`, `restore`.
+"""Commands on one guest by hand: `snapshots`, `rollback`, `soft-reboot`, `ssh`, `exec`,
+`console`, `backup`, `backups`, `restore`.
 
 Registered on the `somnus` group by `commands`; like every command they parse,
-call one function of `passes` (`rollback`, `soft_reboot`, `backup_commands`) and
-hand the result to their view (`guest_view`, `backup_view`).
+call one function of `passes` (`rollback`, `soft_reboot`, `guest_shell`, `backup_commands`)
+and hand the result to their view (`guest_view`, `backup_view`); `ssh`, `exec` and
+`console` exit with the code of what they ran.
 """
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 import click
 
 from somnus_reconciler.cli import arguments, views
-from somnus_reconciler.cli.exit_codes import EXIT_NOT_CONFIRMED, EXIT_OK
+from somnus_reconciler.cli.exit_codes import EXIT_INTERRUPTED, EXIT_NOT_CONFIRMED, EXIT_OK
 from somnus_reconciler.providers.protocols import ProviderError
 from somnus_reconciler.values.diagnostics import InvalidInput
 
@@ -33,6 +34,14 @@ def _guest(address: str) -> Guest:
     if kind not in ("vm", "container"):
         arguments.fail(f"{address}: snapshots exist for vm/NAME and container/NAME only")
     return Guest(kind, name)
+
+
+def _named(address: str, kind: str, hint: str) -> str:
+    """NAME of `kind`/NAME; any other address stops the command with `hint`."""
+    given_kind, _, name = address.partition("/")
+    if arguments.short_kind(given_kind) != kind or not name:
+        arguments.fail(f"give {kind}/NAME: {hint}")
+    return name
 
 
 @click.command()
@@ -85,9 +94,7 @@ def soft_reboot(address: str, timeout_s: float, state_dir: str | None) -> None:
     from somnus_reconciler.cli import guest_view
     from somnus_reconciler.passes import soft_reboot as soft_reboot_pass
 
-    kind, _, name = address.partition("/")
-    if arguments.short_kind(kind) != "vm" or not name:
-        arguments.fail("give vm/NAME: only VMs run the agent")
+    name = _named(address, "vm", "only VMs run the agent")
     try:
         result = soft_reboot_pass.soft_reboot(name, timeout_s=timeout_s, state_dir=state_dir)
     except (ProviderError, soft_reboot_pass.SoftRebootRefused) as e:
@@ -109,11 +116,64 @@ def ssh(address: str, command: Sequence[str], state_dir: str | None) -> None:
     from somnus_reconciler.passes import guest_shell
     from somnus_reconciler.values.errors import SomnusError
 
-    kind, _, name = address.partition("/")
-    if arguments.short_kind(kind) != "vm" or not name:
-        arguments.fail("give vm/NAME: containers are reached with docker exec")
+    name = _named(address, "vm", "containers are reached with somnus exec")
     try:
         code = guest_shell.run_ssh(name, command, interactive=sys.stdin.isatty(), state_dir=state_dir)
+    except (ProviderError, SomnusError) as e:
+        arguments.fail(str(e))
+    sys.exit(code)
+
+
+@click.command("exec", context_settings={"ignore_unknown_options": True})
+@click.argument("address")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+@arguments.state_dir
+def exec_command(address: str, command: Sequence[str], state_dir: str | None) -> None:
+    """Run COMMAND (after --) in container/NAME through dockerd, its output as it comes.
+
+    No TTY and no stdin (for a shell: docker exec -it). Exit code: the command's (126 when
+    it cannot start); 2 when the container is not one somnus manages or is not running;
+    130 on Ctrl-C, which stops following while the command goes on in the container.
+    """
+    from somnus_reconciler.passes import guest_shell
+    from somnus_reconciler.values.errors import SomnusError
+
+    name = _named(address, "container", "VMs are reached with somnus ssh")
+    try:
+        code = guest_shell.run_exec(name, command, on_stdout=_passed_on(sys.stdout.buffer),
+                                    on_stderr=_passed_on(sys.stderr.buffer), state_dir=state_dir)
+    except (ProviderError, SomnusError) as e:
+        arguments.fail(str(e))
+    except KeyboardInterrupt:
+        views.View().error(f"stopped following {command[0]}; it goes on in {address}")
+        sys.exit(EXIT_INTERRUPTED)
+    sys.exit(code)
+
+
+def _passed_on(stream: BinaryIO) -> Callable[[bytes], None]:
+    def write(chunk: bytes) -> None:
+        stream.write(chunk)
+        stream.flush()
+
+    return write
+
+
+@click.command()
+@click.argument("address")
+@click.option("--force", is_flag=True, help="Take the console from another session attached to it.")
+@arguments.state_dir
+def console(address: str, force: bool, state_dir: str | None) -> None:
+    """The serial console of vm/NAME on this terminal, until Ctrl-] (or the VM stops).
+
+    Exit code: virsh console's; 2 when the VM is not one somnus manages, is not running,
+    or stdin is not a terminal.
+    """
+    from somnus_reconciler.passes import guest_shell
+    from somnus_reconciler.values.errors import SomnusError
+
+    name = _named(address, "vm", "containers have no serial console; use somnus exec")
+    try:
+        code = guest_shell.run_console(name, force=force, terminal=sys.stdin.isatty(), state_dir=state_dir)
     except (ProviderError, SomnusError) as e:
         arguments.fail(str(e))
     sys.exit(code)

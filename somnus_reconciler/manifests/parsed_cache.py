@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import TypeVar
 
 # The code whose change changes what a file reads as.
-_PARSING_CODE = ("values/model.py", "values/fields.py", "values/quantity.py", "values/diagnostics.py",
-                 "manifests/loader.py", "manifests/guarded_yaml.py")
+_PARSING_CODE = ("values/model.py", "values/fields.py", "values/gpu.py", "values/quantity.py",
+                 "values/diagnostics.py", "manifests/loader.py", "manifests/guarded_yaml.py")
 _MAX_ENTRIES = 512  # then the older half goes
 _code_digest: str | None = None
 # What this process read or stored already (entry -> (digest, value)): a watch loop reads

@@ -6,7 +6,7 @@ pack -> requires (without cycles), pack playbooks on disk (inside the directory 
 the manifest that names them), VM image paths inside the allowed roots (the
 guest directory's images/ and the Pool's allowedImageRoots). Every problem is
 collected and raised together as `InvalidInput`; only a consistent set of
-manifests is folded into desired values (profiles into VM resources, packs
+manifests is folded into desired values (profiles into VM resources and GPU, packs
 expanded into install order).
 """
 
@@ -20,7 +20,7 @@ from typing import ParamSpec, TypeVar
 from somnus_reconciler import settings as settings_mod
 from somnus_reconciler.images import vm_images
 from somnus_reconciler.manifests.loader import Declared
-from somnus_reconciler.values import fields, model
+from somnus_reconciler.values import fields, gpu, model
 from somnus_reconciler.values.desired import (
     DEFAULT_POOL,
     DesiredContainer,
@@ -333,6 +333,8 @@ def _desired_vm(
         drift_policy=spec.drift_policy,
         backup=spec.backup if spec.backup is not None else pool_backup,
         secret_files=_secret_files(spec.files),
+        gpu=gpu.passthrough_of(r.gpu),
+        gpu_source=d.source_of("spec.profile" if spec.profile is not None else "spec.resources.gpu"),
     )
 
 
@@ -357,6 +359,8 @@ def _desired_container(
         secret_env=tuple(SecretEnv(k, v.secret_ref.name, v.secret_ref.key)
                          for k, v in sorted(spec.env.items()) if isinstance(v, model.FromSecret)),
         secret_files=_secret_files(spec.files),
+        gpu=gpu.device_request_of(spec.resources.gpu),
+        gpu_source=d.source_of("spec.resources.gpu"),
     )
 
 

@@ -1,7 +1,7 @@
 """The first half of every pass, for `diff`, `apply`, `watch` and `gitops`: load the
 manifests, observe libvirt and Docker, compute the plan, and refuse what must not
-run (conflicts, admission, missing base images). `passes.converge` hands the plan
-to the engine.
+run (conflicts, admission, missing base images). Each VM's GPU gets its host device
+here, before planning (`planning.gpus`). `passes.converge` hands the plan to the engine.
 
 Everything that makes input invalid is raised as `InvalidInput` before any
 change is made.
@@ -19,9 +19,10 @@ from somnus_reconciler import settings as settings_mod
 from somnus_reconciler.images import vm_images
 from somnus_reconciler.manifests import loader, pack_files, references
 from somnus_reconciler.passes import reveal
-from somnus_reconciler.planning import admission
+from somnus_reconciler.planning import admission, gpus
 from somnus_reconciler.planning import plan as plan_mod
 from somnus_reconciler.planning.plan import Action, Plan
+from somnus_reconciler.providers import host_gpus
 from somnus_reconciler.providers.backends import Backends, applied_hashes, observe_reachable, open_backends
 from somnus_reconciler.providers.docker_listing import PendingListing
 from somnus_reconciler.values.actual import ActualContainer, ActualState, ActualVm
@@ -79,9 +80,18 @@ def host_capacity(guest_dir: Path | None = None) -> admission.HostCapacity:
 def static_check(desired: DesiredState) -> None:
     """Admission without observing: what `validate` can say on its own."""
     guest_dir = settings_mod.resolve(desired.pool).guest_dir
-    problems = admission.check(desired, host_capacity(guest_dir))
+    problems = admission.check(desired, host_capacity(guest_dir)) + list(admit_gpus(desired).problems)
     if problems:
         raise InvalidInput(tuple(problems))
+
+
+def admit_gpus(desired: DesiredState, actual: ActualState | None = None) -> gpus.GpuAdmission:
+    """GPU admission (`planning.gpus`) against this host, and against the devices the
+    domains in `actual` pass through; the host is read only when a guest has a GPU."""
+    if not gpus.uses_gpus(desired):
+        return gpus.GpuAdmission({}, ())
+    domains = {name: vm.gpus for name, vm in actual.vms.items() if vm.gpus} if actual is not None else {}
+    return gpus.admit(desired, host_gpus.observe(), domains)
 
 
 def prepare(desired: DesiredState, backends: Backends, *, prune: bool, check_packs: bool = False) -> Plan:
@@ -97,6 +107,8 @@ def prepare(desired: DesiredState, backends: Backends, *, prune: bool, check_pac
         vms={} if "vm" in unreachable else desired.vms,
         containers={} if "container" in unreachable else desired.containers,
     )
+    gpu_admission = admit_gpus(desired, actual)
+    desired = gpu_admission.apply(desired)
     failing: frozenset[tuple[str, str]] = frozenset()
     if check_packs:  # a resync; imported here, since a diff never asks an agent (~50 ms of imports)
         from somnus_reconciler.passes import pack_health
@@ -105,7 +117,7 @@ def prepare(desired: DesiredState, backends: Backends, *, prune: bool, check_pac
     plan = plan_mod.compute(desired, actual, prune=prune, applied=applied_hashes(backends.settings),
                             failing_packs=failing)
     plan = dataclasses.replace(plan, unreachable=tuple(unreachable.values()))
-    problems = Diagnostics(list(plan.conflicts))
+    problems = Diagnostics([*plan.conflicts, *gpu_admission.problems])
 
     created = [change.desired for change in plan.changes
                if change.action in (Action.CREATE, Action.REPLACE) and change.desired is not None]

@@ -13,6 +13,7 @@ import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from somnus_reconciler.values import gpu
 from somnus_reconciler.values.actual import ActualContainer, ActualState, ActualVm
 from somnus_reconciler.values.desired import DesiredContainer, DesiredState, DesiredVm
 from somnus_reconciler.values.diagnostics import Diagnostic
@@ -300,7 +301,9 @@ def vm_change(want: DesiredVm, have: ActualVm | None) -> Change | None:
         return Change(want.address, Action.REPLACE, Disruption.RECREATE, recreate, want, have)
 
     r = want.resources
-    headroom = _differing(("maxVcpus", have.max_vcpus, r.max_vcpus), ("maxMemory", have.max_memory, r.max_memory))
+    # What a running guest cannot take live: new maxima, another PCI device.
+    headroom = _differing(("maxVcpus", have.max_vcpus, r.max_vcpus), ("maxMemory", have.max_memory, r.max_memory),
+                          _gpu_field(want, have))
     # A disk only grows (`_declared_vm` refuses less), in place: live on a running guest.
     sizes = _differing(("vcpus", have.vcpus, r.vcpus), ("memory", have.memory, r.memory),
                        ("diskSize", have.mark.disk_size, want.disk_size))
@@ -326,13 +329,21 @@ def vm_change(want: DesiredVm, have: ActualVm | None) -> Change | None:
     return change
 
 
+def _gpu_field(want: DesiredVm, have: ActualVm) -> tuple[str, str, str]:
+    """The VM's GPU as applied (the mark's record, the devices its definition holds) and as declared."""
+    recorded = have.mark.gpu if have.mark is not None else None
+    wanted = gpu.wanted_addresses(want.gpu, want.gpu_address, have.gpus)
+    return ("gpu", gpu.shown(recorded, have.gpus), gpu.shown(str(want.gpu) if want.gpu else None, wanted))
+
+
 def container_change(want: DesiredContainer, have: ActualContainer | None) -> Change | None:
     if have is None:
         return Change(want.address, Action.CREATE, Disruption.NONE, desired=want)
     if have.spec_hash != want.spec_hash:
         secrets = sorted({f"secret/{ref.secret}" for ref in want.secret_env})  # named, never their values
         return Change(
-            want.address, Action.REPLACE, Disruption.RECREATE, desired=want, actual=have,
+            want.address, Action.REPLACE, Disruption.RECREATE,
+            _differing(("gpu", have.gpu or "none", str(want.gpu) if want.gpu else "none")), want, have,
             reason=f"spec or {', '.join(secrets)} changed" if secrets else "spec changed",
         )
     if not have.running:

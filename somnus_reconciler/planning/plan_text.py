@@ -26,7 +26,7 @@ def describe_change(change: Change) -> str:
     if change.action is Action.FILES:
         return f"files: {change.reason}"
     if change.action is Action.REPLACE:
-        return f"replace: {fields}" if fields else f"replace: {change.reason}"
+        return "replace: " + ", ".join(part for part in (fields, change.reason) if part)
     if change.action in (Action.START, Action.STOP):
         return str(change.action.value) + (f": {fields}" if fields else "")
     return fields or "refresh ownership mark"

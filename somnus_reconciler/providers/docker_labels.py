@@ -18,6 +18,7 @@ LABEL_OWNER = "io.somnus.owner"  # only when the container has an owner
 LABEL_POOL = "io.somnus.pool"  # the Pool it was applied under: scopes --prune
 LABEL_PACKS = "io.somnus.packs"  # JSON {pack: fingerprint}
 LABEL_CONTAINER = "io.somnus.container"  # on a named volume: the container it belongs to
+LABEL_GPU = "io.somnus.gpu"  # its device request as declared, only when it has one (for the plan's line)
 
 
 def mark_labels(c: DesiredContainer) -> dict[str, str]:
@@ -30,6 +31,8 @@ def mark_labels(c: DesiredContainer) -> dict[str, str]:
     }
     if c.owner is not None:
         labels[LABEL_OWNER] = c.owner
+    if c.gpu is not None:
+        labels[LABEL_GPU] = str(c.gpu)
     return labels
 
 
@@ -54,5 +57,6 @@ def actual_from_summary(summary: Mapping[str, Any]) -> ActualContainer | None:
         state=str(summary.get("State", "")),
         spec_hash=spec_hash,
         pool=pool,
+        gpu=labels.get(LABEL_GPU) if spec_hash is not None else None,
         labels=labels,
     )

@@ -2,8 +2,9 @@
 
 The engine calls it through the `providers.ContainerProvider` protocol; the
 `somnus image build` command and `container_images` use `image_present`,
-`image_labels` and `import_rootfs`. Snapshots and images are `docker_images`'
-part, on this provider's connection. With `docker_images` and `docker_errors`,
+`image_labels` and `import_rootfs`; `somnus exec` uses `exec_streaming`. Snapshots
+and images are `docker_images`' part, commands run in a container `docker_exec`'s, on
+this provider's connection. With `docker_images` and `docker_errors`,
 this is the only module that imports `docker`. Every `docker.errors.*` and
 `requests` exception is mapped once (`docker_errors.mapped`) into `ProviderError`
 (naming the container or image and the action), its temporary kind (dockerd did
@@ -13,7 +14,8 @@ docker-specific leaks.
 Ownership (SPEC section 3): what `create` makes carries labels under
 `io.somnus.*`; `delete` refuses anything without them. Containers are never
 attached to Docker's bridge: network mode is `none` or `host` only, and they are
-reached through `docker exec` over the daemon's socket.
+reached through `docker exec` over the daemon's socket. A container's GPU goes to
+dockerd as the HostConfig's DeviceRequests (`device_requests`), which `planning.gpus` admitted.
 
 Cost: `observe` is one listing call (`GET /containers/json?all=1`, what
 docker-py calls `sparse=True`), never one inspect per container. `docker` is
@@ -25,12 +27,11 @@ from __future__ import annotations
 import contextlib
 import re
 import threading
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from somnus_reconciler.providers import docker_backups, docker_files, docker_images
+from somnus_reconciler.providers import docker_backups, docker_exec, docker_files, docker_images
 from somnus_reconciler.providers.docker_errors import is_image_not_found, is_not_found, mapped
 from somnus_reconciler.providers.docker_labels import (
     LABEL_CONTAINER,
@@ -177,6 +178,8 @@ class DockerProvider:
             host_config_args["nano_cpus"] = round(c.cpus * 1e9)
         if c.memory > 0:
             host_config_args["mem_limit"] = c.memory
+        if c.gpu is not None:
+            host_config_args["device_requests"] = device_requests(c)
         if c.volumes:
             host_config_args["binds"] = {self._volume(c, name): {"bind": path, "mode": "rw"}
                                          for name, path in c.volumes}
@@ -235,21 +238,17 @@ class DockerProvider:
             self._api().start(actual.container_id)
 
     def run(self, name: str, argv: list[str], timeout_s: float = 60.0) -> int:
-        """Exit code of `argv` run in the running container `name` (as `docker exec`).
+        """Exit code of `argv` run in the running container `name` (as `docker exec`), its
+        output dropped (`docker_exec.run`)."""
+        return docker_exec.run(self._api(), _address(name), name, argv, timeout_s)
 
-        The output is attached (and dropped) so that exec_start returns when the
-        command ends; the exit code is read once dockerd has recorded it.
-        """
-        with mapped(_address(name), "exec"):
-            api = self._api()
-            exec_id = api.exec_create(name, argv, stdout=True, stderr=True)["Id"]
-            api.exec_start(exec_id)
-            deadline = time.monotonic() + timeout_s
-            while (code := api.exec_inspect(exec_id)["ExitCode"]) is None:
-                if time.monotonic() > deadline:
-                    raise ProviderError(_address(name), "exec", f"{argv[0]} did not finish in {timeout_s:g}s")
-                time.sleep(0.05)
-            return int(code)
+    def exec_streaming(self, name: str, argv: Sequence[str], *, on_stdout: docker_exec.OutputSink,
+                       on_stderr: docker_exec.OutputSink) -> int:
+        """Exit code of `argv` run in the managed container `name`, its output handed on as it
+        comes (`docker_exec.stream`); an unmarked container is refused."""
+        container_id = self._managed(name, "exec").container_id
+        return docker_exec.stream(self._api(), _address(name), container_id, argv,
+                                  on_stdout=on_stdout, on_stderr=on_stderr)
 
     def delete(self, name: str, *, keep_snapshots: bool = False) -> None:
         """Stop and remove a managed container, its anonymous volumes and (unless
@@ -353,6 +352,15 @@ class DockerProvider:
                       changes: tuple[str, ...] = ()) -> None:
         """`docker import TARBALL REFERENCE`, with `labels` and Dockerfile `changes`."""
         docker_images.import_rootfs(self._api(), tarball, reference, labels=labels, changes=changes)
+
+
+def device_requests(c: DesiredContainer) -> list[docker.types.DeviceRequest]:
+    """The container's GPUs as the SDK's DeviceRequests (HostConfig.DeviceRequests)."""
+    from docker.types import DeviceRequest
+
+    return [] if c.gpu is None else [DeviceRequest(
+        driver=c.gpu.driver, count=c.gpu.count, device_ids=list(c.gpu.device_ids),
+        capabilities=[list(capabilities) for capabilities in c.gpu.capabilities])]
 
 
 def volume_name(container: str, volume: str) -> str:

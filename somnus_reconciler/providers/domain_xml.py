@@ -4,7 +4,11 @@ into `ActualVm`. Used by libvirt_provider only.
 The ownership mark (SPEC section 3) is a `<somnus:vm>` element inside the
 domain's `<metadata>`, in the tool's own namespace. It records the spec hash,
 the values that cannot be changed in place (image, disk size, OS family), the
-owner, the loopback port forwards and the packs applied.
+owner, the loopback port forwards and the packs applied, and the GPU as declared.
+
+A VM's GPU is a `<hostdev>` of the PCI device `planning.gpus` chose for it
+(`DesiredVm.gpu_address`), managed by libvirt; a GPU without a device is refused here,
+never left out.
 
 Networking is QEMU user-mode (slirp) added through `<qemu:commandline>`, with
 forwards bound to 127.0.0.1 only: a guest is never put on a bridge.
@@ -18,6 +22,7 @@ from pathlib import Path
 
 from somnus_reconciler.values.actual import ActualVm, PortForward, PowerState, VmMark
 from somnus_reconciler.values.desired import DesiredVm
+from somnus_reconciler.values.errors import PermanentError
 
 SOMNUS_NS = "https://somnus-reconciler.dev/xmlns/domain/v1"
 QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
@@ -61,6 +66,8 @@ def mark_element(vm: DesiredVm, forwards: tuple[PortForward, ...], packs: Record
         mark.set("owner", vm.owner)
     if vm.backup is not None:  # for `get` and `describe`, which read no manifests
         mark.set("backup", vm.backup.model_dump_json(by_alias=True, exclude_none=True))
+    if vm.gpu is not None:
+        mark.set("gpu", str(vm.gpu))
     for fwd in forwards:
         ET.SubElement(mark, f"{ns}forward", {
             "name": fwd.name, "host-port": str(fwd.host_port), "guest-port": str(fwd.guest_port),
@@ -144,6 +151,8 @@ def build(vm: DesiredVm, boot: BootSource, *, domain_type: str, console_log: Pat
     console = ET.SubElement(devices, "console", {"type": "pty"})
     ET.SubElement(console, "target", {"type": "serial", "port": "0"})
     ET.SubElement(devices, "memballoon", {"model": "virtio"})
+    if vm.gpu is not None:
+        devices.append(hostdev_element(vm))
 
     hostfwd = ",".join(
         f"hostfwd=tcp:127.0.0.1:{fwd.host_port}-:{fwd.guest_port}" for fwd in forwards
@@ -154,6 +163,30 @@ def build(vm: DesiredVm, boot: BootSource, *, domain_type: str, console_log: Pat
                 f"virtio-net-pci,netdev=somnus0,bus=pci.0,addr={_NIC_PCI_SLOT}"):
         ET.SubElement(commandline, f"{{{QEMU_NS}}}arg", {"value": arg})
     return ET.tostring(domain, encoding="unicode")
+
+
+def hostdev_element(vm: DesiredVm) -> ET.Element:
+    """PCI passthrough of the device `vm` was given: `<hostdev mode='subsystem' type='pci'
+    managed='yes'>`, libvirt detaching it from the host at start and giving it back at stop."""
+    address = vm.gpu_address
+    if address is None:
+        raise PermanentError(f"{vm.address}: its gpu ({vm.gpu}) has no host device assigned "
+                             "(passes.prepare assigns one, or refuses the manifest)")
+    pci_domain, bus, slot_function = address.split(":")
+    slot, function = slot_function.split(".")
+    hostdev = ET.Element("hostdev", {"mode": "subsystem", "type": "pci", "managed": "yes"})
+    ET.SubElement(ET.SubElement(hostdev, "source"), "address", {
+        "domain": f"0x{pci_domain}", "bus": f"0x{bus}", "slot": f"0x{slot}", "function": f"0x{function}"})
+    return hostdev
+
+
+def _passed_through(root: ET.Element) -> tuple[str, ...]:
+    """PCI addresses (0000:01:00.0) of the domain's PCI hostdevs."""
+    found = []
+    for address in root.iterfind("devices/hostdev[@type='pci']/source/address"):
+        parts = [int(address.get(name, "0"), 16) for name in ("domain", "bus", "slot", "function")]
+        found.append("{:04x}:{:02x}:{:02x}.{:x}".format(*parts))
+    return tuple(found)
 
 
 def snapshot_xml(name: str, description: str) -> str:
@@ -195,6 +228,7 @@ def parse_mark(element: ET.Element | None) -> VmMark | None:
         owner=element.get("owner"),
         pool=element.get("pool", "default"),
         backup=element.get("backup"),
+        gpu=element.get("gpu"),
         forwards=forwards,
         packs=packs,
         files=files,
@@ -219,7 +253,8 @@ def parse(xml: str, power: PowerState | None = None, definition: str | None = No
     current = vcpu.get("current") if vcpu is not None else None
     max_memory = _memory_bytes(root.find("memory"))
     reported = _current_memory(root, max_memory)
-    target = _current_memory(ET.fromstring(definition), max_memory) if definition is not None else reported
+    persistent = ET.fromstring(definition) if definition is not None else root
+    target = _current_memory(persistent, max_memory)
     serial_log = root.find("devices/serial/log")
     state = power or (PowerState.RUNNING if domain_id is not None else PowerState.SHUTOFF)
     return ActualVm(
@@ -233,6 +268,7 @@ def parse(xml: str, power: PowerState | None = None, definition: str | None = No
         mark=parse_mark(root.find(f"metadata/{{{SOMNUS_NS}}}vm")),
         console_log=serial_log.get("file") if serial_log is not None else None,
         balloon=reported if state is PowerState.RUNNING else None,
+        gpus=_passed_through(persistent),
     )
 
 

@@ -40,6 +40,7 @@ class VmMark:
     packs: tuple[tuple[str, str], ...] = ()  # (pack name, fingerprint)
     files: tuple[tuple[str, str], ...] = ()  # (secret file's path, keyed digest) written
     backup: str | None = None  # the VM's backup policy as JSON (model.BackupPolicy), if it has one
+    gpu: str | None = None  # the GPU as declared when applied (`str(PassthroughGpu)`), if it had one
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,7 @@ class ActualVm:
     mark: VmMark | None  # None: not created by somnus; never touched
     console_log: str | None = None  # where the serial console is logged, from the domain XML
     balloon: int | None = None  # bytes the guest's balloon reports while running: status, never planned on
+    gpus: tuple[str, ...] = ()  # PCI addresses of the host devices its definition passes through
 
     @property
     def managed(self) -> bool:
@@ -74,6 +76,7 @@ class ActualContainer:
     pool: str = "default"  # the Pool it was applied under (meaningful when managed)
     packs: tuple[tuple[str, str], ...] = ()  # (pack, fingerprint) applied, from the journal
     files: tuple[tuple[str, str], ...] = ()  # (secret file's path, keyed digest) written, from the journal
+    gpu: str | None = None  # its GPU device request as created (`str(GpuDeviceRequest)`), from its labels
     labels: dict[str, str] = field(default_factory=dict, compare=False)
 
     @property

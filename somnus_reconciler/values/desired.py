@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from functools import cached_property
 
 from somnus_reconciler.values.diagnostics import Source
+from somnus_reconciler.values.gpu import GpuDeviceRequest, PassthroughGpu
 from somnus_reconciler.values.model import BackupPolicy, CapabilityPackSpec, PoolSpec
 
 # Objects applied without a Pool belong to this one. The Pool's name scopes
@@ -101,6 +102,10 @@ class DesiredVm:
     backup: BackupPolicy | None = None  # the VM's, else the Pool's
     secret_files: tuple[SecretFile, ...] = ()
     files: GuestFiles = GuestFiles()  # filled in by passes.prepare.load_desired, which decrypts
+    gpu: PassthroughGpu | None = None  # as declared (the profile's or the VM's resources)
+    gpu_source: Source | None = field(default=None, compare=False)  # where: `spec.resources.gpu` or `spec.profile`
+    # The host device it gets (0000:01:00.0): planning.gpus chooses it, passes.prepare fills it in.
+    gpu_address: str | None = None
 
     @property
     def address(self) -> str:
@@ -149,6 +154,8 @@ class DesiredContainer:
     revealed_env: tuple[tuple[str, Revealed], ...] = field(default=(), compare=False, repr=False)
     secret_files: tuple[SecretFile, ...] = ()
     files: GuestFiles = GuestFiles()  # as a VM's
+    gpu: GpuDeviceRequest | None = None
+    gpu_source: Source | None = field(default=None, compare=False)  # where `spec.resources.gpu` is written
 
     @property
     def address(self) -> str:
@@ -159,8 +166,10 @@ class DesiredContainer:
         return _spec_hash(self)
 
 
-_NOT_HASHED = frozenset({"source", "packs", "drift_policy", "revealed_env", "secret_files", "files"})
-_HASHED_IF_SET = ("backup", "volumes", "secret_env", "secret_digest")  # absent ones keep earlier hashes
+# A VM's GPU counts as declared: the device it gets is compared with the domain's by the plan.
+_NOT_HASHED = frozenset({"source", "packs", "drift_policy", "revealed_env", "secret_files", "files", "gpu_source",
+                         "gpu_address"})
+_HASHED_IF_SET = ("backup", "volumes", "secret_env", "secret_digest", "gpu")  # absent ones keep earlier hashes
 
 
 def _spec_hash(obj: DesiredVm | DesiredContainer) -> str:

@@ -1,9 +1,10 @@
-"""The field types of manifests: names, labels, quantities, paths, package names, URIs.
+"""The field types of manifests: names, labels, quantities, paths, package names, URIs,
+and `Strict`, the base of every manifest model.
 
-`values.model` builds the manifest kinds from these. Each type that reaches something
-which interprets it (Ansible, libvirt, Docker labels) is held to a syntax here, with
-a message that says which rule a value broke; `manifests.loader` puts the file, line
-and field in front of it.
+`values.model` (and `values.gpu`, for `gpu:`) builds the manifest kinds from these.
+Each type that reaches something which interprets it (Ansible, libvirt, Docker labels)
+is held to a syntax here, with a message that says which rule a value broke;
+`manifests.loader` puts the file, line and field in front of it.
 """
 
 from __future__ import annotations
@@ -12,12 +13,22 @@ import re
 import urllib.parse
 from typing import Annotated
 
-from pydantic import AfterValidator, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
 
 from somnus_reconciler.values import quantity
 from somnus_reconciler.values.quantity import format_bytes
 
 DNS1123_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+
+
+class Strict(BaseModel):
+    """Base of every manifest model: camelCase aliases, frozen, no unknown fields."""
+
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, alias_generator=to_camel, populate_by_name=True, defer_build=True
+    )
+
 
 Name = Annotated[str, Field(pattern=DNS1123_LABEL, min_length=1, max_length=63)]
 

@@ -24,7 +24,6 @@ os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
 
 from pydantic import (
     AfterValidator,
-    BaseModel,
     ConfigDict,
     Discriminator,
     Field,
@@ -34,7 +33,6 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic.alias_generators import to_camel
 
 from somnus_reconciler.values.fields import (
     AbsolutePath,
@@ -48,17 +46,14 @@ from somnus_reconciler.values.fields import (
     PackageName,
     Quantity,
     SecretKey,
+    Strict,
     label_key_problem,
 )
+from somnus_reconciler.values.gpu import UNION_TAGS as GPU_UNION_TAGS
+from somnus_reconciler.values.gpu import ContainerGpu, VmGpu
 from somnus_reconciler.values.quantity import format_bytes, parse_duration
 
 API_VERSION = "somnus/v1"
-class Strict(BaseModel):
-    """Base of every manifest model: camelCase aliases, frozen, no unknown fields."""
-
-    model_config = ConfigDict(
-        extra="forbid", frozen=True, alias_generator=to_camel, populate_by_name=True, defer_build=True
-    )
 
 
 class Metadata(Strict):
@@ -86,7 +81,7 @@ class Resources(Strict):
     memory: Quantity
     max_vcpus: PositiveInt | None = None
     max_memory: Quantity | None = None
-    gpu: bool = False
+    gpu: VmGpu = False
 
     @model_validator(mode="after")
     def _headroom_covers_current(self) -> Resources:
@@ -193,6 +188,7 @@ class VirtualMachineSpec(Strict):
 class ContainerResources(Strict):
     cpus: Annotated[float, Field(gt=0)] = 1.0
     memory: Quantity = 2**30
+    gpu: ContainerGpu = False
 
 
 class VolumeMount(Strict):
@@ -239,7 +235,7 @@ SecretFiles = Annotated[list[SecretFile], AfterValidator(_distinct_file_paths),
 # An env value is text or a reference to a Secret, told apart by its YAML type, so that a
 # wrong one gets the error of its own kind only. The tags hold "=", which no variable
 # name does: `manifests.loader` leaves them out of the field paths it shows.
-UNION_TAGS = ("=text", "=secretRef")
+UNION_TAGS = ("=text", "=secretRef", *GPU_UNION_TAGS)
 EnvValue = Annotated[
     Union[Annotated[str, Tag("=text")], Annotated[FromSecret, Tag("=secretRef")]],
     Discriminator(lambda value: "=secretRef" if isinstance(value, (dict, FromSecret)) else "=text"),
