@@ -2,9 +2,10 @@
 
     .venv/bin/python scripts/dashboard_screenshots.py
 
-Declares two containers and a tiny-linux VM (stopped), applies them, gives one
-container a pending change, serves the manifests on a free loopback port and
-photographs the overview and one object page in Debian's chromium into
+Declares two containers and a debian-12 VM, applies them, gives one container a
+pending change, serves the manifests on a free loopback port and photographs the
+overview and the VM's page (once its agent's charts have a few minutes of samples)
+in Debian's chromium into
 docs/dashboard-overview.png and docs/dashboard-object.png. Everything it makes is
 named `shots-*` and removed at the end.
 """
@@ -37,8 +38,8 @@ def documents(memory: str) -> list[dict[str, object]]:
                        "resources": {"cpus": 0.5, "memory": mem}}}
              for name, mem in (("notebook", memory), ("agent-runner", "64Mi"))]
     vm = {"apiVersion": "somnus/v1", "kind": "VirtualMachine", "metadata": {"name": "shots-vm"},
-          "spec": {"resources": {"vcpus": 1, "memory": "256Mi", "maxVcpus": 2, "maxMemory": "512Mi"},
-                   "image": "tiny-linux", "diskSize": "1Gi", "running": False}}
+          "spec": {"resources": {"vcpus": 1, "memory": "1Gi", "maxVcpus": 2, "maxMemory": "2Gi"},
+                   "image": "debian-12", "diskSize": "6Gi"}}
     return [pool, *boxes, vm]
 
 
@@ -53,7 +54,8 @@ def main() -> None:
     subprocess.run([*somnus, "apply", str(manifests), "-y"], env=env, check=True, capture_output=True)
     path.write_text(yaml.safe_dump_all(documents("256Mi"), sort_keys=False))  # a pending change to show
     port = free_port()
-    server = subprocess.Popen([*somnus, "serve", str(manifests), "--listen", f"127.0.0.1:{port}"],
+    server = subprocess.Popen([*somnus, "serve", str(manifests), "--listen", f"127.0.0.1:{port}",
+                               "--sample-every", "3s"],
                               env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         assert server.stdout is not None
@@ -67,6 +69,9 @@ def main() -> None:
             page.screenshot(path=str(DOCS / "dashboard-overview.png"), full_page=True)
             page.get_by_role("link", name="vm/shots-vm").click()
             expect(page.locator("h1")).to_have_text("vm/shots-vm")
+            chart = page.locator('[data-chart="cpu"]')
+            while not chart.count() or int(chart.get_attribute("data-count") or 0) < 60:  # three minutes
+                page.wait_for_timeout(1000)
             page.set_viewport_size({"width": 1000, "height": 700})
             page.screenshot(path=str(DOCS / "dashboard-object.png"), full_page=True)
             browser.close()

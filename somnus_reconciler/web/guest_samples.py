@@ -3,7 +3,8 @@
 A thread asks the agent of every running VM that carries one (`agent_health.probe`,
 all at once; the VMs are those of the latest overview) every `interval_s` for its
 CPU, memory, disk and load, and keeps one hour of answers per VM. The object page
-draws them (`charts`); each round is published as a `samples` event, so that an
+draws them (`charts`); the answers also give the overview its agent conditions
+(`Dashboard.note_agents`); each round is published as a `samples` event, so that an
 open page redraws. A VM whose agent does not answer gets no sample that round: a
 gap, never a made-up zero.
 """
@@ -18,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from somnus_reconciler.passes import agent_health, status
-from somnus_reconciler.passes.agent_health import AgentStats
+from somnus_reconciler.passes.agent_health import AgentHealth, AgentStats
 from somnus_reconciler.web.live import Dashboard
 
 WINDOW_S = 3600.0
@@ -72,17 +73,19 @@ class GuestSamples:
     def sample_once(self) -> int:
         """Ask every agent once; how many answered."""
         vms = [vm for vm in self._dashboard.overview.vms if vm.running and status.carries_agent(vm)]
-        if not vms:
-            return 0
-        state_dir = self._dashboard.settings.state_dir
-        with ThreadPoolExecutor(max_workers=min(16, len(vms))) as pool:
-            answers = list(pool.map(lambda vm: agent_health.probe(vm, state_dir), vms))
+        answers: dict[str, AgentHealth] = {}
+        if vms:
+            state_dir = self._dashboard.settings.state_dir
+            with ThreadPoolExecutor(max_workers=min(16, len(vms))) as pool:
+                healths = pool.map(lambda vm: agent_health.probe(vm, state_dir), vms)
+                answers = {vm.name: health for vm, health in zip(vms, healths) if health is not None}
         at = self._clock()
         answered = 0
-        for vm, health in zip(vms, answers):
-            if health is not None and health.connected and health.report is not None:
-                self.record(vm.name, Sample.of(at, health.report.stats))
+        for name, health in answers.items():
+            if health.connected and health.report is not None:
+                self.record(name, Sample.of(at, health.report.stats))
                 answered += 1
+        self._dashboard.note_agents(answers)
         self._dashboard.publish("samples", str(answered))
         return answered
 
@@ -96,6 +99,10 @@ class GuestSamples:
             self._thread.join(timeout=10)
 
     def _run(self) -> None:
+        while not self._dashboard.computed.wait(0.2):  # the VMs to ask are the overview's
+            if self._stop.is_set():
+                return
+        self.sample_once()
         while not self._stop.wait(self.interval_s):
             self.sample_once()
 

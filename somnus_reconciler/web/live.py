@@ -6,18 +6,20 @@ resync interval (out-of-band changes: a VM stopped by hand). Each new overview h
 higher `version`; every page's event stream (`subscribe`) is handed ("overview",
 that number), and the page fetches its rows again; an apply started from the page
 publishes its steps the same way (`publish`). The backends stay open between
-computations.
+computations. The agents' latest answers (`note_agents`, from `guest_samples`) go into
+each computation; a VM whose agent connected or went away is recomputed at once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import watchfiles
 
+from somnus_reconciler.passes.agent_health import AgentHealth
 from somnus_reconciler.providers import backends as backends_mod
 from somnus_reconciler.providers.protocols import ProviderError
 from somnus_reconciler.settings import Settings
@@ -41,17 +43,28 @@ class Dashboard:
         self._listeners: list[tuple[asyncio.AbstractEventLoop, asyncio.Queue[Published]]] = []
         self.version = 0
         self.overview = overview_mod.Overview((), ("starting",), 0.0)
+        self._agents: dict[str, AgentHealth] = {}
+        self.computed = threading.Event()  # set once the first overview is there
 
     def refresh(self) -> None:
         """Compute the overview now and tell every listener."""
         try:
-            latest = overview_mod.compute(self.paths, self._backends)
+            latest = overview_mod.compute(self.paths, self._backends, dict(self._agents))
         except ProviderError as e:
             latest = overview_mod.Overview((), (str(e),), self.overview.at)
         with self._lock:
             self.overview, self.version = latest, self.version + 1
             version = self.version
+        self.computed.set()
         self.publish("overview", str(version))
+
+    def note_agents(self, answers: Mapping[str, AgentHealth]) -> None:
+        """The agents' latest answers, by VM name; the overview is recomputed when one of
+        them connected or went away since the last ones."""
+        before = {name: health.connected for name, health in self._agents.items()}
+        self._agents = dict(answers)
+        if {name: health.connected for name, health in answers.items()} != before:
+            self.refresh()
 
     def publish(self, event: str, data: str) -> None:
         """Hand (event, data) to every page's stream; `data` is one line (JSON or a number)."""

@@ -3,19 +3,21 @@ actual, its conditions, its pending change (the words of `diff`) and its last st
 
 `compute` loads the manifests, observes through backends kept open by the caller
 (`live.Dashboard`), plans as `diff` would (no prune) and reads each object's last
-event from the journal. A manifest that does not load, or a daemon that cannot be
+event from the journal. A VM's agent conditions come from the agents' latest answers
+to `guest_samples` (none yet: "the agent was not asked"), never from a request here. A manifest that does not load, or a daemon that cannot be
 reached, becomes a line of `problems`, never an error page.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from somnus_reconciler.journal import Event, Journal
 from somnus_reconciler.passes import prepare, status
+from somnus_reconciler.passes.agent_health import AgentHealth
 from somnus_reconciler.planning import plan as plan_mod
 from somnus_reconciler.planning.plan import Action
 from somnus_reconciler.planning.plan_text import describe_change, disruption_note
@@ -72,8 +74,9 @@ class Overview:
     vms: tuple[ActualVm, ...] = ()  # every VM observed, for `guest_samples` to ask their agents
 
 
-def compute(paths: Sequence[Path], backends: Backends) -> Overview:
-    """The overview now; `backends` must be opened for the manifests' Pool."""
+def compute(paths: Sequence[Path], backends: Backends, agents: Mapping[str, AgentHealth] | None = None) -> Overview:
+    """The overview now; `backends` must be opened for the manifests' Pool; `agents`: the
+    latest answer of each VM's agent, by VM name."""
     try:
         desired = prepare.load_desired(paths, state_dir=str(backends.settings.state_dir))
     except InvalidInput as e:
@@ -90,7 +93,7 @@ def compute(paths: Sequence[Path], backends: Backends) -> Overview:
                               change.kind == "vm" and change.action is Action.REPLACE))
     with Journal(backends.settings.journal_path) as journal:
         rows = [_row(kind, name, desired, want, have, pending.get(f"{kind}/{name}", []),
-                     _last(journal, f"{kind}/{name}"))
+                     _last(journal, f"{kind}/{name}"), (agents or {}).get(name) if kind == "vm" else None)
                 for kind, name, want, have in _objects(desired, actual, plan.leftovers)]
     return Overview(tuple(rows), tuple(unreachable.values()), time.time(), tuple(lines),
                     tuple(vm for _, vm in sorted(actual.vms.items())))
@@ -112,10 +115,11 @@ def _objects(desired: DesiredState, actual: ActualState, leftovers: Sequence[str
 
 
 def _row(kind: str, name: str, desired: DesiredState, want: DesiredVm | DesiredContainer | None,
-         have: ActualVm | ActualContainer | None, pending: list[str], last: Event | None) -> Row:
+         have: ActualVm | ActualContainer | None, pending: list[str], last: Event | None,
+         agent: AgentHealth | None) -> Row:
     conditions: tuple[Condition, ...] = ()
     if isinstance(have, ActualVm):
-        conditions = status.vm_status(have, last).conditions
+        conditions = status.vm_status(have, last, agent).conditions
         actual, state = f"{have.power.value}, {have.vcpus} vcpu, {format_bytes(have.memory)}", have.power.value
     elif isinstance(have, ActualContainer):
         conditions = status.container_status(have, last).conditions

@@ -215,9 +215,13 @@ def test_somnus_serve_charts_the_agents_figures_over_time_on_the_object_page(ws:
         assert page.locator('[data-chart="memory"] .latest').inner_text().endswith("%)")
         assert serious_violations(page, path) == []
         browser.close()
-        status, text = served.get(f"/api/objects/vm/{ws.name('vm')}/samples",
-                                  cookie=session_cookie(served.login))
+        cookie = session_cookie(served.login)
+        status, text = served.get(f"/api/objects/vm/{ws.name('vm')}/samples", cookie=cookie)
+        _, listed = served.get("/api/overview", cookie=cookie)
     assert status == 200
+    # The agent conditions of the overview come from those answers, not from a request of their own.
+    row = next(item for item in json.loads(listed)["items"] if item["name"] == ws.name("vm"))
+    assert {c["type"]: c["status"] for c in row["conditions"]}["AgentConnected"] is True, row
     samples = json.loads(text)["samples"]
     stats = client.stats_basic()
     assert {s["memory_total"] for s in samples} == {stats["memory"]["total"]}
