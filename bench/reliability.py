@@ -44,7 +44,7 @@ def fuzz_row(count: int, seed: int) -> Row:
     report = run_fuzz(count, seed)
     lost = report["crashes"] + report["hangs"] + report["invalid_without_place"]
     detail = (f"{report['valid']} valid, {report['invalid_with_diagnostics']} refused at FILE:LINE; "
-              f"slowest {report['max_seconds'] * 1000:.0f} ms, all in {report['total_seconds']:.0f} s")
+              f"slowest {report['max_seconds'] * 1000:.0f} ms of CPU, all in {report['total_seconds']:.0f} s of CPU")
     for failure in report["failures"]:
         print(f"  fuzz failure: {failure}", file=sys.stderr)
     return ("fuzzed manifests", str(report["generated"]), detail, lost)
