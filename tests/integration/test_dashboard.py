@@ -204,6 +204,8 @@ def test_a_restore_from_the_object_page_brings_back_what_the_user_wrote_and_keep
         page.on("dialog", lambda dialog: dialog.accept())  # the button asks first
         page.goto(served.login)
         page.goto(f"{served.base}/objects/container/{box}")
+        expect(page.locator("#declared")).to_contain_text(f"name: {box}")  # its document, as written
+        expect(page.locator("#declared")).not_to_contain_text("kind: Pool")  # and no other
         backup = page.locator("#backups tr[data-backup]")
         expect(backup).to_have_count(1)
         expect(backup.locator("td").first).not_to_be_empty()
