@@ -59,9 +59,10 @@ class GuestSamples:
         self._thread: threading.Thread | None = None
 
     def series(self, vm: str) -> tuple[Sample, ...]:
-        """The VM's samples of the last `window_s`, oldest first."""
+        """The VM's samples of the last `window_s`, oldest first (none for a VM asked no more)."""
+        since = self._clock() - self._window_s
         with self._lock:
-            return tuple(self._series.get(vm, ()))
+            return tuple(s for s in self._series.get(vm, ()) if s.at >= since)
 
     def record(self, vm: str, sample: Sample) -> None:
         with self._lock:

@@ -13,10 +13,13 @@ def sample(at: float, cpu: float = 50.0, load: float = 0.5) -> Sample:
 
 
 def test_only_the_last_hour_is_kept() -> None:
-    kept = GuestSamples(dashboard=None, window_s=3600.0)  # type: ignore[arg-type]  # the thread is not started
+    now = [4700.0]
+    kept = GuestSamples(dashboard=None, window_s=3600.0, clock=lambda: now[0])  # type: ignore[arg-type]
     for at in (0.0, 1000.0, 3000.0, 3601.0, 4700.0):
         kept.record("dev", sample(at))
     assert [s.at for s in kept.series("dev")] == [3000.0, 3601.0, 4700.0]
+    now[0] = 8000.0  # the VM was asked no more: what it said more than an hour ago is not shown
+    assert [s.at for s in kept.series("dev")] == [4700.0]
     assert kept.series("other") == ()
 
 
