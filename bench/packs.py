@@ -1,13 +1,25 @@
-"""Pack steps: a no-op `somnus apply` on a converged VM with three packs, against
+"""Pack steps, in two parts.
+
+hermetic: a no-op `somnus apply` on a converged VM with three packs, against
 the same packs run as one plain `ansible-playbook` with nothing to change; and the
 cost of one snapshot and one rollback, for a VM and for a container.
-
-    python bench/packs.py [--repeat 3]
-
 The packs are hermetic (a local apt repository built here, see
 testkit/apt_repo.py): local-repo, hello (an apt package), marker (its
 own playbook). The VM is the debian-12 image under QEMU TCG, reached over SSH on
-127.0.0.1. Everything is named `bench-packs-*` and removed at the end.
+127.0.0.1.
+
+shipped: each pack of capability_packs/ alone in a container of its own
+(somnus/base:bookworm, network host: the Debian mirror and PyPI), one pack at a
+time: `somnus apply` from nothing (container, the pack's `requires`, the pack; each
+step snapshot-guarded), then a no-op `somnus apply`; side by side, the same pack.yml
+runs of the same packs as plain `ansible-playbook` (same Ansible settings) in a fresh
+container made by `docker run`, from nothing and again. somnus goes first, so a
+mirror's warm cache favours the plain run. research-browser gets the host-trust pack
+first (testkit/shipped_packs.py says why).
+
+    python bench/packs.py [--repeat 3] [--only hermetic|shipped] [--pack NAME ...]
+
+Everything is named `bench-packs-*` and removed at the end.
 """
 
 from __future__ import annotations
@@ -29,6 +41,8 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+import docker
+
 from somnus_reconciler.passes import prepare
 from somnus_reconciler.providers import (
     ansible_inputs,  # noqa: E402
@@ -36,7 +50,8 @@ from somnus_reconciler.providers import (
     guest_identity,  # noqa: E402
 )
 from somnus_reconciler.providers import backends as backends_mod
-from testkit import apt_repo  # noqa: E402
+from somnus_reconciler.values.desired import DesiredPack
+from testkit import apt_repo, shipped_packs  # noqa: E402
 from testkit.backups import remove_backups  # noqa: E402
 
 PREFIX = "bench-packs"
@@ -90,6 +105,21 @@ def timed(commands: list[list[str]], env: dict[str, str], repeat: int) -> float:
     return statistics.median(samples)
 
 
+def playbook_commands(packs: list[DesiredPack], inventory: ansible_inputs.Inventory,
+                      workdir: Path) -> list[list[str]]:
+    """One plain `ansible-playbook` of the generic pack.yml per pack (the pack as extra vars),
+    against the one host of `inventory`."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "inventory.json").write_text(json.dumps(inventory))
+    commands = []
+    for pack in packs:
+        variables = workdir / f"{pack.name}.json"
+        variables.write_text(json.dumps(ansible_inputs.extra_vars(pack, "debian", "install")))
+        commands.append([ansible_inputs.ansible_playbook(pack), "-i", str(workdir / "inventory.json"),
+                         "-e", f"@{variables}", str(ansible_inputs.PACK_PLAYBOOK)])
+    return commands
+
+
 def plain_playbook(tree: Path, key: guest_access.GuestKey, workdir: Path) -> list[list[str]]:
     """The same three packs with plain `ansible-playbook`, one run per pack (the generic
     playbook takes its pack as extra vars), against the same VM over the same SSH (run
@@ -100,20 +130,12 @@ def plain_playbook(tree: Path, key: guest_access.GuestKey, workdir: Path) -> lis
     backends.close()
     assert vm is not None and vm.mark is not None
     port = next(f.host_port for f in vm.mark.forwards if f.name == "ssh")
-    inventory = {"guest": {"hosts": {"vm": {
+    inventory: ansible_inputs.Inventory = {"guest": {"hosts": {"vm": {
         "ansible_host": "127.0.0.1", "ansible_port": port, "ansible_user": "root",
         "ansible_ssh_private_key_file": str(key.public_key),
         "ansible_ssh_common_args": shlex.join(guest_identity.ssh_options(key.identity)),
         "ansible_python_interpreter": "/usr/bin/python3"}}}}
-    (workdir / "inventory.json").write_text(json.dumps(inventory))
-    playbook = Path(sys.executable).parent / "ansible-playbook"
-    commands = []
-    for name in PACKS:
-        variables = workdir / f"{name}.json"
-        variables.write_text(json.dumps(ansible_inputs.extra_vars(desired.packs[name], "debian", "install")))
-        commands.append([str(playbook if playbook.exists() else "ansible-playbook"), "-i",
-                         str(workdir / "inventory.json"), "-e", f"@{variables}", str(ansible_inputs.PACK_PLAYBOOK)])
-    return commands
+    return playbook_commands([desired.packs[name] for name in PACKS], inventory, workdir)
 
 
 def snapshot_costs(state_dir: Path, tree: Path) -> dict[str, float]:
@@ -135,10 +157,8 @@ def snapshot_costs(state_dir: Path, tree: Path) -> dict[str, float]:
     return figures
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeat", type=int, default=3)
-    args = parser.parse_args()
+def hermetic(repeat: int) -> None:
+    """The VM and the container with the three hermetic packs: no-op, plain playbook, snapshots."""
     root = Path(tempfile.mkdtemp(prefix="somnus-bench-packs-"))
     state_dir = root / "state"
     env = dict(os.environ, SOMNUS_STATE_DIR=str(state_dir))
@@ -150,23 +170,109 @@ def main() -> None:
         converge_s = time.perf_counter() - start
         if converge.returncode != 0:
             raise SystemExit(f"converge failed:\n{converge.stdout}{converge.stderr}")
-        noop = timed([[*somnus, "apply", str(tree), "-y"]], env, args.repeat)
+        noop = timed([[*somnus, "apply", str(tree), "-y"]], env, repeat)
         key = guest_access.ensure_keypair(state_dir, f"{PREFIX}-vm")
         with guest_access.ssh_agent(key) as agent:
-            plain = timed(plain_playbook(tree, key, root), {**env, **agent.env}, args.repeat)
+            plain = timed(plain_playbook(tree, key, root), {**env, **agent.env}, repeat)
         costs = snapshot_costs(state_dir, tree)
     finally:
         cleanup = write_tree(root / "cleanup", with_guests=False)
         subprocess.run([*somnus, "apply", str(cleanup), "--prune", "-y"], capture_output=True, env=env)
         remove_backups(PREFIX)
 
-    print(f"pack steps, one VM (debian-12, TCG) + one container, packs {', '.join(PACKS)}; median of {args.repeat}\n")
+    print(f"pack steps, one VM (debian-12, TCG) + one container, packs {', '.join(PACKS)}; median of {repeat}\n")
     print(f"converge from nothing (VM boot + 3 packs on each guest): {converge_s:.1f} s")
     print(f"no-op `somnus apply` (both guests):                      {noop * 1000:.0f} ms")
     print(f"plain `ansible-playbook` of the same packs, VM only:     {plain * 1000:.0f} ms")
     print(f"ratio:                                                   {plain / noop:.1f}x\n")
     for what, seconds in costs.items():
         print(f"{what + ':':<20} {seconds * 1000:8.0f} ms")
+
+
+def shipped_tree(root: Path, pack: str) -> Path:
+    """The manifests that put `pack` (with host-trust where it needs it) in a container of its own."""
+    tree = root / pack
+    tree.mkdir(parents=True)
+    pool = {"apiVersion": "somnus/v1", "kind": "Pool", "metadata": {"name": f"{PREFIX}-shipped"},
+            "spec": {"domainType": "qemu", "reserved": {"vcpus": 0, "memory": "1Gi"}}}
+    docs = [pool, shipped_packs.host_trust_pack(tree),
+            shipped_packs.container_doc(f"{PREFIX}-{pack}", shipped_packs.guest_packs(pack))]
+    (tree / "ws.yaml").write_text(yaml.safe_dump_all(docs, sort_keys=False))
+    return tree
+
+
+def plain_run(pack: str, tree: Path, workdir: Path, repeat: int) -> tuple[float, float]:
+    """The same packs as plain `ansible-playbook` runs in a fresh container: (from nothing, median again)."""
+    desired = prepare.load_desired([shipped_packs.CAPABILITY_PACKS, tree])
+    container = f"{PREFIX}-plain-{pack}"
+    packs = [desired.packs[name] for name in desired.containers[f"{PREFIX}-{pack}"].packs]
+    commands = playbook_commands(packs, ansible_inputs.inventory(ansible_inputs.DockerTarget(container), "debian",
+                                                                 packs[0]), workdir)
+    env = {**os.environ, **ansible_inputs.ansible_env(workdir)}
+    start = time.perf_counter()
+    subprocess.run(["docker", "run", "-d", "--name", container, "--network", "host", "--cpus", "1",
+                    "--memory", "1536m", shipped_packs.IMAGE, "sleep", "infinity"], check=True, capture_output=True)
+    timed(commands, env, 1)
+    return time.perf_counter() - start, timed(commands, env, repeat)
+
+
+def remove_bench_containers() -> None:
+    """Every container named `bench-packs-*` and its committed snapshots."""
+    client = docker.from_env()
+    try:
+        for container in client.containers.list(all=True, filters={"name": PREFIX}):
+            container.remove(force=True)
+        for image in client.images.list(name="somnus-snapshots/*"):
+            for tag in image.tags:
+                if tag.split("/", 1)[1].startswith(PREFIX):
+                    client.images.remove(tag, force=True)
+    finally:
+        client.close()
+
+
+def shipped(repeat: int, packs: list[str]) -> None:
+    """Each shipped pack alone: somnus converge and no-op, against plain ansible-playbook.
+    A row is printed as soon as its pack is done."""
+    root = Path(tempfile.mkdtemp(prefix="somnus-bench-shipped-"))
+    env = dict(os.environ, SOMNUS_STATE_DIR=str(root / "state"))
+    somnus = [sys.executable, "-m", "somnus_reconciler"]
+    print(f"shipped packs, each alone in a container (somnus/base:bookworm, network host); no-op: median of {repeat}\n")
+    print(f"{'pack':<18} {'somnus converge':>16} {'no-op':>9} {'plain converge':>15} {'no-op':>9} {'no-op ratio':>12}",
+          flush=True)
+    breakdown = []
+    try:
+        for pack in packs:
+            tree = shipped_tree(root / "manifests", pack)
+            apply = [*somnus, "apply", str(shipped_packs.CAPABILITY_PACKS), str(tree), "-y"]
+            began, start = time.time(), time.perf_counter()
+            timed([apply], env, 1)
+            converge = time.perf_counter() - start
+            noop = timed([apply], env, repeat)
+            breakdown.append(shipped_packs.converge_line(pack, shipped_packs.steps_since(
+                root / "state", f"container/{PREFIX}-{pack}", began)))
+            plain_converge, plain_noop = plain_run(pack, tree, root / "plain" / pack, repeat)
+            print(f"{pack:<18} {converge:14.1f} s {noop * 1000:6.0f} ms {plain_converge:13.1f} s "
+                  f"{plain_noop * 1000:6.0f} ms {plain_noop / noop:11.1f}x", flush=True)
+    finally:
+        remove_bench_containers()
+    print("\nsomnus converge, step by step (from the journal):")
+    for line in breakdown:
+        print(f"  {line}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--only", choices=["hermetic", "shipped"], help="run one part (default: both)")
+    parser.add_argument("--pack", action="append", choices=shipped_packs.SHIPPED, dest="packs",
+                        help="shipped: only this pack (again for more; default: all five)")
+    args = parser.parse_args()
+    if args.only in (None, "hermetic"):
+        hermetic(args.repeat)
+    if args.only is None:
+        print()
+    if args.only in (None, "shipped"):
+        shipped(args.repeat, args.packs or list(shipped_packs.SHIPPED))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""`somnus describe KIND/NAME`: one object's fields, conditions, agent and recent events, as text.
+"""`somnus describe KIND/NAME`: one object's fields, conditions, agent, packs and recent events, as text.
 
 The field labels are the JSON keys of `get -o json` (docs/output.md), so the
 two read alike. Describe has no JSON output: `get KIND NAME -o json` is that.
@@ -11,8 +11,9 @@ import datetime
 from somnus_reconciler.cli import views
 from somnus_reconciler.journal import Event
 from somnus_reconciler.passes.agent_health import AgentHealth
-from somnus_reconciler.passes.status import Description, ObjectStatus, VmStatus
+from somnus_reconciler.passes.status import AppliedPack, Description, ObjectStatus, VmStatus
 from somnus_reconciler.values.conditions import Condition
+from somnus_reconciler.values.outcome import Outcome
 from somnus_reconciler.values.quantity import format_bytes, format_bytes_rounded
 
 _RECENT_ERRORS_SHOWN = 5
@@ -30,6 +31,10 @@ class DescribeHuman(views.View):
         if isinstance(status, VmStatus) and status.agent is not None:
             for line in agent_lines(status.agent):
                 self.echo(line)
+        if description.packs:
+            self.echo("packs:")
+            for pack in description.packs:
+                self.echo(pack_line(pack))
         self.echo("events:")
         for event in description.events:
             self.echo(event_line(event))
@@ -99,6 +104,18 @@ def agent_lines(agent: AgentHealth) -> list[str]:
     for error in (report.recent_errors or ())[-_RECENT_ERRORS_SHOWN:]:
         lines.append(f"  error     [{error.category or 'unclassified'}] {error.file}:{error.line}: {error.text[:160]}")
     return lines
+
+
+def pack_line(pack: AppliedPack) -> str:
+    """`  research-browser     verified 2026-12-01 02:31:32  fingerprint 1a2b3c4d5e6f`: verified
+    when its last install step (which ran its verify commands) succeeded."""
+    step = pack.last_install
+    if step is None:
+        state = "applied; no install step in the journal"
+    else:
+        at = datetime.datetime.fromtimestamp(step.at).strftime("%Y-%m-%d %H:%M:%S")
+        state = f"verified {at}" if step.outcome == Outcome.OK else f"last install {step.outcome} {at}"
+    return f"  {pack.name:<20} {state}  fingerprint {pack.fingerprint[:12]}"
 
 
 def event_line(event: Event) -> str:

@@ -20,6 +20,7 @@ from somnus_reconciler.journal import Event, Journal
 from somnus_reconciler.passes import agent_health
 from somnus_reconciler.passes.agent_health import AgentHealth
 from somnus_reconciler.passes.backup_schedule import BackupStatus, backup_status
+from somnus_reconciler.planning.plan import Action
 from somnus_reconciler.values.actual import ActualContainer, ActualVm, PowerState
 from somnus_reconciler.values.conditions import Condition, memory_at_target
 from somnus_reconciler.values.errors import PermanentError
@@ -59,6 +60,7 @@ class VmStatus:
     conditions: tuple[Condition, ...]
     revision: str | None = None  # the git revision it was last converged from (gitops)
     backup: BackupStatus | None = None  # None: no backup policy and no backup
+    packs: tuple[tuple[str, str], ...] = ()  # (pack, fingerprint) applied, from the mark
 
 
 @dataclass(frozen=True)
@@ -71,9 +73,20 @@ class ContainerStatus:
     container_id: str  # the short, 12-character form
     conditions: tuple[Condition, ...]
     revision: str | None = None
+    packs: tuple[tuple[str, str], ...] = ()  # (pack, fingerprint) applied, from the journal
 
 
 ObjectStatus = VmStatus | ContainerStatus
+
+
+@dataclass(frozen=True)
+class AppliedPack:
+    """A pack applied on a guest, with its last install step from the journal: that
+    step ran the pack's verify commands, so an `ok` one means they passed then."""
+
+    name: str
+    fingerprint: str
+    last_install: Event | None  # None: the journal holds no install step for it
 
 
 @dataclass(frozen=True)
@@ -82,6 +95,7 @@ class Description:
 
     status: ObjectStatus
     events: tuple[Event, ...]  # oldest first; none when there is no journal yet
+    packs: tuple[AppliedPack, ...] = ()  # in the order they were applied
 
 
 class ObjectNotFound(PermanentError):
@@ -157,7 +171,7 @@ def vm_status(vm: ActualVm, last: Event | None, agent: AgentHealth | None = None
             *(_guest_conditions(vm, agent, soft_reboot) if vm.managed else []),
             *_last_step(last),
         ),
-        revision=revision, backup=backup,
+        revision=revision, backup=backup, packs=mark.packs if mark else (),
     )
 
 
@@ -174,7 +188,7 @@ def container_status(c: ActualContainer, last: Event | None, revision: str | Non
             Condition("Managed", c.managed, "" if c.managed else "no io.somnus labels"),
             *_last_step(last),
         ),
-        revision=revision,
+        revision=revision, packs=c.packs,
     )
 
 
@@ -212,7 +226,9 @@ def gather(backends: Backends, *, kind: str | None, name: str | None,
                 backup = backup_status(vm, settings.backups_dir) if vm.managed else None
                 result.append(vm_status(vm, step, agent, soft_reboot, revision(f"vm/{vm.name}"), backup))
         if kind in (None, "container"):
-            for c in sorted(backends.containers.observe().values(), key=lambda c: c.name):
+            from somnus_reconciler.providers.backends import observe_containers
+
+            for c in sorted(observe_containers(backends).values(), key=lambda c: c.name):
                 if (name is None or c.name == name) and (c.managed or include_unmanaged or name):
                     result.append(container_status(c, last(f"container/{c.name}")[0], revision(f"container/{c.name}")))
     return result
@@ -243,7 +259,8 @@ def _categorized(agent: AgentHealth, journal_path: Path) -> AgentHealth:
 
 
 def describe(kind: str, name: str, *, state_dir: str | None) -> Description:
-    """`somnus describe`: the status with the agent's error lines categorized, and the last 10 events."""
+    """`somnus describe`: the status with the agent's error lines categorized, the applied packs
+    with their last install step, and the last 10 events."""
     from somnus_reconciler.providers import backends as backends_mod
 
     backends = backends_mod.open_backends(None, state_dir=state_dir)
@@ -257,7 +274,16 @@ def describe(kind: str, name: str, *, state_dir: str | None) -> Description:
     if isinstance(status, VmStatus) and status.agent is not None:
         status = replace(status, agent=_categorized(status.agent, journal_path))
     events: tuple[Event, ...] = ()
+    packs = tuple(AppliedPack(pack, fingerprint, None) for pack, fingerprint in status.packs)
     if journal_path.exists():  # none yet: no events, and none is made by reading
         with Journal(journal_path) as journal:
             events = tuple(reversed(journal.recent(f"{kind}/{name}", limit=10)))
-    return Description(status, events)
+            packs = tuple(replace(pack, last_install=_last_install(journal, f"{kind}/{name}", pack.name))
+                          for pack in packs)
+    return Description(status, events, packs)
+
+
+def _last_install(journal: Journal, address: str, pack: str) -> Event | None:
+    """The last install step of `pack` on `address`: the step that ran its verify commands."""
+    steps = journal.recent(address, limit=1, action=f"{Action.PACK_INSTALL.value} {pack}")
+    return steps[0] if steps else None

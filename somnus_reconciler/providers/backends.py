@@ -83,12 +83,14 @@ def observe_reachable(backends: Backends, *, retry_delays_s: Sequence[float] = U
     # calls release the GIL) while Docker's is read (and, on first use, imported) here.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="observe-libvirt") as pool:
         vms_future = pool.submit(attempt, "vm", backends.vms.observe)
-        containers = attempt("container", lambda: _observe_containers(backends))
+        containers = attempt("container", lambda: observe_containers(backends))
         vms = vms_future.result()
     return ActualState(vms=vms, containers=containers), unreachable
 
 
-def _observe_containers(backends: Backends) -> dict[str, ActualContainer]:
+def observe_containers(backends: Backends) -> dict[str, ActualContainer]:
+    """The containers, each with the packs and secret files the journal records as applied
+    to it (to that container ID: a recreated container starts with none)."""
     containers = backends.containers.observe()
     journal_path = backends.settings.journal_path
     if journal_path.exists() and containers:

@@ -24,6 +24,11 @@ if TYPE_CHECKING:
 
 LABEL_SNAPSHOT_OF = "io.somnus.snapshot-of"
 SNAPSHOT_REPOSITORY = "somnus-snapshots"
+# dockerd answers a commit only once the container's changes are written as a layer:
+# minutes for a guest with a few GB of packages (Debian's torch), against the client's
+# 60 s for every other call. A timed-out commit still finishes in dockerd, and its
+# retry would only add a second copy of the load.
+COMMIT_TIMEOUT_S = 900
 
 
 def snapshot_image(name: str, snapshot: str) -> str:
@@ -40,11 +45,16 @@ def commit(api: docker.APIClient, container_id: str, name: str, snapshot: str, d
     stays paused and every later call on it times out. Taken before a pack step, the
     snapshot holds what the container's own processes had written by then.
     """
-    with mapped(f"container/{name}", f"snapshot {snapshot}"):
-        result = api.commit(
-            container_id, repository=f"{SNAPSHOT_REPOSITORY}/{name}", tag=snapshot,
-            message=description, changes=[f"LABEL {LABEL_SNAPSHOT_OF}={name}"], pause=False,
-        )
+    timeout = api.timeout  # the client is this thread's own (DockerProvider._api)
+    api.timeout = max(timeout, COMMIT_TIMEOUT_S)
+    try:
+        with mapped(f"container/{name}", f"snapshot {snapshot}"):
+            result = api.commit(
+                container_id, repository=f"{SNAPSHOT_REPOSITORY}/{name}", tag=snapshot,
+                message=description, changes=[f"LABEL {LABEL_SNAPSHOT_OF}={name}"], pause=False,
+            )
+    finally:
+        api.timeout = timeout
     return str(result["Id"])
 
 

@@ -132,11 +132,12 @@ class Workspace:
         path.write_text(yaml.safe_dump_all([pool, *documents], sort_keys=False))
         return path
 
-    def somnus(self, *args: str, check_exit: int | None = None) -> subprocess.CompletedProcess[str]:
+    def somnus(self, *args: str, check_exit: int | None = None,
+               timeout_s: float = 600) -> subprocess.CompletedProcess[str]:
         env = dict(os.environ, SOMNUS_STATE_DIR=str(self.state_dir), SOMNUS_SHUTDOWN_TIMEOUT="15")
         result = subprocess.run(
             [sys.executable, "-m", "somnus_reconciler", *args],
-            capture_output=True, text=True, env=env, timeout=600,
+            capture_output=True, text=True, env=env, timeout=timeout_s,
         )
         # For the session's secret scan: what was printed, and the keys while they exist.
         secret_scan.SESSION.record_output(f"stdout of somnus {' '.join(args)}", result.stdout)
@@ -203,10 +204,13 @@ def remove_objects(ws: Workspace) -> None:
     for container in docker_client.containers.list(all=True, sparse=True):
         if container.attrs["Names"][0].lstrip("/").startswith(ws.prefix):
             container.remove(force=True)
-    for image in docker_client.images.list(name="somnus-snapshots/*"):
-        for tag in image.tags:
+    # The low-level listing: the SDK's images.list inspects each image, and one that another
+    # run removes in between would fail the teardown.
+    for image in docker_client.api.images(name="somnus-snapshots/*"):
+        for tag in image.get("RepoTags") or []:
             if tag.split("/", 1)[1].startswith(ws.prefix):
-                docker_client.images.remove(tag, force=True)
+                with contextlib.suppress(docker.errors.NotFound):
+                    docker_client.images.remove(tag, force=True)
     for volume in docker_client.volumes.list(filters={"label": "io.somnus.managed"}):
         if volume.name.startswith(f"somnus-{ws.prefix}"):
             volume.remove(force=True)

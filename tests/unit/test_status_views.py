@@ -25,7 +25,7 @@ from somnus_reconciler.passes.agent_health import (
     LoadAverage,
     MemoryUsage,
 )
-from somnus_reconciler.passes.status import ContainerStatus, Description, Forward, VmStatus
+from somnus_reconciler.passes.status import AppliedPack, ContainerStatus, Description, Forward, VmStatus
 from somnus_reconciler.values.actual import PowerState
 from somnus_reconciler.values.conditions import Condition
 
@@ -193,6 +193,26 @@ def test_describe_a_container_and_an_unowned_stopped_vm() -> None:
         "conditions:\n"
         "  Running              False  shutoff\n"
         "  Managed              False  no somnus ownership mark\n"
+        "events:\n"
+    )
+
+
+def test_describe_lists_the_applied_packs_verified_by_their_last_install_step() -> None:
+    at = datetime.datetime(2026, 12, 1, 2, 31, 32).timestamp()
+    installed = Event(3, at, "container/quickstart-box", "pack install web-development", "ok", "done")
+    rolled_back = Event(4, at + 60, "container/quickstart-box", "pack install data-analysis", "rolled back",
+                        "task 'Apt: install packages' failed")
+    packs = (AppliedPack("base-tools", "0123456789abcdef", None),
+             AppliedPack("web-development", "fedcba9876543210", installed),
+             AppliedPack("data-analysis", "a" * 64, rolled_back))
+    out = io.StringIO()
+    describe_view.DescribeHuman(out).describe(Description(BOX, (), packs))
+    assert out.getvalue().endswith(
+        "  Managed              True\n"
+        "packs:\n"
+        "  base-tools           applied; no install step in the journal  fingerprint 0123456789ab\n"
+        "  web-development      verified 2026-12-01 02:31:32  fingerprint fedcba987654\n"
+        "  data-analysis        last install rolled back 2026-12-01 02:32:32  fingerprint aaaaaaaaaaaa\n"
         "events:\n"
     )
 
