@@ -61,30 +61,42 @@ def example_directory(root: Path) -> Path:
 
 def check_file(directory: Path, data: bytes) -> Outcome:
     """Write `data` as a manifest in `directory` (see example_directory), load it as
-    `somnus validate` does and say how that ended."""
+    `somnus validate` does and say how that ended.
+
+    The bound is on CPU time, not the clock: a machine busy with other work makes an
+    example wait, not work longer. An example over the bound is loaded once more and
+    the lower figure counts: a cost paid once in the process (a lazy import, a
+    collection of the test runner's whole heap) is not the loader's, while a real
+    hang or blow-up is over the bound both times. It still meets the wall-clock alarm.
+    """
     path = directory / "example.yaml"
     path.write_bytes(data)
-    # The bound is on this thread's CPU time, not the clock: a machine busy with other work
-    # makes an example wait, not work longer. A real hang still meets the wall-clock alarm.
+    outcome = _load_once(path, data)
+    if outcome.kind in ("valid", "invalid") and outcome.seconds >= TIME_BOUND_SECONDS:
+        again = _load_once(path, data)
+        if again.kind == outcome.kind and again.seconds < outcome.seconds:
+            outcome = again
+    if outcome.kind in ("valid", "invalid") and outcome.seconds >= TIME_BOUND_SECONDS:
+        return Outcome("hang", outcome.seconds, f"took {outcome.seconds:.2f} s of CPU (twice)")
+    return outcome
+
+
+def _load_once(path: Path, data: bytes) -> Outcome:
     start = time.thread_time()
     with _Alarm(STOP_SECONDS):
         try:
             prepare.load_desired([path])  # loader.load, then references.resolve and more
         except InvalidInput as e:
-            outcome = _judge(path, data, e.diagnostics, time.thread_time() - start)
+            return _judge(path, data, e.diagnostics, time.thread_time() - start)
         except _Stopped:
-            outcome = Outcome("hang", time.thread_time() - start, f"stopped after {STOP_SECONDS:g} s")
+            return Outcome("hang", time.thread_time() - start, f"stopped after {STOP_SECONDS:g} s")
         except BaseException as e:  # what the loader must never let out (RecursionError too)
             if isinstance(e, KeyboardInterrupt):
                 raise
             frames = traceback.extract_tb(e.__traceback__)[-4:]
             where = " <- ".join(f"{Path(f.filename).name}:{f.lineno}" for f in reversed(frames))
-            outcome = Outcome("crash", time.thread_time() - start, f"{type(e).__name__}: {e} at {where}")
-        else:
-            outcome = Outcome("valid", time.thread_time() - start)
-    if outcome.kind in ("valid", "invalid") and outcome.seconds >= TIME_BOUND_SECONDS:
-        return Outcome("hang", outcome.seconds, f"took {outcome.seconds:.2f} s of CPU")
-    return outcome
+            return Outcome("crash", time.thread_time() - start, f"{type(e).__name__}: {e} at {where}")
+    return Outcome("valid", time.thread_time() - start)
 
 
 def _judge(path: Path, data: bytes, diagnostics: tuple[Diagnostic, ...], seconds: float) -> Outcome:
