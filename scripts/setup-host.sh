@@ -35,6 +35,8 @@ readonly PACKAGES=(
     procps
     # the dashboard's browser tests (Playwright cannot download its own browsers here)
     chromium
+    # the test suite run under load on purpose (`--under-load`, testkit/machine_load.py)
+    stress-ng
 )
 
 say() { printf 'setup-host: %s\n' "$*"; }

@@ -5,8 +5,8 @@ Used by tests/integration/test_crash_trials.py (CI's count) and bench/reliabilit
 apply has work: a tiny-linux VM resized live or restarted, a container recreated
 (its spec changes), and a pack step in another container (snapshot -> playbook ->
 verify). The apply's process group is killed after a random number of its progress
-lines and a random fraction of a second (seeded: the seed is printed, a trial is
-reproducible). Then a plain `somnus apply` must exit
+lines and a random fraction of a second, cut short by its next line (seeded: the
+seed is printed, a trial is reproducible). Then a plain `somnus apply` must exit
 0, `somnus diff` must exit 0, and nothing may be lost or left over: no step open in
 the journal, no playbook of a killed apply still running, no libvirt snapshot or
 committed image beyond retention or of an object that is gone, no object with the
@@ -33,6 +33,7 @@ import psutil
 import yaml
 
 from somnus_reconciler import settings as settings_mod
+from testkit.output_lines import OutputLines
 
 PACK_PLAYBOOK = [{"name": "marker", "hosts": "all", "gather_facts": False, "tasks": [
     {"name": "write a marker", "ansible.builtin.copy": {"dest": "/opt/marker", "content": "{{ 999999 | random }}"}},
@@ -90,24 +91,22 @@ class Trials:
         # The moment is drawn by events, not by the clock alone, so that it lands inside
         # the apply on a fast machine as on a slow one: after a random number of its
         # progress lines (a step started, a playbook task done, a step finished), then a
-        # random part of a second or so.
+        # random part of a second or so, cut short by the apply's next line.
         lines, extra = rng.randint(1, _PROGRESS_LINES), rng.uniform(0.0, 1.5)
         started = time.monotonic()
         proc = subprocess.Popen([sys.executable, "-m", "somnus_reconciler", "apply", str(self.manifests), "-y"],
                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=self.env,
                                 start_new_session=True)
         assert proc.stdout is not None
-        seen = 0
-        for line in proc.stdout:
-            seen += line.startswith((f"vm/{self.prefix}", f"container/{self.prefix}"))
-            if seen >= lines:
-                time.sleep(extra)
-                break
+        printed = OutputLines(proc.stdout, str)
+        if (at := self._progress_line(printed, lines)) is not None:
+            printed.wait_for(lambda line: True, extra, after=at + 1)
         delay = time.monotonic() - started
         killed_mid_run = proc.poll() is None
         if killed_mid_run:
             os.killpg(proc.pid, signal.SIGKILL)  # the apply and its ansible-runner children
-        proc.communicate()
+        proc.wait()
+        printed.join(timeout_s=10)
         after = self.somnus("apply", str(self.manifests), "-y")
         diff = self.somnus("diff", str(self.manifests))
         problems = [f"apply after the kill exited {after.returncode}: {after.stdout[-800:]}{after.stderr[-800:]}"
@@ -117,6 +116,17 @@ class Trials:
         problems += self.leftovers(conn, client)
         return TrialResult(seed, round(delay, 2), killed_mid_run, "recovered:" in after.stdout,
                            after.returncode == 0 and diff.returncode == 0, tuple(problems))
+
+    def _progress_line(self, printed: OutputLines[str], count: int) -> int | None:
+        """The index of the apply's `count`th progress line; None when it ended with fewer."""
+        at = -1
+        for _ in range(count):
+            found = printed.wait_for(lambda line: line.startswith((f"vm/{self.prefix}", f"container/{self.prefix}")),
+                                     900, after=at + 1)
+            if found is None:
+                return None
+            at = found
+        return at
 
     def leftovers(self, conn: libvirt.virConnect, client: docker.DockerClient) -> list[str]:
         """What a crash may have lost or left behind; empty when all is well."""
@@ -145,9 +155,11 @@ class Trials:
                 if not any(k.startswith("io.somnus.") for k in container.attrs.get("Labels", {})):
                     problems.append(f"container {name} has no ownership labels")
         per_container: dict[str, int] = {}
-        for image in client.images.list(name="somnus-snapshots/*"):
-            for tag in image.tags:
-                repo = tag.split("/", 1)[1].rsplit(":", 1)[0]
+        # One listing call, no inspect of each image: another user of this dockerd may delete
+        # its own snapshot images between the two.
+        for image in client.api.images(name=f"somnus-snapshots/{self.prefix}*"):
+            for tag in image.get("RepoTags") or ():
+                repo = tag.split("/", 1)[-1].rsplit(":", 1)[0]
                 if repo.startswith(self.prefix):
                     per_container[repo] = per_container.get(repo, 0) + 1
         for repo, count in per_container.items():

@@ -1,8 +1,8 @@
 """A `somnus watch` / `somnus gitops` process run by a test, and its `-o json` events.
 
-A reader thread collects the JSON lines; `wait_for` blocks until an event
-matches. `stop` sends SIGTERM and returns the exit code, and hands the events and
-stderr to the session's secret scan (secret_scan.py).
+A reader thread (testkit/output_lines.py) collects the JSON lines; `wait_for` blocks
+until an event matches. `stop` sends SIGTERM and returns the exit code, and
+hands the events and stderr to the session's secret scan (secret_scan.py).
 """
 
 from __future__ import annotations
@@ -12,12 +12,11 @@ import os
 import signal
 import subprocess
 import sys
-import threading
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from testkit.output_lines import OutputLines
 from tests.integration import secret_scan
 
 Event = dict[str, Any]
@@ -31,34 +30,22 @@ class EventStream:
             [sys.executable, "-m", "somnus_reconciler", *args, "-o", "json"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
         )
-        self.events: list[Event] = []
-        self._seen = threading.Condition()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
         assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            with self._seen:
-                self.events.append(json.loads(line))
-                self._seen.notify_all()
+        self._lines: OutputLines[Event] = OutputLines(self.proc.stdout, json.loads)
+        self.events = self._lines.items
 
     def wait_for(self, matches: Callable[[Event], bool], timeout_s: float = 120.0, *, after: int = 0) -> Event:
-        """The first event at index >= `after` that `matches`; AssertionError after `timeout_s`."""
-        deadline = time.monotonic() + timeout_s
-        with self._seen:
-            while True:
-                for event in self.events[after:]:
-                    if matches(event):
-                        return event
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or self.proc.poll() is not None:
-                    stderr = self.proc.stderr.read() if self.proc.poll() is not None and self.proc.stderr else ""
-                    raise AssertionError(
-                        f"no matching event within {timeout_s:.0f}s (exit code {self.proc.poll()}); "
-                        f"events: {json.dumps(self.events[after:], indent=1)[-3000:]}\nstderr: {stderr[-3000:]}"
-                    )
-                self._seen.wait(min(remaining, 1.0))
+        """The first event at index >= `after` that `matches`; AssertionError after `timeout_s`
+        or once the process has ended without one."""
+        index = self._lines.wait_for(matches, timeout_s, after=after)
+        if index is not None:
+            return self.events[index]
+        ended = self.proc.poll() is not None
+        stderr = self.proc.stderr.read() if ended and self.proc.stderr else ""
+        raise AssertionError(
+            f"no matching event within {timeout_s:.0f}s (exit code {self.proc.poll()}); "
+            f"events: {json.dumps(self.events[after:], indent=1)[-3000:]}\nstderr: {stderr[-3000:]}"
+        )
 
     def reconciled(self, timeout_s: float = 120.0, *, after: int = 0, **fields: Any) -> Event:
         """The next "reconciled" event with these field values."""
@@ -67,8 +54,7 @@ class EventStream:
 
     def mark(self) -> int:
         """An index for `after=`: only events from now on."""
-        with self._seen:
-            return len(self.events)
+        return self._lines.mark()
 
     def stop(self, timeout_s: float = 120.0) -> int:
         """SIGTERM, then the exit code; what it printed goes to the session's secret scan."""
@@ -79,7 +65,7 @@ class EventStream:
         finally:
             if self.proc.poll() is None:
                 self.proc.kill()
-            self._reader.join(timeout=5)
+            self._lines.join(timeout_s=5)
             command = " ".join(self.args)
             secret_scan.SESSION.record_output(f"events of somnus {command}",
                                               "\n".join(json.dumps(e) for e in self.events))

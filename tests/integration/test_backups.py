@@ -12,6 +12,7 @@ brings the old guest's file back. Sizes and durations are printed.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -21,11 +22,11 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import docker
 import libvirt
-import psutil
 import pytest
 
 from somnus_reconciler import settings as settings_mod
@@ -36,6 +37,7 @@ from tests.integration.conftest import Workspace, remove_objects
 pytestmark = pytest.mark.integration
 
 READY_TIMEOUT_S = 300.0
+COPYING_BYTES = 2**20  # a backup's data file this large: the copy of the disk is under way
 
 
 def _vm_doc(ws: Workspace, os_family: str = "debian") -> dict[str, Any]:
@@ -131,12 +133,14 @@ def test_a_snapshot_reverts_beside_backup_checkpoints_and_a_killed_backup_leaves
     killed = subprocess.Popen([sys.executable, "-m", "somnus_reconciler", "backup", address],
                               env=dict(os.environ, SOMNUS_STATE_DIR=str(ws.state_dir)), start_new_session=True,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # Killed in the copy of the disk (380 MiB, about 4 s): once virtnbdbackup's data file,
+    # `*.data.partial` until it is complete, holds some of it.
+    home = settings_mod.resolve().backups_dir / ws.name("vm")
     deadline = time.monotonic() + 120
-    while not any("virtnbdbackup" in " ".join(p.info["cmdline"] or ()) and ws.name("vm") in p.info["cmdline"]
-                  for p in psutil.process_iter(["cmdline"])):
-        assert killed.poll() is None and time.monotonic() < deadline, "virtnbdbackup never started"
+    while _being_copied(home) < COPYING_BYTES:
+        assert killed.poll() is None, "the backup ended before it was seen copying: nothing was killed halfway"
+        assert time.monotonic() < deadline, "the backup never started copying"
         time.sleep(0.05)
-    time.sleep(1.0)  # into the copy of a 380 MiB disk (about 4 s)
     os.killpg(killed.pid, signal.SIGKILL)
     killed.wait()
     assert _backups(ws) == listed
@@ -147,12 +151,22 @@ def test_a_snapshot_reverts_beside_backup_checkpoints_and_a_killed_backup_leaves
     assert {p.name for p in (settings_mod.resolve().backups_dir / ws.name("vm")).iterdir()} == chains
 
 
+def _being_copied(home: Path) -> int:
+    """Bytes so far in the data files virtnbdbackup is writing under `home` (`*.data.partial`)."""
+    total = 0
+    for partial in home.glob("*/*.data.partial"):
+        with contextlib.suppress(FileNotFoundError):  # complete, renamed meanwhile
+            total += partial.stat().st_size
+    return total
+
+
 def test_a_backup_taken_while_the_guest_writes_restores_to_a_clean_file_system(ws: Workspace) -> None:
     address = f"vm/{ws.name('vm')}"
     client = _agent(ws)
     _run(client, "setsid sh -c 'while :; do date >> /root/writing; head -c 65536 /dev/urandom >> /root/writing; "
                  "done' > /dev/null 2>&1 < /dev/null &")
-    _run(client, "sleep 1; sync")  # the file is on disk; the writer goes on through the backup
+    # The file is on disk with something in it; the writer goes on through the backup.
+    _run(client, "timeout 60 sh -c 'until test -s /root/writing; do sleep 0.1; done' && sync")
     ws.somnus("backup", address, check_exit=0)
     taken = _backups(ws)[-1]
     _timed(ws, "restore", address, taken["name"])

@@ -6,14 +6,16 @@ backoff and the apply converges). Each daemon is started again after its test
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
-import threading
-import time
+from collections.abc import Iterator
 
 import pytest
 
+from testkit.output_lines import OutputLines
 from tests.integration.conftest import Workspace, container_doc, vm_doc
 from tests.integration.daemons import DOCKERD, LIBVIRTD, Daemon, stopped
 
@@ -47,51 +49,73 @@ def test_with_libvirtd_down_containers_converge_and_vms_are_an_error(workspace: 
 RETRY_LINE = "retrying in"  # what the apply prints when a step's try failed and will be tried again
 
 
-def apply_with_a_fault(ws: Workspace, daemon: Daemon, when_line: str) -> subprocess.CompletedProcess[str]:
-    """`somnus apply`, with `daemon` stopped once `when_line` is printed and started again
-    once the apply has printed a retry: driven by what the apply says, not by a clock, so a
-    slow machine only makes it slower."""
+@contextlib.contextmanager
+def paused(proc: subprocess.Popen[str]) -> Iterator[None]:
+    """The apply (the test's own child, by its pid) stopped with SIGSTOP inside the block:
+    it takes no step while a daemon goes down or comes back."""
+    os.kill(proc.pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signal.SIGCONT)
+
+
+def apply_with_a_fault(ws: Workspace, daemon: Daemon, when_line: str,
+                       retried: str) -> subprocess.CompletedProcess[str]:
+    """`somnus apply`, with `daemon` down from the moment the apply prints `when_line` until a
+    step whose line starts with `retried` has met the outage and said it will retry.
+
+    Driven by what the apply prints, never by a clock: the apply is paused while the
+    daemon stops (so no step runs against a daemon half down) and while it starts again
+    (so a daemon slow to come back on a busy machine never outlasts the retry's backoff);
+    a slow machine only makes the test slower. One object at a time (`--parallelism 1`),
+    in plan order, VMs then containers: which steps meet the outage is known.
+    """
     env = dict(os.environ, SOMNUS_STATE_DIR=str(ws.state_dir), SOMNUS_SHUTDOWN_TIMEOUT="15", PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen([sys.executable, "-m", "somnus_reconciler", "apply", str(ws.manifests), "-y"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    lines: list[str] = []
-    fault, retried, ended = threading.Event(), threading.Event(), threading.Event()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "somnus_reconciler", "apply", str(ws.manifests), "-y", "--parallelism", "1"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    assert proc.stdout is not None and proc.stderr is not None
+    out, err = OutputLines(proc.stdout, str), OutputLines(proc.stderr, str)
+    try:
+        fault_at = out.wait_for(lambda line: line.startswith(when_line), 300)
+        assert fault_at is not None, f"never saw {when_line!r}: {''.join(out.items)}{''.join(err.items)}"
+        try:
+            with paused(proc):
+                daemon.stop()
+            retry_at = out.wait_for(lambda line: line.startswith(retried) and RETRY_LINE in line, 300, after=fault_at)
+            assert retry_at is not None, (f"no {retried}* step met the {daemon.name} outage and said it would retry:\n"
+                                          f"{''.join(out.items)}{''.join(err.items)}")
+        finally:
+            with paused(proc):
+                daemon.restart()
+        proc.wait(timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        out.join(timeout_s=10)
+        err.join(timeout_s=10)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, "".join(out.items), "".join(err.items))
 
-    def read() -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            lines.append(line)
-            if when_line in line:
-                fault.set()
-            if RETRY_LINE in line and fault.is_set():
-                retried.set()
-        ended.set()
 
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    assert fault.wait(300), f"never saw {when_line!r}: {''.join(lines)}"
-    with stopped(daemon):
-        deadline = time.monotonic() + 300
-        while not (retried.is_set() or ended.is_set()) and time.monotonic() < deadline:
-            retried.wait(0.5)
-    proc.wait(timeout=600)
-    reader.join(timeout=10)
-    assert proc.stderr is not None
-    return subprocess.CompletedProcess(proc.args, proc.returncode, "".join(lines), proc.stderr.read())
-
-
-# VM steps run before container steps. dockerd goes down once the last VM's step starts and
-# stays down until a container step has met it and said it will retry; libvirtd goes down
-# once the first VM's step starts and stays down until that step says it will retry.
-@pytest.mark.parametrize(("daemon", "when"), [(DOCKERD, "vm2"), (LIBVIRTD, "vm")], ids=["dockerd", "libvirtd"])
+# dockerd goes down once the last VM's step starts, so the containers' steps after it meet
+# the outage; libvirtd goes down once the first VM's step starts.
+@pytest.mark.parametrize(("daemon", "when", "retried"), [(DOCKERD, "vm/{vm2}: create", "container/{box}:"),
+                                                         (LIBVIRTD, "vm/{vm}: create", "vm/{vm}:")],
+                         ids=["dockerd", "libvirtd"])
 def test_a_daemon_restarted_mid_apply_is_retried_and_the_apply_converges(
-        workspace: Workspace, daemon: Daemon, when: str) -> None:
+        workspace: Workspace, daemon: Daemon, when: str, retried: str) -> None:
     ws = workspace
-    ws.write("ws.yaml", vm_doc(ws.name("vm")), vm_doc(ws.name("vm2")),
-             container_doc(ws.name("box")), container_doc(ws.name("box2")))
-    result = apply_with_a_fault(ws, daemon, f"vm/{ws.name(when)}: create")
+    names = {suffix: ws.name(suffix) for suffix in ("vm", "vm2", "box", "box2")}
+    ws.write("ws.yaml", vm_doc(names["vm"]), vm_doc(names["vm2"]),
+             container_doc(names["box"]), container_doc(names["box2"]))
+    result = apply_with_a_fault(ws, daemon, when.format(**names), retried.format(**names))
     assert result.returncode == 0, result.stdout + result.stderr
-    assert RETRY_LINE in result.stdout, result.stdout  # the temporary failure was retried
+    retries = [line for line in result.stdout.splitlines() if RETRY_LINE in line]
+    assert retries and retries[0].startswith(retried.format(**names)), result.stdout  # the outage's step retried
+    assert f"{retried.format(**names)} done" in result.stdout, result.stdout  # ... and then did it
     ws.somnus("diff", str(ws.manifests), check_exit=0)
     state = ws.get_json()
     assert all(state[f"{kind}/{ws.name(n)}"]["state"] == "running"

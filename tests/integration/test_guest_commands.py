@@ -26,6 +26,7 @@ import xml.etree.ElementTree as ET
 import libvirt
 import pytest
 
+from testkit.output_lines import OutputLines
 from tests.integration.conftest import Workspace, container_doc, vm_doc
 
 pytestmark = pytest.mark.integration
@@ -82,15 +83,25 @@ def test_exec_runs_the_command_in_a_managed_container_streams_its_output_and_exi
     missing = ws.somnus("exec", f"container/{name}", "--", "no-such-program", check_exit=126)
     assert "no-such-program" in missing.stdout + missing.stderr
 
+    # The command prints its first line, then waits for a gate that the test opens only once
+    # that line has come through: it cannot end before, however slow or busy the machine.
+    gate = "/tmp/somnus-test-gate"
     started = time.monotonic()
     following = subprocess.Popen(_somnus_argv("exec", f"container/{name}", "--", "sh", "-c",
-                                              "echo first; sleep 4; echo second"),
+                                              f"echo first; i=0; until [ -e {gate} ] || [ $i -ge 3000 ]; "
+                                              "do sleep 0.1; i=$((i+1)); done; echo second"),
                                  stdout=subprocess.PIPE, text=True, env=_env(ws))
     assert following.stdout is not None
-    first = following.stdout.readline()
-    first_s = time.monotonic() - started
-    assert first == "first\n" and following.poll() is None, "the first line waited for the command's end"
-    assert following.stdout.read() == "second\n" and following.wait(timeout=30) == 0
+    printed = OutputLines(following.stdout, str)
+    try:
+        first = printed.wait_for(lambda line: True, CONSOLE_TIMEOUT_S)
+        first_s = time.monotonic() - started
+        assert first is not None and printed.items[first] == "first\n", f"the first line did not come: {printed.items}"
+    finally:
+        ws.docker.containers.get(name).exec_run(["touch", gate])
+    assert following.wait(timeout=30) == 0
+    printed.join(timeout_s=10)
+    assert printed.items == ["first\n", "second\n"]
     print(f"\nfirst line after {first_s:.2f} s, the command's end after {time.monotonic() - started:.2f} s")
 
 
