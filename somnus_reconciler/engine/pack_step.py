@@ -91,6 +91,8 @@ class SnapshotGuard:
         """Run the playbook; None when it succeeded."""
         assert change.pack is not None
         pack = steps.packs.get(change.pack) or DesiredPack(change.pack, _EMPTY_PACK_SPEC, want.source)
+        if action == "uninstall":  # what the guest's other declared packs install stays
+            pack = pack.sparing(steps.packs[name] for name in want.packs if name in steps.packs)
         try:
             outcome = steps.runner.run(want, pack, action, on_event)
         except ProviderError as e:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from functools import cached_property
 
@@ -199,6 +200,18 @@ class DesiredPack:
     name: str
     spec: CapabilityPackSpec
     source: Source = field(compare=False)
+
+    def sparing(self, staying: Iterable[DesiredPack]) -> DesiredPack:
+        """This pack without the packages that `staying` (packs the guest keeps) declare too:
+        what removing it may uninstall. base-tools and research-browser both declare
+        python3-venv; removing research-browser leaves it to base-tools."""
+        others = list(staying)
+        packages = self.spec.packages
+        kept = {system: {name for pack in others for name in getattr(pack.spec.packages, system)}
+                for system in ("apt", "winget", "brew")}
+        left = packages.model_copy(update={system: [name for name in getattr(packages, system)
+                                                    if name not in kept[system]] for system in kept})
+        return DesiredPack(self.name, self.spec.model_copy(update={"packages": left}), self.source)
 
 
 @dataclass(frozen=True)

@@ -404,3 +404,26 @@ def test_a_failed_vm_restart_is_reverted_and_started_again(tmp_path: Path) -> No
     assert not result.ok and "rolled back to somnus-restart-" in result.message
     assert [c[0] for c in rec.calls] == ["stop", "snapshot", "redefine", "stop", "start", "revert", "start"]
     assert journal.open_steps() == []
+
+
+def test_removing_a_pack_leaves_the_packages_that_a_pack_the_guest_keeps_declares_too(tmp_path: Path) -> None:
+    def pack(name: str, apt: list[str]) -> DesiredPack:
+        return DesiredPack(name, CapabilityPackSpec.model_validate({"packages": {"apt": apt}}), SRC)
+
+    given: list[tuple[str, str, list[str]]] = []
+
+    class PackagesRunner:
+        def run(self, guest: DesiredVm | DesiredContainer, pack: DesiredPack, action: str,
+                on_event: Callable[[str], None]) -> Outcome:
+            given.append((pack.name, action, pack.spec.packages.apt))
+            return Outcome(True)
+
+    packs = {"base": pack("base", ["git", "python3-venv"]), "browser": pack("browser", ["chromium", "python3-venv"])}
+    steps = PackSteps(PackagesRunner(), packs, {"base": "fp1"}, clock=lambda: 0.0)
+    rec = Recorder()
+    eng = Engine(rec, rec, Journal(tmp_path / "journal.sqlite"), pack_steps=steps)  # type: ignore[arg-type]
+    keeps_base = dataclasses.replace(VM, packs=("base",))
+    removal = Change(VM.address, Action.PACK_REMOVE, Disruption.NONE, desired=keeps_base, pack="browser")
+    [result] = eng.execute(Plan((removal,), (), ()))
+    assert result.ok and given == [("browser", "uninstall", ["chromium"])]
+    assert packs["browser"].spec.packages.apt == ["chromium", "python3-venv"]  # the declaration is untouched
