@@ -17,7 +17,13 @@ container made by `docker run`, from nothing and again. somnus goes first, so a
 mirror's warm cache favours the plain run. research-browser gets the host-trust pack
 first (testkit/shipped_packs.py says why).
 
-    python bench/packs.py [--repeat 3] [--only hermetic|shipped] [--pack NAME ...]
+shipped-vm: base-tools, then research-browser (with host-trust and pypi-hosts), added
+one after the other to a debian-12 VM under TCG: `somnus apply` and a no-op
+`somnus apply`; side by side, the same pack.yml runs as plain `ansible-playbook` over
+the same SSH (127.0.0.1 forward, recorded host key) to a twin VM that somnus made
+without packs: the packs just added, then all of them again.
+
+    python bench/packs.py [--repeat 3] [--only hermetic|shipped|shipped-vm] [--pack NAME ...]
 
 Everything is named `bench-packs-*` and removed at the end.
 """
@@ -120,22 +126,28 @@ def playbook_commands(packs: list[DesiredPack], inventory: ansible_inputs.Invent
     return commands
 
 
-def plain_playbook(tree: Path, key: guest_access.GuestKey, workdir: Path) -> list[list[str]]:
-    """The same three packs with plain `ansible-playbook`, one run per pack (the generic
-    playbook takes its pack as extra vars), against the same VM over the same SSH (run
-    them with the env of an ssh-agent holding `key`, as somnus does)."""
-    desired = prepare.load_desired([tree])
+def vm_inventory(paths: list[Path], vm: str, key: guest_access.GuestKey) -> ansible_inputs.Inventory:
+    """An inventory of the one VM `vm` (declared in `paths`), over the SSH somnus uses: its
+    127.0.0.1 forward, its recorded host key (run with an ssh-agent holding `key`)."""
+    desired = prepare.load_desired(paths)
     backends = backends_mod.open_backends(desired)
-    vm = backends.vms.observe_one(f"{PREFIX}-vm")
+    observed = backends.vms.observe_one(vm)
     backends.close()
-    assert vm is not None and vm.mark is not None
-    port = next(f.host_port for f in vm.mark.forwards if f.name == "ssh")
-    inventory: ansible_inputs.Inventory = {"guest": {"hosts": {"vm": {
+    assert observed is not None and observed.mark is not None
+    port = next(f.host_port for f in observed.mark.forwards if f.name == "ssh")
+    return {"guest": {"hosts": {"vm": {
         "ansible_host": "127.0.0.1", "ansible_port": port, "ansible_user": "root",
         "ansible_ssh_private_key_file": str(key.public_key),
         "ansible_ssh_common_args": shlex.join(guest_identity.ssh_options(key.identity)),
         "ansible_python_interpreter": "/usr/bin/python3"}}}}
-    return playbook_commands([desired.packs[name] for name in PACKS], inventory, workdir)
+
+
+def plain_playbook(tree: Path, key: guest_access.GuestKey, workdir: Path) -> list[list[str]]:
+    """The same three packs with plain `ansible-playbook`, one run per pack (the generic
+    playbook takes its pack as extra vars), against the same VM over the same SSH."""
+    desired = prepare.load_desired([tree])
+    return playbook_commands([desired.packs[name] for name in PACKS], vm_inventory([tree], f"{PREFIX}-vm", key),
+                             workdir)
 
 
 def snapshot_costs(state_dir: Path, tree: Path) -> dict[str, float]:
@@ -216,6 +228,28 @@ def plain_run(pack: str, tree: Path, workdir: Path, repeat: int) -> tuple[float,
     return time.perf_counter() - start, timed(commands, env, repeat)
 
 
+def somnus_converge(tree: Path, env: dict[str, str], repeat: int, address: str, label: str) -> tuple[float, float, str]:
+    """`somnus apply` of capability_packs/ and `tree`: (converge s, median no-op s, the converge's steps)."""
+    apply = [sys.executable, "-m", "somnus_reconciler", "apply", str(shipped_packs.CAPABILITY_PACKS), str(tree), "-y"]
+    began, start = time.time(), time.perf_counter()
+    timed([apply], env, 1)
+    converge = time.perf_counter() - start
+    noop = timed([apply], env, repeat)
+    steps = shipped_packs.steps_since(Path(env["SOMNUS_STATE_DIR"]), address, began)
+    return converge, noop, shipped_packs.converge_line(label, steps)
+
+
+def row(label: str, *figures: float) -> str:
+    """A line of the shipped tables: the heading without `figures`, else somnus converge and
+    no-op, plain converge and no-op (seconds)."""
+    if not figures:
+        return (f"{label:<18} {'somnus converge':>16} {'no-op':>9} {'plain converge':>15} {'no-op':>9} "
+                f"{'no-op ratio':>12}")
+    converge, noop, plain_converge, plain_noop = figures
+    return (f"{label:<18} {converge:14.1f} s {noop * 1000:6.0f} ms {plain_converge:13.1f} s "
+            f"{plain_noop * 1000:6.0f} ms {plain_noop / noop:11.1f}x")
+
+
 def remove_bench_containers() -> None:
     """Every container named `bench-packs-*` and its committed snapshots."""
     client = docker.from_env()
@@ -235,26 +269,79 @@ def shipped(repeat: int, packs: list[str]) -> None:
     A row is printed as soon as its pack is done."""
     root = Path(tempfile.mkdtemp(prefix="somnus-bench-shipped-"))
     env = dict(os.environ, SOMNUS_STATE_DIR=str(root / "state"))
-    somnus = [sys.executable, "-m", "somnus_reconciler"]
     print(f"shipped packs, each alone in a container (somnus/base:bookworm, network host); no-op: median of {repeat}\n")
-    print(f"{'pack':<18} {'somnus converge':>16} {'no-op':>9} {'plain converge':>15} {'no-op':>9} {'no-op ratio':>12}",
-          flush=True)
+    print(row("pack"), flush=True)
     breakdown = []
     try:
         for pack in packs:
             tree = shipped_tree(root / "manifests", pack)
-            apply = [*somnus, "apply", str(shipped_packs.CAPABILITY_PACKS), str(tree), "-y"]
-            began, start = time.time(), time.perf_counter()
-            timed([apply], env, 1)
-            converge = time.perf_counter() - start
-            noop = timed([apply], env, repeat)
-            breakdown.append(shipped_packs.converge_line(pack, shipped_packs.steps_since(
-                root / "state", f"container/{PREFIX}-{pack}", began)))
-            plain_converge, plain_noop = plain_run(pack, tree, root / "plain" / pack, repeat)
-            print(f"{pack:<18} {converge:14.1f} s {noop * 1000:6.0f} ms {plain_converge:13.1f} s "
-                  f"{plain_noop * 1000:6.0f} ms {plain_noop / noop:11.1f}x", flush=True)
+            converge, noop, steps = somnus_converge(tree, env, repeat, f"container/{PREFIX}-{pack}", pack)
+            breakdown.append(steps)
+            print(row(pack, converge, noop, *plain_run(pack, tree, root / "plain" / pack, repeat)), flush=True)
     finally:
         remove_bench_containers()
+    print("\nsomnus converge, step by step (from the journal):")
+    for line in breakdown:
+        print(f"  {line}")
+
+
+VM_STAGES = [("base-tools", ["base-tools"]), ("research-browser", shipped_packs.VM_BROWSER_PACKS)]
+
+
+def shipped_vm_tree(root: Path, packs: list[str]) -> Path:
+    """Two debian-12 VMs: `bench-packs-vm-somnus` with `packs`, its twin `bench-packs-vm-plain` with none."""
+    tree = root / "vm-manifests"
+    tree.mkdir(parents=True, exist_ok=True)
+    pool = {"apiVersion": "somnus/v1", "kind": "Pool", "metadata": {"name": f"{PREFIX}-shipped"},
+            "spec": {"domainType": "qemu", "reserved": {"vcpus": 0, "memory": "1Gi"}}}
+    docs = [pool, shipped_packs.host_trust_pack(tree), shipped_packs.pypi_hosts_pack(tree),
+            shipped_packs.vm_doc(f"{PREFIX}-vm-somnus", packs), shipped_packs.vm_doc(f"{PREFIX}-vm-plain", [])]
+    (tree / "ws.yaml").write_text(yaml.safe_dump_all(docs, sort_keys=False))
+    return tree
+
+
+def shipped_vm(repeat: int) -> None:
+    """base-tools, then research-browser, in a debian-12 VM: somnus converge and no-op, against
+    the same pack.yml runs with plain `ansible-playbook` over the same SSH to a twin VM."""
+    root = Path(tempfile.mkdtemp(prefix="somnus-bench-shipped-vm-"))
+    state_dir = root / "state"
+    env = dict(os.environ, SOMNUS_STATE_DIR=str(state_dir))
+    somnus = [sys.executable, "-m", "somnus_reconciler"]
+    plain_vm = f"{PREFIX}-vm-plain"
+    print(f"shipped packs in a debian-12 VM (TCG, 2 vCPUs, 2 GiB), added one after the other; plain: the same "
+          f"pack.yml runs over the same SSH to a twin VM; no-op: median of {repeat}", flush=True)
+    breakdown = []
+    try:
+        tree = shipped_vm_tree(root, [])
+        start = time.perf_counter()
+        timed([[*somnus, "apply", str(shipped_packs.CAPABILITY_PACKS), str(tree), "-y"]], env, 1)
+        print(f"both VMs from nothing, booted, no packs: {time.perf_counter() - start:.1f} s\n")
+        print(row("packs added"), flush=True)
+        key = guest_access.ensure_keypair(state_dir, plain_vm)
+        done: list[str] = []
+        for label, packs in VM_STAGES:
+            tree = shipped_vm_tree(root, packs)
+            converge, noop, steps = somnus_converge(tree, env, repeat, f"vm/{PREFIX}-vm-somnus", label)
+            breakdown.append(steps)
+            desired = prepare.load_desired([shipped_packs.CAPABILITY_PACKS, tree])
+            inventory = vm_inventory([shipped_packs.CAPABILITY_PACKS, tree], plain_vm, key)
+            added = playbook_commands([desired.packs[name] for name in packs if name not in done], inventory,
+                                      root / "plain" / label)
+            every = playbook_commands([desired.packs[name] for name in packs], inventory, root / "plain" / label)
+            with guest_access.ssh_agent(key) as agent:
+                plain_env = {**env, **ansible_inputs.ansible_env(root / "plain"), **agent.env}
+                plain_converge = timed(added, plain_env, 1)
+                plain_noop = timed(every, plain_env, repeat)
+            done = list(packs)
+            print(row(label, converge, noop, plain_converge, plain_noop), flush=True)
+    finally:
+        cleanup = root / "cleanup"
+        cleanup.mkdir()
+        (cleanup / "pool.yaml").write_text(yaml.safe_dump(
+            {"apiVersion": "somnus/v1", "kind": "Pool", "metadata": {"name": f"{PREFIX}-shipped"},
+             "spec": {"domainType": "qemu", "reserved": {"vcpus": 0, "memory": "1Gi"}}}))
+        subprocess.run([*somnus, "apply", str(cleanup), "--prune", "-y"], capture_output=True, env=env)
+        remove_backups(PREFIX)
     print("\nsomnus converge, step by step (from the journal):")
     for line in breakdown:
         print(f"  {line}")
@@ -263,7 +350,7 @@ def shipped(repeat: int, packs: list[str]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--only", choices=["hermetic", "shipped"], help="run one part (default: both)")
+    parser.add_argument("--only", choices=["hermetic", "shipped", "shipped-vm"], help="run one part (default: all)")
     parser.add_argument("--pack", action="append", choices=shipped_packs.SHIPPED, dest="packs",
                         help="shipped: only this pack (again for more; default: all five)")
     args = parser.parse_args()
@@ -273,6 +360,10 @@ def main() -> None:
         print()
     if args.only in (None, "shipped"):
         shipped(args.repeat, args.packs or list(shipped_packs.SHIPPED))
+    if args.only is None:
+        print()
+    if args.only in (None, "shipped-vm"):
+        shipped_vm(args.repeat)
 
 
 if __name__ == "__main__":

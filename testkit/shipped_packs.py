@@ -11,6 +11,11 @@ in /usr/local/share/ca-certificates); the guest's pip has to trust it too, as an
 guest behind such a proxy does. host-trust copies those files into the guest and
 rebuilds its certificate store; where the host has none it copies nothing. apt needs
 none of it: the mirror is plain HTTP with signed indexes.
+
+In a debian-12 VM research-browser also gets `pypi-hosts`: such a guest has no
+nameserver and finds its Debian mirror in its /etc/hosts
+(somnus_reconciler/images/rootfs.py), so this pack adds PyPI's two hosts there as
+this host resolves them.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from typing import Any
 
 import yaml
 
+from somnus_reconciler.images import rootfs
 from somnus_reconciler.journal import Journal
 
 REPO = Path(__file__).resolve().parent.parent
@@ -30,6 +36,9 @@ SHIPPED = ("base-tools", "web-development", "data-analysis", "ai-research", "res
 IMAGE = "somnus/base:bookworm"
 HOST_CA_DIR = Path("/usr/local/share/ca-certificates")
 HOST_TRUST = "host-trust"
+PYPI_HOSTS = "pypi-hosts"
+PYPI_HOSTNAMES = ("pypi.org", "files.pythonhosted.org")
+VM_BROWSER_PACKS = ["base-tools", HOST_TRUST, PYPI_HOSTS, "research-browser"]  # research-browser in a VM
 
 
 def guest_packs(pack: str) -> list[str]:
@@ -62,6 +71,32 @@ def host_trust_pack(manifests: Path) -> dict[str, Any]:
             "spec": {"description": "the host's certificate authorities, for pip behind an egress proxy",
                      "requires": ["base-tools"], "playbook": f"playbooks/{HOST_TRUST}.yml",
                      "verify": ["test -s /etc/ssl/certs/ca-certificates.crt"]}}
+
+
+def pypi_hosts_pack(manifests: Path) -> dict[str, Any]:
+    """Write pypi-hosts' playbook under `manifests`/playbooks; its manifest document."""
+    lines = rootfs.host_address_lines(PYPI_HOSTNAMES)
+    assert len(lines) == len(PYPI_HOSTNAMES), f"this host resolves only {lines} of {PYPI_HOSTNAMES}"
+    entries = [{"address": line.split("\t")[0], "name": line.split("\t")[1]} for line in lines]
+    task = {"name": "Put PyPI's hosts in /etc/hosts as the host resolves them",
+            "ansible.builtin.lineinfile": {"path": "/etc/hosts", "regexp": r"\s{{ item.name | regex_escape }}$",
+                                           "line": "{{ item.address }}\t{{ item.name }}"},
+            "loop": entries}
+    books = manifests / "playbooks"
+    books.mkdir(parents=True, exist_ok=True)
+    (books / f"{PYPI_HOSTS}.yml").write_text(yaml.safe_dump(
+        [{"name": PYPI_HOSTS, "hosts": "all", "gather_facts": False, "tasks": [task]}], sort_keys=False))
+    return {"apiVersion": "somnus/v1", "kind": "CapabilityPack", "metadata": {"name": PYPI_HOSTS},
+            "spec": {"description": "PyPI's hosts in /etc/hosts: debian-12 guests have no nameserver",
+                     "playbook": f"playbooks/{PYPI_HOSTS}.yml",
+                     "verify": [f"getent hosts {name}" for name in PYPI_HOSTNAMES]}}
+
+
+def vm_doc(name: str, packs: list[str]) -> dict[str, Any]:
+    """A debian-12 VM for the shipped packs: room for chromium and pip's wheels."""
+    return {"apiVersion": "somnus/v1", "kind": "VirtualMachine", "metadata": {"name": name},
+            "spec": {"resources": {"vcpus": 2, "memory": "2Gi"}, "image": "debian-12", "diskSize": "10Gi",
+                     "packs": packs}}
 
 
 def container_doc(name: str, packs: list[str]) -> dict[str, Any]:
