@@ -300,6 +300,16 @@ def shipped_vm_tree(root: Path, packs: list[str]) -> Path:
     return tree
 
 
+def wait_for_ssh(vm: str, env: dict[str, str], timeout_s: float = 900) -> None:
+    """Until `somnus ssh vm/VM -- true` works: the VM has booted and proved its host key."""
+    deadline = time.monotonic() + timeout_s
+    while subprocess.run([sys.executable, "-m", "somnus_reconciler", "ssh", f"vm/{vm}", "--", "true"],
+                         capture_output=True, env=env).returncode != 0:
+        if time.monotonic() > deadline:
+            raise SystemExit(f"vm/{vm} did not answer over SSH within {timeout_s:.0f} s")
+        time.sleep(2)
+
+
 def shipped_vm(repeat: int) -> None:
     """base-tools, then research-browser, in a debian-12 VM: somnus converge and no-op, against
     the same pack.yml runs with plain `ansible-playbook` over the same SSH to a twin VM."""
@@ -315,6 +325,8 @@ def shipped_vm(repeat: int) -> None:
         tree = shipped_vm_tree(root, [])
         start = time.perf_counter()
         timed([[*somnus, "apply", str(shipped_packs.CAPABILITY_PACKS), str(tree), "-y"]], env, 1)
+        for vm in (f"{PREFIX}-vm-somnus", plain_vm):  # booted: no figure below counts a boot
+            wait_for_ssh(vm, env)
         print(f"both VMs from nothing, booted, no packs: {time.perf_counter() - start:.1f} s\n")
         print(row("packs added"), flush=True)
         key = guest_access.ensure_keypair(state_dir, plain_vm)
