@@ -201,13 +201,15 @@ def hermetic(repeat: int) -> None:
         print(f"{what + ':':<20} {seconds * 1000:8.0f} ms")
 
 
+SHIPPED_POOL = {"apiVersion": "somnus/v1", "kind": "Pool", "metadata": {"name": f"{PREFIX}-shipped"},
+                "spec": {"domainType": "qemu", "reserved": {"vcpus": 0, "memory": "1Gi"}}}
+
+
 def shipped_tree(root: Path, pack: str) -> Path:
     """The manifests that put `pack` (with host-trust where it needs it) in a container of its own."""
     tree = root / pack
     tree.mkdir(parents=True)
-    pool = {"apiVersion": "somnus/v1", "kind": "Pool", "metadata": {"name": f"{PREFIX}-shipped"},
-            "spec": {"domainType": "qemu", "reserved": {"vcpus": 0, "memory": "1Gi"}}}
-    docs = [pool, shipped_packs.host_trust_pack(tree),
+    docs = [SHIPPED_POOL, shipped_packs.host_trust_pack(tree),
             shipped_packs.container_doc(f"{PREFIX}-{pack}", shipped_packs.guest_packs(pack))]
     (tree / "ws.yaml").write_text(yaml.safe_dump_all(docs, sort_keys=False))
     return tree
@@ -292,9 +294,7 @@ def shipped_vm_tree(root: Path, packs: list[str]) -> Path:
     """Two debian-12 VMs: `bench-packs-vm-somnus` with `packs`, its twin `bench-packs-vm-plain` with none."""
     tree = root / "vm-manifests"
     tree.mkdir(parents=True, exist_ok=True)
-    pool = {"apiVersion": "somnus/v1", "kind": "Pool", "metadata": {"name": f"{PREFIX}-shipped"},
-            "spec": {"domainType": "qemu", "reserved": {"vcpus": 0, "memory": "1Gi"}}}
-    docs = [pool, shipped_packs.host_trust_pack(tree), shipped_packs.pypi_hosts_pack(tree),
+    docs = [SHIPPED_POOL, shipped_packs.host_trust_pack(tree), shipped_packs.pypi_hosts_pack(tree),
             shipped_packs.vm_doc(f"{PREFIX}-vm-somnus", packs), shipped_packs.vm_doc(f"{PREFIX}-vm-plain", [])]
     (tree / "ws.yaml").write_text(yaml.safe_dump_all(docs, sort_keys=False))
     return tree
@@ -337,9 +337,8 @@ def shipped_vm(repeat: int) -> None:
             breakdown.append(steps)
             desired = prepare.load_desired([shipped_packs.CAPABILITY_PACKS, tree])
             inventory = vm_inventory([shipped_packs.CAPABILITY_PACKS, tree], plain_vm, key)
-            added = playbook_commands([desired.packs[name] for name in packs if name not in done], inventory,
-                                      root / "plain" / label)
             every = playbook_commands([desired.packs[name] for name in packs], inventory, root / "plain" / label)
+            added = [command for name, command in zip(packs, every) if name not in done]
             with guest_access.ssh_agent(key) as agent:
                 plain_env = {**env, **ansible_inputs.ansible_env(root / "plain"), **agent.env}
                 plain_converge = timed(added, plain_env, 1)
@@ -349,9 +348,7 @@ def shipped_vm(repeat: int) -> None:
     finally:
         cleanup = root / "cleanup"
         cleanup.mkdir()
-        (cleanup / "pool.yaml").write_text(yaml.safe_dump(
-            {"apiVersion": "somnus/v1", "kind": "Pool", "metadata": {"name": f"{PREFIX}-shipped"},
-             "spec": {"domainType": "qemu", "reserved": {"vcpus": 0, "memory": "1Gi"}}}))
+        (cleanup / "pool.yaml").write_text(yaml.safe_dump(SHIPPED_POOL))  # the Pool alone: --prune removes the VMs
         subprocess.run([*somnus, "apply", str(cleanup), "--prune", "-y"], capture_output=True, env=env)
         remove_backups(PREFIX)
     print("\nsomnus converge, step by step (from the journal):")

@@ -25,7 +25,6 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def _say(config: pytest.Config, line: str) -> None:
     reporter = config.pluginmanager.get_plugin("terminalreporter")
     if reporter is not None:
-        reporter.ensure_newline()
         reporter.write_line(line)
     else:
         print(line, flush=True)
