@@ -43,5 +43,6 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     load = session.config.stash.get(_LOAD, None)
     if load is not None:
         ran_s = load.stop()
-        _say(session.config, f"under load: stopped stress-ng (pid {load.proc.pid}) after {ran_s:.0f} s, "
+        # "\n": the progress line ("... [100%]") is not ended yet when the session finishes.
+        _say(session.config, f"\nunder load: stopped stress-ng (pid {load.proc.pid}) after {ran_s:.0f} s, "
                              f"exit code {load.proc.returncode}")
